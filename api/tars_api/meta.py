@@ -1,0 +1,129 @@
+"""Shared building blocks: the API group, condition type, duration strings and CEL-mirrored rules."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "tars.hyperlight.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+Duration = Annotated[
+    str,
+    Field(
+        pattern=DURATION_PATTERN,
+        json_schema_extra={"format": "duration"},
+        description="A duration such as 500ms, 30s, 5m or 1h30m.",
+    ),
+]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration string ("1m30s" -> 90.0); the same grammar CEL's duration() reads."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 500ms, 30s, 5m)")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule, stated once and enforced twice.
+
+    ``cel`` goes into the CRD as ``x-kubernetes-validations`` so the API server rejects bad objects at
+    apply time; ``holds`` enforces the same rule in pydantic so tarsctl and the operator reject them
+    too, with the same message.
+    """
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        out = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields rejected, rules enforced."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in type(self).rules:
+            if not rule.holds(self):
+                where = f"{rule.field_path.lstrip('.')}: " if rule.field_path else ""
+                raise ValueError(f"{where}{rule.message}")
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        if cls.rules:
+            target = handler.resolve_ref_schema(schema)
+            target["x-kubernetes-validations"] = [rule.schema() for rule in cls.rules]
+        return schema
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def defaulted(model: type[BaseModel], description: str) -> Any:
+    """A nested object that is always present, with every default inside it spelled out.
+
+    The API server checks a schema default against the CEL rules without defaulting inside it, so
+    an empty ``{}`` would fail rules that read its fields: the default is the fully defaulted object.
+    """
+    full_default = model().model_dump(by_alias=True, exclude_none=True, mode="json")
+    return Field(default_factory=model, description=description, json_schema_extra={"default": full_default})
+
+
+class Condition(ApiModel):
+    """A Kubernetes API convention condition (the same shape as metav1.Condition)."""
+
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="",
+        description="A CamelCase word saying why the condition has this status.",
+        max_length=1024,
+    )
+    message: str = Field(default="", description="A human-readable explanation.", max_length=32768)
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the condition was computed for."
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the project reads; everything else passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = ""
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)

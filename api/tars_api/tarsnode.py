@@ -1,0 +1,200 @@
+"""TarsNode: a fleet of node-agents running micro-VM sandboxes on KVM-capable nodes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from tars_api.meta import API_VERSION, ApiModel, Condition, ObjectMeta, Rule, defaulted
+
+IntOrString = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class PlatformType(StrEnum):
+    AUTO = "Auto"
+    HYPERLIGHT = "HyperlightMicroVM"
+    WASMTIME = "Wasmtime"
+
+
+class Capability(StrEnum):
+    """What a TarsNode offers: the TARS functions and the seed's edge and serverless scenarios."""
+
+    AUTONOMOUS_REASONING = "autonomous_reasoning"
+    SELF_HEALING = "self_healing"
+    KNOWLEDGE_PROCESSING = "knowledge_processing"
+    AGENT_COORDINATION = "agent_coordination"
+    EDGE_INFERENCE = "edge_inference"
+    SERVERLESS_FUNCTIONS = "serverless_functions"
+    REAL_TIME_INFERENCE = "real_time_inference"
+    MULTI_TENANT_ISOLATION = "multi_tenant_isolation"
+
+
+class Platform(ApiModel):
+    """Which sandbox the agents run guests in."""
+
+    type: PlatformType = Field(
+        default=PlatformType.AUTO,
+        description=(
+            "HyperlightMicroVM runs every guest in a Hyperlight micro-VM (needs hardware "
+            "virtualisation); Wasmtime runs the same WebAssembly guest under Wasmtime; Auto lets "
+            "each agent probe /dev/kvm and pick."
+        ),
+    )
+    hyperlight_version: str = Field(
+        default="0.8.0",
+        description="The hyperlight-sandbox release the agents use for micro-VMs.",
+        max_length=32,
+    )
+    wasm_runtime: Literal["wasmtime"] = Field(
+        default="wasmtime",
+        description="The WebAssembly runtime used inside (or instead of) the micro-VM.",
+    )
+
+
+class Toleration(ApiModel):
+    """A toleration copied onto the agent pods (same fields as core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value matched with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+def _default_requests() -> dict[str, int | str]:
+    return {"cpu": "250m", "memory": "512Mi"}
+
+
+def _default_limits() -> dict[str, int | str]:
+    # No CPU limit: CFS throttling would stall sandboxes that are within their own CPU-time budget.
+    return {"memory": "4Gi"}
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources for the agent container."""
+
+    requests: dict[str, IntOrString] = Field(
+        default_factory=_default_requests,
+        description="Minimum resources, e.g. cpu: 250m, memory: 512Mi.",
+    )
+    limits: dict[str, IntOrString] = Field(
+        default_factory=_default_limits,
+        description="Maximum resources, e.g. memory: 4Gi.",
+    )
+
+
+class AgentSpec(ApiModel):
+    """How the node-agent pods run."""
+
+    image: str = Field(
+        default="ghcr.io/tars-hyperlight/tars-agent:0.1.0",
+        description="The node-agent container image.",
+        min_length=1,
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy for the agent container."
+    )
+    port: int = Field(default=8080, ge=1024, le=65535, description="Port of the agent's HTTP data plane and /metrics.")
+    resources: ResourceRequirements = defaulted(ResourceRequirements, "Compute resources for the agent container.")
+    model_memory_mi_b: int = Field(
+        default=4096,
+        ge=64,
+        alias="modelMemoryMiB",
+        description="Memory each agent offers to models; placement never exceeds it.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Agent log level.")
+
+
+class SandboxLimits(ApiModel):
+    """Ceilings enforced on every sandbox the agents start."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.wallTimeoutMs >= self.cpuTimeMs",
+            message="wallTimeoutMs must be at least cpuTimeMs",
+            holds=lambda s: s.wall_timeout_ms >= s.cpu_time_ms,
+            field_path=".wallTimeoutMs",
+        ),
+    )
+
+    memory_mi_b: int = Field(
+        default=256, ge=16, le=16384, alias="memoryMiB", description="Linear memory per sandbox, MiB."
+    )
+    cpu_time_ms: int = Field(
+        default=2000, ge=1, le=600000, description="CPU time per request before the guest is stopped."
+    )
+    wall_timeout_ms: int = Field(
+        default=10000, ge=1, le=3600000, description="Wall-clock time per request, queueing excluded."
+    )
+    output_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Largest output a guest may return.")
+
+
+class TarsNodeSpec(ApiModel):
+    """Desired state of a TARS node fleet."""
+
+    platform: Platform = defaulted(Platform, "Which sandbox the agents run guests in.")
+    capabilities: list[Capability] = Field(
+        default_factory=list,
+        description="TARS capabilities this node offers to models.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra node labels agents require; always combined with tars.hyperlight.dev/kvm=true.",
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the agent pods.")
+    agent: AgentSpec = defaulted(AgentSpec, "How the node-agent pods run.")
+    sandbox: SandboxLimits = defaulted(SandboxLimits, "Limits enforced on every sandbox.")
+    warm_pool_size: int = Field(
+        default=4, ge=0, le=1024, description="Sandboxes each agent keeps started and ready per model."
+    )
+
+
+class AgentStatus(ApiModel):
+    """One node-agent as its Lease reports it."""
+
+    node: str = Field(description="The Kubernetes node the agent runs on.")
+    backend: Literal["hyperlight", "wasmtime", "unknown"] = Field(
+        default="unknown", description="The sandbox backend the agent's probe selected."
+    )
+    address: str = Field(default="", description="host:port of the agent's data plane.")
+    ready: bool = Field(default=False, description="Whether the agent's Lease is current.")
+    capacity_mi_b: int = Field(default=0, alias="capacityMiB", description="Memory offered to models.")
+    load: float = Field(default=0.0, description="Requests in flight on the agent.")
+
+
+class TarsNodeStatus(ApiModel):
+    """Observed state of a TARS node fleet."""
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing and Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    desired_agents: int = Field(default=0, description="Agent pods the DaemonSet wants.")
+    ready_agents: int = Field(default=0, description="Agent pods that are ready.")
+    backend: str = Field(default="", description="Backend of the agents: hyperlight, wasmtime or mixed.")
+    agents: list[AgentStatus] = Field(default_factory=list, description="The agents, one per node.")
+
+
+class TarsNode(ApiModel):
+    """A fleet of TARS node-agents that run AI inference and TARS functions in micro-VM sandboxes."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+    kind_name: ClassVar[str] = "TarsNode"
+    plural: ClassVar[str] = "tarsnodes"
+    short_names: ClassVar[list[str]] = ["tn", "tnode"]
+
+    api_version: str = API_VERSION
+    kind: Literal["TarsNode"] = "TarsNode"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TarsNodeSpec = defaulted(TarsNodeSpec, "Desired state of the TARS node.")
+    status: TarsNodeStatus | None = None

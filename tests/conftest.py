@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -105,3 +107,60 @@ def simulated_nodes(control_plane: ControlPlane) -> tuple[str, ...]:
         )
     control_plane.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in SIMULATED_NODES])
     return SIMULATED_NODES
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_operator(control_plane: ControlPlane, log: Path, priority: int, lifetime: int = 20) -> OperatorProcess:
+    """A real tars-operator process against the local control plane."""
+    metrics_port, health_port = localcluster.free_port(), localcluster.free_port()
+    env = {**control_plane.env, "TARS_PEERING_LIFETIME": str(lifetime), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tars_operator.main",
+            f"--priority={priority}",
+            f"--metrics-port={metrics_port}",
+            f"--health-port={health_port}",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1):
+                return OperatorProcess(process, log, metrics_port)
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"tars-operator exited: {log.read_text()[-3000:]}") from None
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"tars-operator did not become healthy: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tars"}}),
+    )
+    running = start_operator(control_plane, tmp_path_factory.mktemp("operator") / "operator.log", priority=100)
+    yield running
+    running.process.terminate()
+    try:
+        running.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        running.process.kill()

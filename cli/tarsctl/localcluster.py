@@ -90,6 +90,20 @@ def free_port() -> int:
         return port
 
 
+def host_ip() -> str:
+    """This machine's primary IPv4 address. Agents standing for simulated nodes advertise it: an
+    EndpointSlice may not list a loopback address. Connecting a UDP socket sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            address: str = sock.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        raise ClusterError("no non-loopback IPv4 address on this machine; agents could not be listed in EndpointSlices")
+    return address
+
+
 @dataclass
 class ClusterState:
     """What `up` started, persisted so `status` and `down` work from another process."""

@@ -1,0 +1,193 @@
+"""The agent's heartbeat: a coordination.k8s.io/v1 Lease per agent, and what its annotations mean.
+
+The agent writes these and the operator reads them; this module in the shared API package is the
+contract between the two.
+
+Lease ``tars-agent-<node>`` in the agent's namespace, labels ``app.kubernetes.io/name=tars-agent``,
+``tars.hyperlight.dev/node=<node>`` and (when the agent knows it) ``tars.hyperlight.dev/tarsnode=<name>``.
+``spec.holderIdentity`` is the agent pod's name, ``spec.leaseDurationSeconds`` is
+:data:`LEASE_DURATION_S`, ``spec.renewTime`` is refreshed every :data:`RENEW_INTERVAL_S`. An agent whose
+``renewTime + leaseDurationSeconds`` lies in the past is gone; an agent shutting down deletes its Lease.
+
+Annotations (all values are strings):
+
+========================================  ==============================================================
+``tars.hyperlight.dev/address``           ``host:port`` of the data plane (``POD_IP:port``)
+``tars.hyperlight.dev/backend``           ``hyperlight`` or ``wasmtime``
+``tars.hyperlight.dev/backend-reason``    why the probe chose it (free text)
+``tars.hyperlight.dev/capacity-mib``      memory offered to models, decimal integer
+``tars.hyperlight.dev/ready``             ``true`` or ``false`` (false while loading or draining)
+``tars.hyperlight.dev/load``              requests in flight on the agent, decimal number
+``tars.hyperlight.dev/models``            JSON object, one entry per model placed on the agent:
+                                          ``{"<namespace>/<name>": {"loaded": bool, "inFlight": number,
+                                          "memoryMiB": int, "error": "..." (only when loading failed)}}``
+========================================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "ANNOTATION_ADDRESS",
+    "ANNOTATION_BACKEND",
+    "ANNOTATION_BACKEND_REASON",
+    "ANNOTATION_CAPACITY_MIB",
+    "ANNOTATION_LOAD",
+    "ANNOTATION_MODELS",
+    "ANNOTATION_READY",
+    "LABEL_APP",
+    "LABEL_APP_VALUE",
+    "LABEL_NODE",
+    "LABEL_TARSNODE",
+    "LEASE_DURATION_S",
+    "PREFIX",
+    "RENEW_INTERVAL_S",
+    "AgentReport",
+    "ModelState",
+    "agent_annotations",
+    "lease_body",
+    "lease_expired",
+    "lease_name",
+    "micro_time",
+    "parse_agent_annotations",
+]
+
+PREFIX = "tars.hyperlight.dev/"
+ANNOTATION_ADDRESS = PREFIX + "address"
+ANNOTATION_BACKEND = PREFIX + "backend"
+ANNOTATION_BACKEND_REASON = PREFIX + "backend-reason"
+ANNOTATION_CAPACITY_MIB = PREFIX + "capacity-mib"
+ANNOTATION_READY = PREFIX + "ready"
+ANNOTATION_LOAD = PREFIX + "load"
+ANNOTATION_MODELS = PREFIX + "models"
+
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_APP_VALUE = "tars-agent"
+LABEL_NODE = PREFIX + "node"
+LABEL_TARSNODE = PREFIX + "tarsnode"
+
+LEASE_DURATION_S = 15
+RENEW_INTERVAL_S = 5
+
+
+def lease_name(node: str) -> str:
+    return f"tars-agent-{node}"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    loaded: bool
+    in_flight: float = 0.0
+    memory_mib: int = 0
+    error: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"loaded": self.loaded, "inFlight": self.in_flight, "memoryMiB": self.memory_mib}
+        if self.error:
+            out["error"] = self.error[:500]
+        return out
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """What an agent tells the operator through its Lease annotations."""
+
+    address: str
+    backend: str
+    capacity_mib: int
+    ready: bool
+    backend_reason: str = ""
+    models: dict[str, ModelState] = field(default_factory=dict)
+
+    @property
+    def load(self) -> float:
+        return sum(m.in_flight for m in self.models.values())
+
+
+def agent_annotations(report: AgentReport) -> dict[str, str]:
+    return {
+        ANNOTATION_ADDRESS: report.address,
+        ANNOTATION_BACKEND: report.backend,
+        ANNOTATION_BACKEND_REASON: report.backend_reason[:300],
+        ANNOTATION_CAPACITY_MIB: str(report.capacity_mib),
+        ANNOTATION_READY: "true" if report.ready else "false",
+        ANNOTATION_LOAD: f"{report.load:g}",
+        ANNOTATION_MODELS: json.dumps({k: v.wire() for k, v in sorted(report.models.items())}, sort_keys=True),
+    }
+
+
+def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
+    """The inverse of :func:`agent_annotations`, tolerant of missing or malformed values."""
+    try:
+        raw_models = json.loads(annotations.get(ANNOTATION_MODELS, "{}"))
+    except json.JSONDecodeError:
+        raw_models = {}
+    models = {
+        key: ModelState(
+            loaded=bool(v.get("loaded")),
+            in_flight=float(v.get("inFlight", 0.0)),
+            memory_mib=int(v.get("memoryMiB", 0)),
+            error=v.get("error"),
+        )
+        for key, v in (raw_models.items() if isinstance(raw_models, dict) else [])
+        if isinstance(v, dict)
+    }
+    try:
+        capacity = int(annotations.get(ANNOTATION_CAPACITY_MIB, "0"))
+    except ValueError:
+        capacity = 0
+    return AgentReport(
+        address=annotations.get(ANNOTATION_ADDRESS, ""),
+        backend=annotations.get(ANNOTATION_BACKEND, "unknown"),
+        capacity_mib=capacity,
+        ready=annotations.get(ANNOTATION_READY) == "true",
+        backend_reason=annotations.get(ANNOTATION_BACKEND_REASON, ""),
+        models=models,
+    )
+
+
+def micro_time(moment: datetime) -> str:
+    """Kubernetes MicroTime text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_body(
+    node: str,
+    namespace: str,
+    holder: str,
+    report: AgentReport,
+    now: datetime,
+    tarsnode: str | None = None,
+    acquire_time: datetime | None = None,
+) -> dict[str, Any]:
+    labels = {LABEL_APP: LABEL_APP_VALUE, LABEL_NODE: node}
+    if tarsnode:
+        labels[LABEL_TARSNODE] = tarsnode
+    spec: dict[str, Any] = {
+        "holderIdentity": holder,
+        "leaseDurationSeconds": LEASE_DURATION_S,
+        "renewTime": micro_time(now),
+    }
+    if acquire_time is not None:
+        spec["acquireTime"] = micro_time(acquire_time)
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease_name(node),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": agent_annotations(report),
+        },
+        "spec": spec,
+    }
+
+
+def lease_expired(renew_time: datetime | None, duration_s: int | None, now: datetime) -> bool:
+    if renew_time is None:
+        return True
+    return (now - renew_time).total_seconds() > (duration_s or LEASE_DURATION_S)

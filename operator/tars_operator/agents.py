@@ -1,0 +1,107 @@
+"""Agents as the operator sees them: Lease heartbeats joined with their Nodes' health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tars_api.lease import LABEL_NODE, LABEL_TARSNODE, lease_expired, parse_agent_annotations
+from tars_operator.placement import AgentView
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The parts of an agent Lease the operator keeps in its index."""
+
+    namespace: str
+    tarsnode: str
+    node: str
+    renew_time: datetime | None
+    duration_s: int | None
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    ready: bool
+    schedulable: bool
+    zone: str
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def lease_record(body: Any) -> LeaseRecord | None:
+    labels = body.get("metadata", {}).get("labels", {}) or {}
+    spec = body.get("spec", {}) or {}
+    if not labels.get(LABEL_TARSNODE) or not labels.get(LABEL_NODE):
+        return None
+    return LeaseRecord(
+        namespace=body["metadata"]["namespace"],
+        tarsnode=labels[LABEL_TARSNODE],
+        node=labels[LABEL_NODE],
+        renew_time=_parse_time(spec.get("renewTime")),
+        duration_s=spec.get("leaseDurationSeconds"),
+        annotations=dict(body.get("metadata", {}).get("annotations", {}) or {}),
+    )
+
+
+def node_record(body: Any) -> NodeRecord:
+    conditions = {c.get("type"): c.get("status") for c in body.get("status", {}).get("conditions", []) or []}
+    return NodeRecord(
+        name=body["metadata"]["name"],
+        ready=conditions.get("Ready") == "True",
+        schedulable=not body.get("spec", {}).get("unschedulable", False),
+        zone=(body["metadata"].get("labels") or {}).get(ZONE_LABEL, ""),
+    )
+
+
+def agent_views(
+    leases: list[LeaseRecord], nodes: dict[str, NodeRecord], now: datetime | None = None
+) -> list[AgentView]:
+    """One view per agent. An agent counts as ready only if its Lease is fresh, it says it is ready,
+    and its Node is Ready and not cordoned (a cordon is how a drain announces itself)."""
+    now = now or datetime.now(UTC)
+    views = []
+    for lease in sorted(leases, key=lambda item: item.node):
+        report = parse_agent_annotations(lease.annotations)
+        node = nodes.get(lease.node)
+        alive = not lease_expired(lease.renew_time, lease.duration_s, now)
+        healthy_node = node is None or (node.ready and node.schedulable)
+        views.append(
+            AgentView(
+                node=lease.node,
+                ready=alive and report.ready and healthy_node,
+                capacity_mib=report.capacity_mib,
+                zone=node.zone if node else "",
+                address=report.address,
+                backend=report.backend,
+                load=report.load,
+                loaded=frozenset(key for key, state in report.models.items() if state.loaded),
+            )
+        )
+    return views
+
+
+def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime) -> str | None:
+    """Why an agent is out of service, in words for a condition or Event; None if it is fine."""
+    node = nodes.get(lease.node)
+    if lease_expired(lease.renew_time, lease.duration_s, now):
+        return f"agent on {lease.node} stopped renewing its Lease"
+    if node is not None and not node.ready:
+        return f"node {lease.node} is NotReady"
+    if node is not None and not node.schedulable:
+        return f"node {lease.node} is cordoned"
+    if not parse_agent_annotations(lease.annotations).ready:
+        return f"agent on {lease.node} reports not ready"
+    return None

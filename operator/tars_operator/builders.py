@@ -1,0 +1,237 @@
+"""Pure functions from a TarsNode to the objects that run it. No API calls here.
+
+Every builder returns a complete object as the operator wants it to be; the reconciler applies it
+with server-side apply, so fields that other controllers own (status, defaults) are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from tars_api import API_VERSION, TarsNode
+from tars_operator.labels import KVM_LABEL, agent_selector, node_labels
+
+AGENT_CONFIG_KEY = "agent.yaml"
+AGENT_CONFIG_DIR = "/etc/tars"
+MODELS_HOST_PATH = "/var/lib/tars/models"
+AGENT_UID = 65532
+
+
+def owner_reference(obj: TarsNode | Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": obj.kind,
+        "name": obj.metadata.name,
+        "uid": obj.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(tn: TarsNode, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": tn.metadata.namespace,
+        "labels": node_labels(tn.metadata.name),
+        "ownerReferences": [owner_reference(tn)],
+        **extra,
+    }
+
+
+def agent_name(tn: TarsNode) -> str:
+    return f"{tn.metadata.name}-agent"
+
+
+def agent_config(tn: TarsNode) -> dict[str, Any]:
+    """What the agent reads at start-up (tars_agent's --config file), rendered from the spec."""
+    spec = tn.spec
+    forced = {"HyperlightMicroVM": "hyperlight", "Wasmtime": "wasmtime"}.get(spec.platform.type, "auto")
+    return {
+        "tarsNode": tn.metadata.name,
+        "namespace": tn.metadata.namespace,
+        "port": spec.agent.port,
+        "backend": forced,
+        "hyperlightVersion": spec.platform.hyperlight_version,
+        "capacityMiB": spec.agent.model_memory_mi_b,
+        "warmPoolSize": spec.warm_pool_size,
+        "logLevel": spec.agent.log_level,
+        "capabilities": list(spec.capabilities),
+        "sandbox": spec.sandbox.wire(),
+    }
+
+
+def desired_configmap(tn: TarsNode) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(tn, agent_name(tn)),
+        "data": {AGENT_CONFIG_KEY: yaml.safe_dump(agent_config(tn), sort_keys=True)},
+    }
+
+
+def config_hash(tn: TarsNode) -> str:
+    """Changes whenever the agent configuration does, so the DaemonSet rolls its pods."""
+    return hashlib.sha256(json.dumps(agent_config(tn), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def desired_service_account(tn: TarsNode) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tn, agent_name(tn))}
+
+
+# Exactly what tars_agent calls: its own Lease (heartbeat), the TarsModels it serves, and Events.
+AGENT_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update", "patch", "delete"],
+    },
+    {"apiGroups": ["tars.hyperlight.dev"], "resources": ["tarsmodels"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
+def desired_role(tn: TarsNode) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(tn, agent_name(tn)),
+        "rules": AGENT_RULES,
+    }
+
+
+def desired_role_binding(tn: TarsNode) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(tn, agent_name(tn)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": agent_name(tn)},
+        "subjects": [{"kind": "ServiceAccount", "name": agent_name(tn), "namespace": tn.metadata.namespace}],
+    }
+
+
+def desired_service(tn: TarsNode) -> dict[str, Any]:
+    """Headless: one DNS record per agent, so callers (and the gateway) can reach each one."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(tn, agent_name(tn)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": agent_selector(tn.metadata.name),
+            "ports": [{"name": "http", "port": tn.spec.agent.port, "targetPort": "http", "protocol": "TCP"}],
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
+def desired_pdb(tn: TarsNode) -> dict[str, Any]:
+    """A voluntary disruption (drain, upgrade) takes one agent at a time, so models move, not vanish."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(tn, agent_name(tn)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": agent_selector(tn.metadata.name)}},
+    }
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
+    spec, name = tn.spec, agent_name(tn)
+    port = spec.agent.port
+    pod_labels = node_labels(tn.metadata.name)
+    container = {
+        "name": "agent",
+        "image": spec.agent.image,
+        "imagePullPolicy": spec.agent.image_pull_policy,
+        "args": ["--config", f"{AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"],
+        "env": [
+            _field_env("NODE_NAME", "spec.nodeName"),
+            _field_env("POD_IP", "status.podIP"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _field_env("POD_NAME", "metadata.name"),
+        ],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "resources": spec.agent.resources.wire(),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "readinessProbe": _probe("/v2/health/ready", period=2, failures=1),
+        "volumeMounts": [
+            {"name": "config", "mountPath": AGENT_CONFIG_DIR, "readOnly": True},
+            {"name": "kvm", "mountPath": "/dev/kvm"},
+            {"name": "cache", "mountPath": "/var/cache/tars"},
+            {"name": "models", "mountPath": MODELS_HOST_PATH, "readOnly": True},
+        ],
+        "securityContext": {
+            # Guests are isolated by the sandbox; the agent itself needs no privilege beyond the
+            # /dev/kvm device, which a device plugin or the kvm group grants.
+            "runAsNonRoot": True,
+            "runAsUser": AGENT_UID,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _meta(tn, name),
+        "spec": {
+            "selector": {"matchLabels": agent_selector(tn.metadata.name)},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics",
+                        "tars.hyperlight.dev/config-hash": config_hash(tn),
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "nodeSelector": {**spec.node_selector, KVM_LABEL: "true"},
+                    "tolerations": [t.wire() for t in spec.tolerations],
+                    # Drain finishes in-flight requests and releases the Lease before exit.
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {"runAsNonRoot": True, "fsGroup": AGENT_UID},
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": name}},
+                        {"name": "kvm", "hostPath": {"path": "/dev/kvm", "type": "CharDevice"}},
+                        {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}},
+                        {"name": "models", "hostPath": {"path": MODELS_HOST_PATH, "type": "DirectoryOrCreate"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def desired_children(tn: TarsNode) -> list[dict[str, Any]]:
+    """Everything a TarsNode owns, in the order they should be applied (RBAC before the pods use it)."""
+    return [
+        desired_service_account(tn),
+        desired_role(tn),
+        desired_role_binding(tn),
+        desired_configmap(tn),
+        desired_service(tn),
+        desired_pdb(tn),
+        desired_daemonset(tn),
+    ]

@@ -1,0 +1,175 @@
+"""kopf wiring: indexes of what the operator watches, and thin handlers that call the reconciler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import kopf
+
+from tars_api import GROUP, VERSION
+from tars_api.lease import LABEL_APP, LABEL_APP_VALUE
+from tars_operator.agents import lease_record, node_record
+from tars_operator.kube import Kube, load_client_config
+from tars_operator.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
+from tars_operator.metrics import MANAGED
+from tars_operator.reconciler import Observed, Reconciler, observed_from
+
+log = logging.getLogger("tars_operator")
+PEERING_NAME = "tars"
+CHILD_KINDS = [
+    ("apps", "v1", "daemonsets"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("policy", "v1", "poddisruptionbudgets"),
+]
+_reconciler: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        _reconciler = Reconciler(Kube(load_client_config()))
+    return _reconciler
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Progress and diff-base would be annotations under our own prefix; the handlers below are
+    # level-based (events and timers), so kopf has nothing to store on the objects.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    # Only warnings from kopf's own log become Events; the operator posts its meaningful Events itself.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.batch_window = 0.05
+    # Two replicas with kopf peering: the higher priority acts, the other waits. Equal priorities
+    # would both act, so each replica draws its own unless told.
+    settings.peering.priority = int(os.environ.get("TARS_OPERATOR_PRIORITY", random.randint(1, 1_000_000)))
+    settings.peering.lifetime = int(os.environ.get("TARS_PEERING_LIFETIME", "20"))
+    settings.peering.name = PEERING_NAME
+    settings.peering.mandatory = False
+
+
+def _seen(kwargs: dict[str, Any]) -> Observed:
+    return observed_from(kwargs)
+
+
+# --- indexes ---------------------------------------------------------------------------------------
+
+
+@kopf.index(GROUP, VERSION, "tarsnodes")
+def tarsnodes_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, "tarsmodels")
+def models_index(namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, spec.get("nodeRef", {}).get("name", "")): dict(body)}
+
+
+@kopf.index("coordination.k8s.io", "v1", "leases", labels={LABEL_APP: LABEL_APP_VALUE})
+def leases_index(body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
+    record = lease_record(body)
+    return {(record.namespace, record.tarsnode): record} if record else None
+
+
+@kopf.index("", "v1", "nodes")
+def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: node_record(body)}
+
+
+@kopf.index("apps", "v1", "daemonsets", labels={MANAGED_BY: OPERATOR})
+def daemonsets_index(namespace: str, labels: kopf.Labels, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels.get(TARSNODE_LABEL, "")): dict(status)}
+
+
+# --- TarsNode --------------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "tarsnodes")
+async def tarsnode_changed(type: str, namespace: str, name: str, **kwargs: Any) -> None:
+    MANAGED.labels("TarsNode").set(len(kwargs["tarsnodes_index"]))
+    if type == "DELETED":
+        return  # owner references let the garbage collector remove the children
+    await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
+    await _reconcile_models_of((namespace, name), kwargs)
+
+
+def _child_event(group: str, version: str, plural: str) -> None:
+    @kopf.on.event(
+        group, version, plural, labels={MANAGED_BY: OPERATOR, TARSNODE_LABEL: kopf.PRESENT}, id=f"child-{plural}"
+    )
+    async def child_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        # A child edited or deleted by hand (or its status moving) brings the owner back to spec.
+        key = (namespace, labels[TARSNODE_LABEL])
+        if key in kwargs["tarsnodes_index"]:
+            await reconciler().tarsnode(key, lambda: _seen(kwargs))
+
+
+for _group, _version, _plural in CHILD_KINDS:
+    _child_event(_group, _version, _plural)
+
+
+@kopf.timer(GROUP, VERSION, "tarsnodes", interval=2.0, id="agents-watch")
+async def watch_agents(namespace: str, name: str, **kwargs: Any) -> None:
+    """Lease expiry makes no watch event, so liveness is re-checked on a short timer."""
+    seen = _seen(kwargs)
+    if reconciler().agents_changed((namespace, name), seen):
+        await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
+        await _reconcile_models_of((namespace, name), kwargs)
+
+
+@kopf.timer(GROUP, VERSION, "tarsnodes", interval=30.0, id="safety-net")
+async def resync(namespace: str, name: str, **kwargs: Any) -> None:
+    await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
+    await _reconcile_models_of((namespace, name), kwargs)
+
+
+async def _reconcile_models_of(node_key: tuple[str, str], kwargs: dict[str, Any]) -> None:
+    for body in list(kwargs["models_index"].get(node_key, [])):
+        await reconciler().tarsmodel(body, lambda: _seen(kwargs))
+
+
+# --- agents and nodes -------------------------------------------------------------------------------
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={LABEL_APP: LABEL_APP_VALUE})
+async def agent_lease_changed(body: kopf.Body, **kwargs: Any) -> None:
+    record = lease_record(body)
+    if record is None:
+        return
+    key = (record.namespace, record.tarsnode)
+    if key in kwargs["tarsnodes_index"] and reconciler().agents_changed(key, _seen(kwargs)):
+        await reconciler().tarsnode(key, lambda: _seen(kwargs))
+        await _reconcile_models_of(key, kwargs)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(**kwargs: Any) -> None:
+    seen = _seen(kwargs)
+    for key in list(seen.tarsnodes):
+        if reconciler().agents_changed(key, seen):
+            await reconciler().tarsnode(key, lambda: _seen(kwargs))
+            await _reconcile_models_of(key, kwargs)
+
+
+# --- TarsModel -------------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "tarsmodels")
+async def tarsmodel_changed(
+    type: str, body: kopf.Body, namespace: str, name: str, spec: kopf.Spec, **kwargs: Any
+) -> None:
+    MANAGED.labels("TarsModel").set(sum(len(v) for v in kwargs["models_index"].values()))
+    if type == "DELETED":
+        reconciler().forget_model(namespace, name, spec.get("nodeRef", {}).get("name", ""))
+        return
+    await reconciler().tarsmodel(dict(body), lambda: _seen(kwargs))

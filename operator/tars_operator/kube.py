@@ -1,0 +1,107 @@
+"""The operator's only door to the API server: server-side apply, status patches, deletes.
+
+The kubernetes client is synchronous; every call runs in a worker thread so kopf's event loop keeps
+serving watches while a request is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tars_operator.labels import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+
+def load_client_config() -> client.ApiClient:
+    """In-cluster credentials when running as a pod, otherwise KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """REST path of an object. Every kind the operator manages pluralises by appending "s"."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}" if namespace else base
+    path += f"/{kind.lower()}s"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        request = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request, _request_timeout=30)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def apply_sync(self, obj: dict[str, Any]) -> Any:
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        # force: the operator owns these objects; a hand edit to a field it sets is drift to undo.
+        return self._call(
+            "PATCH", path, obj, "application/apply-patch+yaml", [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        )
+
+    async def apply(self, obj: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self.apply_sync, obj)
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        path = resource_path(api_version, kind, namespace, name) + "/status"
+        try:
+            await asyncio.to_thread(self._call, "PATCH", path, {"status": status}, "application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+        path = resource_path(api_version, kind, namespace, name)
+        await asyncio.to_thread(self._call, "PATCH", path, patch, "application/merge-patch+json")
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(self._call, "DELETE", resource_path(api_version, kind, namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = await asyncio.to_thread(
+            self._call,
+            "GET",
+            resource_path(api_version, kind, namespace),
+            None,
+            "application/json",
+            [("labelSelector", label_selector)],
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items

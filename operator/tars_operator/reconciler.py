@@ -1,0 +1,238 @@
+"""Level-based reconciliation of TarsNodes and TarsModels.
+
+One idempotent reconcile per object reads the desired state (spec) and the observed state (children
+and agents, from kopf indexes), applies the difference and writes status. It is called from watch
+events of the object, of its children and of agents' Leases, and from timers as a safety net;
+bursts of triggers for one object collapse into at most one extra run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from tars_api import API_VERSION, TarsModel, TarsNode
+from tars_api.lease import parse_agent_annotations
+from tars_operator import builders, metrics, routing
+from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason
+from tars_operator.conditions import Cond, merge_conditions, transitions
+from tars_operator.kube import Kube
+from tars_operator.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
+from tars_operator.placement import AgentView, place
+from tars_operator.status import ModelObservation, tarsmodel_status, tarsnode_status
+
+log = logging.getLogger("tars_operator")
+Key = tuple[str, str]
+
+
+@dataclass
+class Observed:
+    """Snapshots of kopf's indexes, taken when a handler runs."""
+
+    tarsnodes: dict[Key, dict[str, Any]]
+    models: dict[Key, list[dict[str, Any]]]
+    leases: dict[Key, list[LeaseRecord]]
+    nodes: dict[str, NodeRecord]
+    daemonsets: dict[Key, dict[str, Any]]
+
+    def agents(self, key: Key, now: datetime | None = None) -> list[AgentView]:
+        return agent_views(self.leases.get(key, []), self.nodes, now)
+
+    def lost(self, key: Key) -> list[str]:
+        now = datetime.now(UTC)
+        return [r for lease in self.leases.get(key, []) if (r := lost_reason(lease, self.nodes, now))]
+
+
+def _first(store: Iterable[Any] | None) -> Any:
+    return next(iter(store), None) if store is not None else None
+
+
+def observed_from(indexes: dict[str, Any]) -> Observed:
+    return Observed(
+        tarsnodes={k: _first(v) for k, v in indexes["tarsnodes_index"].items()},
+        models={k: list(v) for k, v in indexes["models_index"].items()},
+        leases={k: list(v) for k, v in indexes["leases_index"].items()},
+        nodes={k: _first(v) for k, v in indexes["nodes_index"].items()},
+        daemonsets={k: _first(v) for k, v in indexes["daemonsets_index"].items()},
+    )
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
+
+
+@dataclass
+class _Slot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dirty: bool = False
+
+
+class Reconciler:
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._slots: dict[tuple[str, Key], _Slot] = {}
+        self._placement_locks: dict[Key, asyncio.Lock] = {}
+        # Placements decided by this process and not yet seen back through the watch, per TarsNode.
+        self._placed: dict[Key, dict[str, tuple[dict[str, int], int]]] = {}
+        self._agent_fingerprints: dict[Key, Any] = {}
+
+    async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
+        slot = self._slots.setdefault((kind, key), _Slot())
+        if slot.lock.locked():
+            slot.dirty = True
+            return
+        async with slot.lock:
+            slot.dirty = True
+            while slot.dirty:
+                slot.dirty = False
+                started = time.perf_counter()
+                result = "success"
+                try:
+                    await run()
+                except Exception:
+                    result = "error"
+                    log.exception("reconciling %s %s/%s failed", kind, *key)
+                    raise
+                finally:
+                    metrics.RECONCILIATIONS.labels(kind, result).inc()
+                    metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+    # --- TarsNode -------------------------------------------------------------------------------
+
+    async def tarsnode(self, key: Key, seen_fn: Callable[[], Observed]) -> None:
+        await self._coalesced("TarsNode", key, lambda: self._reconcile_tarsnode(key, seen_fn()))
+
+    async def _reconcile_tarsnode(self, key: Key, seen: Observed) -> None:
+        body = seen.tarsnodes.get(key)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        tn = TarsNode.model_validate(body)
+        for child in builders.desired_children(tn):
+            await self.kube.apply(child)
+        agents = seen.agents(key)
+        fields, conds = tarsnode_status(tn, seen.daemonsets.get(key), agents, seen.lost(key))
+        for state, count in (("ready", sum(a.ready for a in agents)), ("lost", sum(not a.ready for a in agents))):
+            metrics.AGENTS.labels(tn.metadata.name, state).set(count)
+        await self._write_status(body, tn.metadata.generation, fields, conds)
+
+    # --- TarsModel ------------------------------------------------------------------------------
+
+    async def tarsmodel(self, body: dict[str, Any], seen_fn: Callable[[], Observed]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        await self._coalesced("TarsModel", key, lambda: self._reconcile_tarsmodel(key, seen_fn()))
+
+    def _model_body(self, key: Key, seen: Observed) -> dict[str, Any] | None:
+        for bodies in seen.models.values():
+            for body in bodies:
+                if (body["metadata"]["namespace"], body["metadata"]["name"]) == key:
+                    return body
+        return None
+
+    async def _reconcile_tarsmodel(self, key: Key, seen: Observed) -> None:
+        body = self._model_body(key, seen)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            tm = TarsModel.model_validate(body)
+        except ValidationError as exc:  # the schema should have stopped it; say so, do not crash-loop
+            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())[:1000]
+            invalid = [Cond("Ready", False, "InvalidSpec", message), Cond("Degraded", True, "InvalidSpec", message)]
+            await self._write_status(body, body["metadata"].get("generation", 0), {}, invalid)
+            return
+        node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        lock = self._placement_locks.setdefault(node_key, asyncio.Lock())
+        async with lock:
+            observation = self._observe_model(tm, node_key, seen)
+            if observation.result is not None:
+                placed = self._placed.setdefault(node_key, {})
+                placed[routing.model_key(tm)] = (observation.result.placements, tm.spec.memory_mi_b)
+        await self.kube.apply(routing.desired_model_service(tm))
+        slices = routing.desired_endpointslices(
+            tm, observation.result.placements if observation.result else {}, observation.agents
+        )
+        for endpoint_slice in slices:
+            await self.kube.apply(endpoint_slice)
+        await self._prune_slices(tm, {s["metadata"]["name"] for s in slices})
+        fields, conds = tarsmodel_status(tm, observation)
+        if observation.result and observation.result.unplaced:
+            metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
+        previous = {p.node for p in tm.status.placements} if tm.status else set()
+        now_on = set(observation.result.placements) if observation.result else set()
+        if previous and now_on != previous:
+            post_event(body, "Normal", "Placed", f"placements {sorted(previous)} -> {sorted(now_on)}")
+        await self._write_status(body, tm.metadata.generation, fields, conds)
+
+    def _observe_model(self, tm: TarsModel, node_key: Key, seen: Observed) -> ModelObservation:
+        if seen.tarsnodes.get(node_key) is None:
+            return ModelObservation(False, [], None, {})
+        agents = seen.agents(node_key)
+        mine = routing.model_key(tm)
+        current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
+        used: dict[str, int] = {}
+        placed_here = self._placed.get(node_key, {})
+        for other in seen.models.get(node_key, []):
+            other_key = f"{other['metadata']['namespace']}/{other['metadata']['name']}"
+            if other_key == mine:
+                continue
+            if other_key in placed_here:
+                placements, memory = placed_here[other_key]
+            else:
+                placements = {
+                    p["node"]: p.get("replicas", 1) for p in (other.get("status") or {}).get("placements", [])
+                }
+                memory = (other.get("spec") or {}).get("memoryMiB", 0)
+            for node, count in placements.items():
+                used[node] = used.get(node, 0) + count * memory
+        result = place(tm.spec.replicas, tm.spec.memory_mi_b, current, agents, used)
+        errors = {}
+        for lease in seen.leases.get(node_key, []):
+            state = parse_agent_annotations(lease.annotations).models.get(mine)
+            if state is not None and state.error:
+                errors[lease.node] = state.error
+        return ModelObservation(True, agents, result, errors)
+
+    async def _prune_slices(self, tm: TarsModel, keep: set[str]) -> None:
+        selector = f"{MODEL_LABEL}={tm.metadata.name},{SLICE_MANAGED_BY}={OPERATOR}"
+        for existing in await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, selector):
+            if existing["metadata"]["name"] not in keep:
+                await self.kube.delete(
+                    "discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, existing["metadata"]["name"]
+                )
+
+    def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
+        self._placed.get((namespace, tarsnode), {}).pop(f"{namespace}/{name}", None)
+
+    # --- shared ---------------------------------------------------------------------------------
+
+    async def _write_status(
+        self, body: dict[str, Any], generation: int, fields: dict[str, Any], conds: list[Any]
+    ) -> None:
+        old = body.get("status") or {}
+        conditions = merge_conditions(old.get("conditions", []), conds, generation)
+        status = {**fields, "conditions": conditions, "observedGeneration": generation}
+        if all(old.get(k) == v for k, v in status.items()):
+            return  # nothing changed: no write, no new watch event, no loop
+        for cond in transitions(old.get("conditions", []), conditions):
+            if cond["type"] in ("Ready", "Degraded") and (old.get("conditions") or cond["status"] == "True"):
+                bad = (cond["type"] == "Degraded") == (cond["status"] == "True")
+                message = cond["message"] or f"{cond['type']}={cond['status']}"
+                post_event(body, "Warning" if bad else "Normal", cond["reason"], message)
+        meta = body["metadata"]
+        await self.kube.patch_status(API_VERSION, body["kind"], meta["namespace"], meta["name"], status)
+
+    def agents_changed(self, key: Key, seen: Observed) -> bool:
+        """True when the set of usable agents, or what they hold, differs from last time asked."""
+        fingerprint = tuple(
+            (a.node, a.ready, a.address, a.capacity_mib, tuple(sorted(a.loaded))) for a in seen.agents(key)
+        )
+        changed = self._agent_fingerprints.get(key) != fingerprint
+        self._agent_fingerprints[key] = fingerprint
+        return changed

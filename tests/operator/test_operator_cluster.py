@@ -1,0 +1,269 @@
+"""The operator against the real local control plane: children, drift, status, placement, routing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from tars_api.lease import AgentReport, ModelState, lease_body
+from tarsctl import localcluster
+from tests.conftest import ControlPlane, OperatorProcess
+
+T = TypeVar("T")
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
+
+
+def apply(cp: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def tarsnode(name: str = "tars", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "tars.hyperlight.dev/v1alpha1", "kind": "TarsNode", "metadata": {"name": name}, "spec": spec}
+
+
+def tarsmodel(name: str, node: str = "tars", **spec: Any) -> dict[str, Any]:
+    base = {"nodeRef": {"name": node}, "kind": "sentiment", "source": "builtin://sentiment-vader", "memoryMiB": 100}
+    return {
+        "apiVersion": "tars.hyperlight.dev/v1alpha1",
+        "kind": "TarsModel",
+        "metadata": {"name": name},
+        "spec": {**base, **spec},
+    }
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def lease_for(
+    namespace: str,
+    node: str,
+    port: int,
+    models: dict[str, bool],
+    *,
+    ready: bool = True,
+    capacity: int = 1000,
+    renewed: datetime | None = None,
+) -> dict[str, Any]:
+    report = AgentReport(
+        address=f"{localcluster.host_ip()}:{port}",
+        backend="wasmtime",
+        capacity_mib=capacity,
+        ready=ready,
+        models={key: ModelState(loaded=loaded) for key, loaded in models.items()},
+    )
+    return lease_body(node, namespace, f"agent-{node}", report, renewed or datetime.now(UTC), tarsnode="tars")
+
+
+def put_lease(cp: ControlPlane, namespace: str, lease: dict[str, Any]) -> None:
+    cp.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=test-agent",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(lease),
+    )
+
+
+def test_tarsnode_creates_its_children(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    apply(control_plane, namespace, tarsnode(nodeSelector={"kubernetes.io/os": "linux"}))
+    ds = eventually(lambda: control_plane.get_json("daemonset", "tars-agent", "-n", namespace), what="DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "tars.hyperlight.dev/kvm": "true"}
+    assert pod["serviceAccountName"] == "tars-agent"
+    for kind in ("serviceaccount", "role", "rolebinding", "configmap", "service", "poddisruptionbudget"):
+        control_plane.get_json(kind, "tars-agent", "-n", namespace)
+    status = eventually(
+        lambda: (
+            (tn := control_plane.get_json("tarsnode", "tars", "-n", namespace))
+            .get("status", {})
+            .get("desiredAgents", 0)
+            >= len(simulated_nodes)
+            and tn["status"]
+        ),
+        what="desiredAgents from the DaemonSet",
+    )
+    assert status["observedGeneration"] == 1
+    ready = condition({"status": status}, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "NoAgentsReady"
+
+
+def test_spec_change_updates_the_daemonset(control_plane: ControlPlane, namespace: str) -> None:
+    apply(control_plane, namespace, tarsnode())
+    eventually(lambda: control_plane.get_json("daemonset", "tars-agent", "-n", namespace))
+    apply(control_plane, namespace, tarsnode(agent={"port": 9100}))
+    eventually(
+        lambda: (
+            control_plane.get_json("daemonset", "tars-agent", "-n", namespace)["spec"]["template"]["spec"][
+                "containers"
+            ][0]["ports"][0]["containerPort"]
+            == 9100
+        ),
+        what="new port in the DaemonSet",
+    )
+
+
+def test_drift_is_repaired(control_plane: ControlPlane, namespace: str) -> None:
+    apply(control_plane, namespace, tarsnode())
+    first = eventually(lambda: control_plane.get_json("daemonset", "tars-agent", "-n", namespace))
+    control_plane.kubectl("delete", "daemonset", "tars-agent", "-n", namespace)
+    eventually(
+        lambda: (
+            control_plane.get_json("daemonset", "tars-agent", "-n", namespace)["metadata"]["uid"]
+            != first["metadata"]["uid"]
+        ),
+        timeout=10,
+        what="DaemonSet restored",
+    )
+    control_plane.kubectl(
+        "patch",
+        "configmap",
+        "tars-agent",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"agent.yaml": "tampered: true"}}),
+    )
+    eventually(
+        lambda: (
+            "tarsNode: tars" in control_plane.get_json("configmap", "tars-agent", "-n", namespace)["data"]["agent.yaml"]
+        ),
+        timeout=10,
+        what="ConfigMap restored",
+    )
+
+
+def test_deleting_the_tarsnode_removes_its_children(control_plane: ControlPlane, namespace: str) -> None:
+    apply(control_plane, namespace, tarsnode())
+    eventually(lambda: control_plane.get_json("daemonset", "tars-agent", "-n", namespace))
+    control_plane.kubectl("delete", "tarsnode", "tars", "-n", namespace)
+
+    def gone() -> bool:
+        left = control_plane.kubectl(
+            "get",
+            "daemonset,configmap,role,serviceaccount,service,pdb",
+            "-n",
+            namespace,
+            "-l",
+            "tars.hyperlight.dev/tarsnode=tars",
+            "-o",
+            "name",
+        ).stdout
+        return left.strip() == ""
+
+    eventually(gone, timeout=30, what="children garbage-collected")
+
+
+def test_model_with_missing_node_is_degraded(control_plane: ControlPlane, namespace: str) -> None:
+    apply(control_plane, namespace, tarsmodel("orphan", node="nowhere"))
+    degraded = eventually(
+        lambda: condition(control_plane.get_json("tarsmodel", "orphan", "-n", namespace), "Degraded"),
+        what="Degraded condition",
+    )
+    assert degraded["status"] == "True" and degraded["reason"] == "NodeNotFound"
+    assert "'nowhere' not found" in degraded["message"]
+
+
+def _model(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return cp.get_json("tarsmodel", name, "-n", namespace)
+
+
+def test_models_are_placed_routed_and_scaled(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    apply(control_plane, namespace, tarsnode())
+    key = f"{namespace}/m"
+    for port, node in enumerate(simulated_nodes, start=9001):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
+    apply(control_plane, namespace, tarsmodel("m", replicas=2))
+    status = eventually(
+        lambda: (s := _model(control_plane, namespace, "m").get("status", {})).get("readyReplicas") == 2 and s,
+        what="two ready replicas",
+    )
+    placed = {p["node"] for p in status["placements"]}
+    assert len(placed) == 2 and placed <= set(simulated_nodes)
+    assert condition({"status": status}, "Ready")["status"] == "True"
+    assert status["selector"] == "tars.hyperlight.dev/model=m"
+    control_plane.get_json("service", "tars-model-m", "-n", namespace)
+    slices = control_plane.get_json("endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=tars-model-m")
+    endpoints = [e for s in slices["items"] for e in s["endpoints"]]
+    assert sorted(e["nodeName"] for e in endpoints) == sorted(placed)
+    assert all(e["conditions"]["ready"] for e in endpoints)
+
+    control_plane.kubectl("scale", "tarsmodel/m", "--replicas=3", "-n", namespace)
+    status = eventually(
+        lambda: (s := _model(control_plane, namespace, "m")["status"])["replicas"] == 3 and s, what="three replicas"
+    )
+    assert {p["node"] for p in status["placements"]} == set(simulated_nodes)
+
+
+def test_lost_agent_moves_placements(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    apply(control_plane, namespace, tarsnode())
+    key = f"{namespace}/m"
+    for port, node in enumerate(simulated_nodes, start=9101):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
+    apply(control_plane, namespace, tarsmodel("m", replicas=1))
+    status = eventually(lambda: (s := _model(control_plane, namespace, "m").get("status", {})).get("placements") and s)
+    victim = status["placements"][0]["node"]
+    port = 9101 + simulated_nodes.index(victim)
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    put_lease(control_plane, namespace, lease_for(namespace, victim, port, {key: True}, renewed=stale))
+    moved = eventually(
+        lambda: (s := _model(control_plane, namespace, "m")["status"])["placements"][0]["node"] != victim and s,
+        timeout=10,
+        what="placement moved off the lost agent",
+    )
+    assert moved["readyReplicas"] == 1
+    node_status = control_plane.get_json("tarsnode", "tars", "-n", namespace)
+    degraded = condition(node_status, "Degraded")
+    assert degraded["status"] == "True" and victim in degraded["message"]
+
+
+def test_unplaceable_replicas_are_reported(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    apply(control_plane, namespace, tarsnode())
+    for port, node in enumerate(simulated_nodes, start=9201):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {}, capacity=150))
+    apply(control_plane, namespace, tarsmodel("big", replicas=1, memoryMiB=4000))
+    degraded = eventually(
+        lambda: (c := condition(_model(control_plane, namespace, "big"), "Degraded")).get("status") == "True" and c
+    )
+    assert degraded["reason"] == "Unplaceable"
+    assert _model(control_plane, namespace, "big")["status"]["unplacedReplicas"] == 1
+
+
+def test_operator_exports_metrics(operator: OperatorProcess) -> None:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert "tars_operator_reconciliations_total" in text
+    assert "tars_operator_reconcile_duration_seconds_bucket" in text

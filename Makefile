@@ -23,6 +23,7 @@ lint: install
 
 crds: install
 	tarsctl crds generate
+	tarsctl crds generate --dir charts/tars-operator/crds
 
 test: install control-plane
 	$(PYTHON) -m pytest

@@ -17,6 +17,12 @@ version_pkg=k8s.io/component-base/version
 ldflags="-s -w -X $version_pkg.gitVersion=$k8s_version -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor \
  -X $version_pkg.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
 
+helm_version=$(awk '$1 == "helm.sh/helm/v3" {print $2}' "$here/helm/go.mod" | head -n 1)
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+for pkg in pkg/chartutil pkg/lint/rules; do
+  helm_ldflags="$helm_ldflags -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$minor"
+done
+
 targets=(
   "cluster:kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver"
   "cluster:kube-controller-manager:k8s.io/kubernetes/cmd/kube-controller-manager"
@@ -41,6 +47,8 @@ for target in "${targets[@]}"; do
   flags=$ldflags
   # helm and kwok pin their own k8s.io libraries (separate modules), so the version stamps above do not apply.
   [ "$module" = cluster ] || flags="-s -w"
+  # Unstamped, helm believes the cluster is Kubernetes v1.20 and its own version is unknown.
+  [ "$module" = helm ] && flags="$helm_ldflags"
   if ! (cd "$here/$module" && CGO_ENABLED=0 go build -trimpath -ldflags "$flags" -o "$bin_dir/$name.tmp" "$package") >>"$log" 2>&1; then
     echo "[$i/${#targets[@]}] $name: FAILED, see $log" >&2
     tail -n 30 "$log" >&2

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tars_api.lease import LABEL_NODE, LABEL_TARSNODE, lease_expired, parse_agent_annotations
+from tars_operator.labels import BACKEND_LABEL
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -30,6 +31,7 @@ class NodeRecord:
     ready: bool
     schedulable: bool
     zone: str
+    backend_label: str = ""
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -63,7 +65,22 @@ def node_record(body: Any) -> NodeRecord:
         ready=conditions.get("Ready") == "True",
         schedulable=not body.get("spec", {}).get("unschedulable", False),
         zone=(body["metadata"].get("labels") or {}).get(ZONE_LABEL, ""),
+        backend_label=(body["metadata"].get("labels") or {}).get(BACKEND_LABEL, ""),
     )
+
+
+def node_label_patches(agents: list[AgentView], nodes: dict[str, NodeRecord]) -> dict[str, dict[str, Any]]:
+    """Label patches that make each agent's Node show the backend its probe chose.
+
+    The operator labels Nodes, not the agents: a namespaced Role cannot grant Node access, and
+    keeping agents free of cluster-wide permissions is worth the one hop through the Lease."""
+    return {
+        agent.node: {"metadata": {"labels": {BACKEND_LABEL: agent.backend}}}
+        for agent in agents
+        if agent.backend in ("hyperlight", "wasmtime")
+        and agent.node in nodes
+        and nodes[agent.node].backend_label != agent.backend
+    }
 
 
 def agent_views(

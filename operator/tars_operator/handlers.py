@@ -18,7 +18,8 @@ from tars_operator.metrics import MANAGED
 from tars_operator.reconciler import Observed, Reconciler, observed_from
 
 log = logging.getLogger("tars_operator")
-PEERING_NAME = "tars"
+# The chart names the peering object; both replicas of one release must use the same name.
+PEERING_NAME = os.environ.get("TARS_OPERATOR_PEERING_NAME", "tars")
 CHILD_KINDS = [
     ("apps", "v1", "daemonsets"),
     ("", "v1", "configmaps"),

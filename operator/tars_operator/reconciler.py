@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tars_api import API_VERSION, TarsModel, TarsNode
 from tars_api.lease import parse_agent_annotations
 from tars_operator import builders, metrics, routing
-from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason
+from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
 from tars_operator.conditions import Cond, merge_conditions, transitions
 from tars_operator.kube import Kube
 from tars_operator.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
@@ -118,6 +118,8 @@ class Reconciler:
         for child in builders.desired_children(tn):
             await self.kube.apply(child)
         agents = seen.agents(key)
+        for node, patch in node_label_patches(agents, seen.nodes).items():
+            await self.kube.patch("v1", "Node", None, node, patch)
         fields, conds = tarsnode_status(tn, seen.daemonsets.get(key), agents, seen.lost(key))
         for state, count in (("ready", sum(a.ready for a in agents)), ("lost", sum(not a.ready for a in agents))):
             metrics.AGENTS.labels(tn.metadata.name, state).set(count)

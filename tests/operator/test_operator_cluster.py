@@ -216,6 +216,14 @@ def test_models_are_placed_routed_and_scaled(
     assert sorted(e["nodeName"] for e in endpoints) == sorted(placed)
     assert all(e["conditions"]["ready"] for e in endpoints)
 
+    eventually(
+        lambda: all(
+            control_plane.get_json("node", node)["metadata"]["labels"].get("tars.hyperlight.dev/backend") == "wasmtime"
+            for node in simulated_nodes
+        ),
+        what="nodes labelled with their agent's backend",
+    )
+
     control_plane.kubectl("scale", "tarsmodel/m", "--replicas=3", "-n", namespace)
     status = eventually(
         lambda: (s := _model(control_plane, namespace, "m")["status"])["replicas"] == 3 and s, what="three replicas"

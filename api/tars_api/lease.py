@@ -20,7 +20,7 @@ Annotations (all values are strings):
 ``tars.hyperlight.dev/load``              requests in flight on the agent, decimal number
 ``tars.hyperlight.dev/models``            JSON object, one entry per model placed on the agent:
                                           ``{"<namespace>/<name>": {"loaded": bool, "inFlight": number,
-                                          "memoryMiB": int, "error": "..." (only when loading failed)}}``
+                                          "memoryMiB": int, "rps": number, "error": "..." (only when loading failed)}}``
 ========================================  ==============================================================
 """
 
@@ -84,9 +84,15 @@ class ModelState:
     in_flight: float = 0.0
     memory_mib: int = 0
     error: str | None = None
+    rps: float = 0.0
 
     def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"loaded": self.loaded, "inFlight": self.in_flight, "memoryMiB": self.memory_mib}
+        out: dict[str, Any] = {
+            "loaded": self.loaded,
+            "inFlight": self.in_flight,
+            "memoryMiB": self.memory_mib,
+            "rps": self.rps,
+        }
         if self.error:
             out["error"] = self.error[:500]
         return out
@@ -132,6 +138,7 @@ def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
             in_flight=float(v.get("inFlight", 0.0)),
             memory_mib=int(v.get("memoryMiB", 0)),
             error=v.get("error"),
+            rps=float(v.get("rps", 0.0)),
         )
         for key, v in (raw_models.items() if isinstance(raw_models, dict) else [])
         if isinstance(v, dict)

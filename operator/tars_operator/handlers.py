@@ -165,6 +165,17 @@ async def node_changed(**kwargs: Any) -> None:
 # --- TarsModel -------------------------------------------------------------------------------------
 
 
+def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("scaling", {}).get("enabled"))
+
+
+@kopf.timer(GROUP, VERSION, "tarsmodels", interval=2.0, id="autoscaler", when=_scaling_enabled)
+async def autoscale(body: kopf.Body, **kwargs: Any) -> None:
+    """One load sample and one decision every 2 s, only for models with scaling.enabled; with it off,
+    kubectl scale or an HPA own spec.replicas."""
+    await reconciler().autoscale(dict(body), _seen(kwargs))
+
+
 @kopf.on.event(GROUP, VERSION, "tarsmodels")
 async def tarsmodel_changed(
     type: str, body: kopf.Body, namespace: str, name: str, spec: kopf.Spec, **kwargs: Any

@@ -87,6 +87,12 @@ class Kube:
         path = resource_path(api_version, kind, namespace, name)
         await asyncio.to_thread(self._call, "PATCH", path, patch, "application/merge-patch+json")
 
+    async def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> None:
+        """Writes spec.replicas through the scale subresource, exactly as kubectl scale or an HPA does."""
+        path = resource_path(api_version, kind, namespace, name) + "/scale"
+        body = {"spec": {"replicas": replicas}}
+        await asyncio.to_thread(self._call, "PATCH", path, body, "application/merge-patch+json")
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:
             await asyncio.to_thread(self._call, "DELETE", resource_path(api_version, kind, namespace, name))

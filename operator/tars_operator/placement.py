@@ -43,11 +43,13 @@ def place(
     current: dict[str, int],
     agents: list[AgentView],
     used_by_others_mib: dict[str, int],
+    warm: frozenset[str] = frozenset(),
 ) -> PlacementResult:
     """Replicas per node for one model.
 
     ``current`` is the model's placement now (node -> replicas); ``used_by_others_mib`` is memory
-    already promised on each node to other models.
+    already promised on each node to other models; ``warm`` names nodes whose agent already has the
+    model loaded (it answered a request at zero replicas), preferred so the load is not repeated.
     """
     usable = {a.node: a for a in agents if a.ready}
     free = {node: a.capacity_mib - used_by_others_mib.get(node, 0) for node, a in usable.items()}
@@ -67,7 +69,7 @@ def place(
     placements = dict(kept)
     needed = replicas - sum(placements.values())
     while needed > 0:
-        candidate = _best_candidate(placements, usable, free, memory_mib)
+        candidate = _best_candidate(placements, usable, free, memory_mib, warm)
         if candidate is None:
             break
         placements[candidate] = placements.get(candidate, 0) + 1
@@ -94,7 +96,11 @@ def _shrink(
 
 
 def _best_candidate(
-    placements: dict[str, int], usable: dict[str, AgentView], free: dict[str, int], memory_mib: int
+    placements: dict[str, int],
+    usable: dict[str, AgentView],
+    free: dict[str, int],
+    memory_mib: int,
+    warm: frozenset[str],
 ) -> str | None:
     fitting = [node for node in usable if free[node] >= memory_mib]
     if not fitting:
@@ -102,8 +108,9 @@ def _best_candidate(
     zone_count = Counter[str]()
     for node, count in placements.items():
         zone_count[usable[node].zone] += count
-    # Fewest replicas of this model in the zone, then on the node, then most free memory, then name.
+    # Fewest replicas of this model in the zone, then on the node, then already loaded there, then
+    # most free memory, then least busy, then name.
     return min(
         fitting,
-        key=lambda n: (zone_count[usable[n].zone], placements.get(n, 0), -free[n], usable[n].load, n),
+        key=lambda n: (zone_count[usable[n].zone], placements.get(n, 0), n not in warm, -free[n], usable[n].load, n),
     )

@@ -20,9 +20,10 @@ import kopf
 from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
-from tars_api.lease import parse_agent_annotations
+from tars_api.lease import lease_expired, parse_agent_annotations
 from tars_operator import builders, metrics, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
+from tars_operator.autoscaler import Decision, History, Policy, decide
 from tars_operator.conditions import Cond, merge_conditions, transitions
 from tars_operator.kube import Kube
 from tars_operator.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
@@ -65,6 +66,21 @@ def observed_from(indexes: dict[str, Any]) -> Observed:
     )
 
 
+def observed_load(tm: TarsModel, seen: Observed) -> float:
+    """The model's load over all agents of its TarsNode with a current Lease: requests in flight, or
+    requests per second, as the scaling metric says."""
+    key = routing.model_key(tm)
+    now = datetime.now(UTC)
+    total = 0.0
+    for lease in seen.leases.get((tm.metadata.namespace, tm.spec.node_ref.name), []):
+        if lease_expired(lease.renew_time, lease.duration_s, now):
+            continue
+        state = parse_agent_annotations(lease.annotations).models.get(key)
+        if state is not None:
+            total += state.rps if tm.spec.scaling.metric == "rps" else state.in_flight
+    return total
+
+
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
 
@@ -83,6 +99,7 @@ class Reconciler:
         # Placements decided by this process and not yet seen back through the watch, per TarsNode.
         self._placed: dict[Key, dict[str, tuple[dict[str, int], int]]] = {}
         self._agent_fingerprints: dict[Key, Any] = {}
+        self._histories: dict[Key, History] = {}
 
     async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
         slot = self._slots.setdefault((kind, key), _Slot())
@@ -193,7 +210,8 @@ class Reconciler:
                 memory = (other.get("spec") or {}).get("memoryMiB", 0)
             for node, count in placements.items():
                 used[node] = used.get(node, 0) + count * memory
-        result = place(tm.spec.replicas, tm.spec.memory_mi_b, current, agents, used)
+        warm = frozenset(a.node for a in agents if mine in a.loaded)
+        result = place(tm.spec.replicas, tm.spec.memory_mi_b, current, agents, used, warm)
         errors = {}
         for lease in seen.leases.get(node_key, []):
             state = parse_agent_annotations(lease.annotations).models.get(mine)
@@ -211,6 +229,29 @@ class Reconciler:
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
         self._placed.get((namespace, tarsnode), {}).pop(f"{namespace}/{name}", None)
+        self._histories.pop((namespace, name), None)
+
+    # --- autoscaling ----------------------------------------------------------------------------
+
+    async def autoscale(self, body: dict[str, Any], seen: Observed, now: float | None = None) -> Decision:
+        tm = TarsModel.model_validate(body)
+        key = (tm.metadata.namespace, tm.metadata.name)
+        policy = Policy.from_spec(tm.spec.scaling)
+        now = time.monotonic() if now is None else now
+        history = self._histories.setdefault(key, History())
+        history.add(now, observed_load(tm, seen), keep_s=policy.stable_window_s)
+        decision = decide(history, now, tm.spec.replicas, policy)
+        if decision.desired != tm.spec.replicas:
+            await self.kube.scale(API_VERSION, "TarsModel", *key, decision.desired)
+            post_event(body, "Normal", "Scaled", decision.explain(tm.spec.replicas))
+        report = {
+            "observedLoad": round(decision.stable_load, 2),
+            "desiredReplicas": decision.desired,
+            "mode": decision.mode,
+        }
+        if (body.get("status") or {}).get("autoscaler") != report:
+            await self.kube.patch_status(API_VERSION, "TarsModel", *key, {"autoscaler": report})
+        return decision
 
     # --- shared ---------------------------------------------------------------------------------
 

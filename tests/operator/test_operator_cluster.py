@@ -275,3 +275,33 @@ def test_operator_exports_metrics(operator: OperatorProcess) -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
     assert "tars_operator_reconciliations_total" in text
     assert "tars_operator_reconcile_duration_seconds_bucket" in text
+
+
+def test_autoscaler_follows_reported_load_and_goes_to_zero(control_plane: ControlPlane, namespace: str,
+                                                           simulated_nodes: tuple[str, ...]) -> None:
+    apply(control_plane, namespace, tarsnode())
+    key = f"{namespace}/auto"
+    scaling = {"enabled": True, "minReplicas": 0, "maxReplicas": 6, "target": 10, "scaleToZero": True,
+               "scaleToZeroGracePeriod": "4s", "stableWindow": "8s", "panicWindow": "2s"}
+    apply(control_plane, namespace, tarsmodel("auto", replicas=1, scaling=scaling))
+
+    def report(in_flight: float) -> None:
+        for port, node in enumerate(simulated_nodes, start=9301):
+            lease = lease_for(namespace, node, port, {key: True})
+            models = json.loads(lease["metadata"]["annotations"]["tars.hyperlight.dev/models"])
+            models[key]["inFlight"] = in_flight / len(simulated_nodes)
+            lease["metadata"]["annotations"]["tars.hyperlight.dev/models"] = json.dumps(models)
+            put_lease(control_plane, namespace, lease)
+
+    report(45.0)
+    scaled = eventually(lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 5 and m,
+                        timeout=20, what="scale up to ceil(45 / 10)")
+    assert scaled["status"]["autoscaler"]["mode"] in ("panic", "stable")
+    events = control_plane.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=Scaled").stdout
+    assert "1 -> 5 replicas" in events or "-> 5 replicas" in events
+
+    report(0.0)
+    idle = eventually(lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 0 and m,
+                      timeout=40, what="scale to zero after the grace period")
+    assert idle["status"]["autoscaler"]["mode"] == "idle"
+    assert eventually(lambda: _model(control_plane, namespace, "auto")["status"]["placements"] == [])

@@ -43,8 +43,11 @@ def test_only_the_highest_priority_replica_acts(
         high.process.send_signal(signal.SIGKILL)
         high.process.wait()
         apply(control_plane, namespace, tarsnode("two"))
-        eventually(lambda: control_plane.get_json("daemonset", "two-agent", "-n", namespace), timeout=40,
-                   what="the surviving replica taking over")
+        eventually(
+            lambda: control_plane.get_json("daemonset", "two-agent", "-n", namespace),
+            timeout=40,
+            what="the surviving replica taking over",
+        )
         assert tarsnode_reconciles(low) > paused_before[0]
         assert "Resuming operations" in low.log_text()
     finally:

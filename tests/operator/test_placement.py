@@ -72,6 +72,11 @@ def test_kept_replicas_shrink_when_others_took_the_memory() -> None:
     assert result.placements == {"a": 1, "b": 1}
 
 
+def test_prefers_the_agent_that_already_loaded_the_model() -> None:
+    result = place(1, 100, {}, [agent("a"), agent("b"), agent("c")], {"b": 300}, warm=frozenset({"b"}))
+    assert result.placements == {"b": 1}
+
+
 def test_no_ready_agents() -> None:
     result = place(2, 100, {}, [agent("a", ready=False)], {})
     assert result.placements == {}

@@ -74,8 +74,9 @@ LEASE_DURATION_S = 15
 RENEW_INTERVAL_S = 5
 
 
-def lease_name(node: str) -> str:
-    return f"tars-agent-{node}"
+def lease_name(node: str, tarsnode: str | None = None) -> str:
+    """One Lease per agent: per TarsNode and node, since two TarsNodes may share a namespace."""
+    return f"{tarsnode}-agent-{node}" if tarsnode else f"tars-agent-{node}"
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def lease_body(
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
-            "name": lease_name(node),
+            "name": lease_name(node, tarsnode),
             "namespace": namespace,
             "labels": labels,
             "annotations": agent_annotations(report),

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -318,6 +319,13 @@ def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: fl
                 raise ClusterError(f"{name} exited while waiting for {what}; its log ends:\n{tail}")
         time.sleep(0.2)
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {state.path / 'logs'}")
+
+
+def load_api_client(state: ClusterState) -> Any:
+    """A kubernetes-client ApiClient for the local control plane."""
+    from kubernetes import config
+
+    return config.new_client_from_config(str(state.kubeconfig))
 
 
 def kubectl(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -12,7 +14,7 @@ import kopf
 from tars_api import GROUP, VERSION
 from tars_api.lease import LABEL_APP, LABEL_APP_VALUE
 from tars_operator.agents import lease_record, node_record
-from tars_operator.kube import Kube, load_client_config
+from tars_operator.kube import API_CONCURRENCY, Kube, load_client_config
 from tars_operator.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
 from tars_operator.metrics import MANAGED
 from tars_operator.reconciler import Observed, Reconciler, observed_from
@@ -40,7 +42,9 @@ def reconciler() -> Reconciler:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # The kubernetes client blocks; its calls run in threads, as many as it has connections.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_CONCURRENCY, "kube"))
     # Progress and diff-base would be annotations under our own prefix; the handlers below are
     # level-based (events and timers), so kopf has nothing to store on the objects.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -99,9 +103,13 @@ def daemonsets_index(namespace: str, labels: kopf.Labels, status: kopf.Status, *
 async def tarsnode_changed(type: str, namespace: str, name: str, **kwargs: Any) -> None:
     MANAGED.labels("TarsNode").set(len(kwargs["tarsnodes_index"]))
     if type == "DELETED":
+        reconciler().forget_tarsnode((namespace, name))
         return  # owner references let the garbage collector remove the children
     await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
-    await _reconcile_models_of((namespace, name), kwargs)
+    if reconciler().first_sight((namespace, name)):
+        # Models waiting for this node (NodeNotFound) can be placed now. Later changes of the node
+        # reach its models through the agents (Leases), not through its own status updates.
+        await _reconcile_models_of((namespace, name), kwargs)
 
 
 def _child_event(group: str, version: str, plural: str) -> None:

@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from tars_operator.labels import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
+API_CONCURRENCY = 32
 
 
 def load_client_config() -> client.ApiClient:
@@ -25,7 +26,10 @@ def load_client_config() -> client.ApiClient:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Reconciles run concurrently in worker threads; let each have a connection.
+    configuration.connection_pool_maxsize = API_CONCURRENCY
+    return client.ApiClient(configuration)
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:

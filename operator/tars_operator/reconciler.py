@@ -100,6 +100,8 @@ class Reconciler:
         self._placed: dict[Key, dict[str, tuple[dict[str, int], int]]] = {}
         self._agent_fingerprints: dict[Key, Any] = {}
         self._histories: dict[Key, History] = {}
+        self._known_tarsnodes: set[Key] = set()
+        self._slices: dict[Key, set[str]] = {}  # slice names applied last time, per model
 
     async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
         slot = self._slots.setdefault((kind, key), _Slot())
@@ -132,8 +134,10 @@ class Reconciler:
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
         tn = TarsNode.model_validate(body)
-        for child in builders.desired_children(tn):
-            await self.kube.apply(child)
+        *supporting, daemonset = builders.desired_children(tn)
+        # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
+        await asyncio.gather(*(self.kube.apply(child) for child in supporting))
+        await self.kube.apply(daemonset)
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
             await self.kube.patch("v1", "Node", None, node, patch)
@@ -173,12 +177,10 @@ class Reconciler:
             if observation.result is not None:
                 placed = self._placed.setdefault(node_key, {})
                 placed[routing.model_key(tm)] = (observation.result.placements, tm.spec.memory_mi_b)
-        await self.kube.apply(routing.desired_model_service(tm))
         slices = routing.desired_endpointslices(
             tm, observation.result.placements if observation.result else {}, observation.agents
         )
-        for endpoint_slice in slices:
-            await self.kube.apply(endpoint_slice)
+        await asyncio.gather(self.kube.apply(routing.desired_model_service(tm)), *(self.kube.apply(s) for s in slices))
         await self._prune_slices(tm, {s["metadata"]["name"] for s in slices})
         fields, conds = tarsmodel_status(tm, observation)
         if observation.result and observation.result.unplaced:
@@ -220,16 +222,31 @@ class Reconciler:
         return ModelObservation(True, agents, result, errors)
 
     async def _prune_slices(self, tm: TarsModel, keep: set[str]) -> None:
-        selector = f"{MODEL_LABEL}={tm.metadata.name},{SLICE_MANAGED_BY}={OPERATOR}"
-        for existing in await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, selector):
-            if existing["metadata"]["name"] not in keep:
-                await self.kube.delete(
-                    "discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, existing["metadata"]["name"]
-                )
+        """Deletes slices no longer wanted. The API is asked once per model per operator process
+        (slices a previous process left); after that, what this process applied is known."""
+        key = (tm.metadata.namespace, tm.metadata.name)
+        if key not in self._slices:
+            selector = f"{MODEL_LABEL}={tm.metadata.name},{SLICE_MANAGED_BY}={OPERATOR}"
+            existing = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, selector)
+            self._slices[key] = {item["metadata"]["name"] for item in existing}
+        for name in self._slices[key] - keep:
+            await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name)
+        self._slices[key] = set(keep)
+
+    def first_sight(self, key: Key) -> bool:
+        if key in self._known_tarsnodes:
+            return False
+        self._known_tarsnodes.add(key)
+        return True
+
+    def forget_tarsnode(self, key: Key) -> None:
+        self._known_tarsnodes.discard(key)
+        self._agent_fingerprints.pop(key, None)
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
         self._placed.get((namespace, tarsnode), {}).pop(f"{namespace}/{name}", None)
         self._histories.pop((namespace, name), None)
+        self._slices.pop((namespace, name), None)
 
     # --- autoscaling ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ControlPlane
+from tests.fixtures import ControlPlane
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

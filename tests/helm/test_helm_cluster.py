@@ -1,7 +1,7 @@
 """The chart against the real local kube-apiserver: the API server accepts what it renders, and
 `helm install` / `helm uninstall` create and remove the operator's objects.
 
-Uses tests/conftest.py's `control_plane` (which has already applied crds/) and `namespace`.
+Uses tests/fixtures.py's `control_plane` (which has already applied crds/) and `namespace`.
 Release names and the peering name are unique per test, because ClusterRoles, ClusterRoleBindings
 and the ClusterKopfPeering are cluster-scoped and would otherwise collide between tests.
 """

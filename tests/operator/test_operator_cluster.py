@@ -12,7 +12,7 @@ import pytest
 
 from tars_api.lease import AgentReport, ModelState, lease_body
 from tarsctl import localcluster
-from tests.conftest import ControlPlane, OperatorProcess
+from tests.fixtures import ControlPlane, OperatorProcess
 
 T = TypeVar("T")
 pytestmark = pytest.mark.usefixtures("operator")

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ControlPlane, OperatorProcess, start_operator
+from tests.fixtures import ControlPlane, OperatorProcess, start_operator
 from tests.operator.test_operator_cluster import apply, eventually, tarsnode
 
 

@@ -1,0 +1,349 @@
+"""Benchmark of the five seed models on one standalone node-agent, measured over HTTP.
+
+    python bench/models.py [--seconds 5] [--clients 8] [--skip-gpt2-small]
+
+1. Load: each model is loaded in-process through the agent's own catalog and repository (the path a
+   node takes when a placement arrives), one after another, with guest builds and compiled
+   components already cached (as on a node after its first start). Load time and the growth of the
+   process's RSS are recorded per model.
+2. Serve: ``tars-agent --standalone --backend wasmtime`` is started as a separate process with the
+   same models; latency p50/p99 comes from sequential requests over one keep-alive connection, and
+   throughput from ``--clients`` concurrent connections for ``--seconds``.
+
+GPT-2 Small uses synthetic weights in GPT-2 small's transformer shape (12 x 768, 1024 positions) with
+an 8k-token vocabulary (``tarsctl models make-synthetic --preset gpt2-small-shape``); no GPT-2
+weights ship with any package we may install. Prints one rich table and the goals it meets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from tars_agent import runtimes
+from tars_agent.agent import Agent, AgentConfig
+from tars_agent.capabilities import ModelKey
+from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_api import TarsModel
+from tars_guests.apps import APPS, build_app
+from tarsctl.models import make_synthetic
+
+GOALS = {
+    "sentiment": {"p50_ms": 6.0, "rps": 330.0},
+    "sentence-bert": {"p50_ms": 11.0, "rps": 170.0},
+}
+GOAL_AVERAGE_LOAD_MS = 180.0
+
+
+@dataclass
+class Case:
+    label: str
+    name: str  # TarsModel metadata.name
+    source: str
+    kind: str
+    capabilities: list[str]
+    route: str  # "infer" or "invoke"
+    body: dict[str, Any]
+    parameters: str
+    max_tokens: int = 256
+    latency_requests: int = 200
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        spec = {
+            "nodeRef": {"name": "bench"},
+            "kind": self.kind,
+            "source": self.source,
+            "capabilities": self.capabilities,
+            "maxTokens": self.max_tokens,
+        }
+        return {
+            "apiVersion": "tars.hyperlight.dev/v1alpha1",
+            "kind": "TarsModel",
+            "metadata": {"name": self.name, "namespace": "default"},
+            "spec": spec,
+        }
+
+    @property
+    def path(self) -> str:
+        if self.route == "infer":
+            return f"/v2/models/{self.name}/infer"
+        return f"/v1/functions/{self.name}:invoke"
+
+
+def text_tensor(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "datatype": "BYTES", "shape": [1], "data": [value]}
+
+
+def cases(edge_dir: Path, small_dir: Path | None) -> list[Case]:
+    from tars_agent.runtimes.services import shared_embedder
+
+    minilm_params = shared_embedder().parameter_count()
+    from tars_agent.runtimes.gpt2 import GPT2Model
+
+    edge_params = GPT2Model(edge_dir).parameter_count()
+    found = [
+        Case(
+            "Edge Tiny (synthetic)",
+            "edge-tiny",
+            f"file://{edge_dir}",
+            "text-generation",
+            ["nn.generate"],
+            "infer",
+            {"inputs": [text_tensor("prompt", "The node")], "parameters": {"max_tokens": 16}},
+            f"{edge_params / 1e6:.2f}M",
+            latency_requests=60,
+        ),
+    ]
+    if small_dir is not None:
+        small_params = GPT2Model(small_dir).parameter_count()
+        found.append(
+            Case(
+                "GPT-2 Small shape (synthetic)",
+                "gpt2-small",
+                f"file://{small_dir}",
+                "text-generation",
+                ["nn.generate"],
+                "infer",
+                {"inputs": [text_tensor("prompt", "The node")], "parameters": {"max_tokens": 16}},
+                f"{small_params / 1e6:.1f}M",
+                latency_requests=10,
+            )
+        )
+    found += [
+        Case(
+            "Sentence-BERT (all-MiniLM-L6-v2)",
+            "sentence-bert",
+            "builtin://all-minilm-l6-v2",
+            "embedding",
+            ["nn.embed"],
+            "infer",
+            {"inputs": [text_tensor("text", "The cat sits outside on the mat.")]},
+            f"{minilm_params / 1e6:.1f}M",
+        ),
+        Case(
+            "Sentiment Analysis (VADER)",
+            "sentiment",
+            "builtin://sentiment-vader",
+            "sentiment",
+            [],
+            "infer",
+            {"inputs": [text_tensor("text", "The new release is great, but the docs are not!")]},
+            "7.5k lexicon entries",
+        ),
+        Case(
+            "TARS Reasoning",
+            "tars-reasoning",
+            "builtin://tars-reasoning",
+            "reasoning",
+            ["nn.embed", "nn.sentiment", "nn.generate", "knowledge.query", "log.write"],
+            "invoke",
+            {
+                "situation": "Latency doubled after the last deploy and users complain.",
+                "max_tokens": 8,
+                "generator": "edge-tiny",
+            },
+            "uses MiniLM + Edge Tiny",
+            latency_requests=60,
+        ),
+    ]
+    return found
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_loads(selected: list[Case]) -> None:
+    """Load time and RSS growth per model, loaded one after another through the agent's repository."""
+    backend = WasmtimeBackend()
+    agent = Agent(AgentConfig(warm_pool_size=2), backend)
+    runtimes.attach(agent.capabilities, agent.repository)
+    loop = asyncio.new_event_loop()
+    try:
+        for case in selected:
+            model = TarsModel.model_validate(case.manifest())
+            before = rss_mib()
+            started = time.perf_counter()
+            loop.run_until_complete(agent.repository.load(model))
+            case.results["load_ms"] = (time.perf_counter() - started) * 1000
+            case.results["memory_mib"] = rss_mib() - before
+        loaded = agent.repository.models[ModelKey("default", selected[0].name)]
+        loaded.pool.run(json.dumps(selected[0].body))  # the loaded model answers
+    finally:
+        agent.close()
+        loop.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def measure_latency(port: int, case: Case) -> None:
+    body = json.dumps(case.body).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(3):
+        status = post(conn, case.path, body)
+        if status != 200:
+            raise RuntimeError(f"{case.name}: HTTP {status} for {case.body}")
+    samples = []
+    for _ in range(case.latency_requests):
+        started = time.perf_counter()
+        post(conn, case.path, body)
+        samples.append((time.perf_counter() - started) * 1000)
+    conn.close()
+    samples.sort()
+    case.results["p50_ms"] = statistics.median(samples)
+    case.results["p99_ms"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def measure_throughput(port: int, case: Case, clients: int, seconds: float) -> None:
+    body = json.dumps(case.body).encode()
+    deadline = time.perf_counter() + seconds
+    counts = [0] * clients
+    errors = [0] * clients
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while time.perf_counter() < deadline:
+            if post(conn, case.path, body) == 200:
+                counts[index] += 1
+            else:
+                errors[index] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    case.results["rps"] = sum(counts) / elapsed
+    case.results["errors"] = sum(errors)
+
+
+def start_agent(manifests: Path, selected: list[Case], port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tars_agent.main", "--standalone", "--backend", "wasmtime"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    for case in selected:
+        command += ["--model", str(manifests / f"{case.name}.yaml")]
+    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise RuntimeError(f"agent exited: {agent.stderr.read().decode()[-2000:] if agent.stderr else ''}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return agent
+        except OSError:
+            pass
+        time.sleep(0.5)
+    agent.terminate()
+    raise RuntimeError("agent did not become ready in 300 s")
+
+
+def render(selected: list[Case], clients: int, seconds: float, console: Console) -> None:
+    table = Table(title=f"TARS models on one node-agent (wasmtime backend, {os.cpu_count()} CPUs)")
+    for column in ("model", "parameters", "memory (RSS +MiB)", "p50 ms", "p99 ms", "throughput rps", "load ms"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for case in selected:
+        r = case.results
+        table.add_row(
+            case.label,
+            case.parameters,
+            f"{r['memory_mib']:.1f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['rps']:.1f}" + (f" ({r['errors']} errors)" if r["errors"] else ""),
+            f"{r['load_ms']:.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"latency: sequential requests over one keep-alive HTTP connection; throughput: {clients} "
+        f"concurrent connections for {seconds:.0f} s; load: build and compile caches warm, RSS growth of "
+        "the loading process (MiniLM's weights are counted once, where first loaded)."
+    )
+    for name, goal in GOALS.items():
+        goal_case = next((c for c in selected if c.name == name), None)
+        if goal_case is None:
+            continue
+        r = goal_case.results
+        verdict = "met" if r["p50_ms"] <= goal["p50_ms"] and r["rps"] >= goal["rps"] else "NOT met"
+        console.print(
+            f"goal {name}: p50 <= {goal['p50_ms']} ms and >= {goal['rps']} rps -> "
+            f"{r['p50_ms']:.2f} ms, {r['rps']:.0f} rps: {verdict}"
+        )
+    average = statistics.mean(c.results["load_ms"] for c in selected)
+    verdict = "met" if average <= GOAL_AVERAGE_LOAD_MS else "NOT met"
+    console.print(f"goal average load time <= {GOAL_AVERAGE_LOAD_MS:.0f} ms -> {average:.0f} ms: {verdict}")
+    console.print(f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=5.0, help="throughput window per model")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP connections")
+    parser.add_argument("--skip-gpt2-small", action="store_true", help="leave out the 92M-parameter model")
+    args = parser.parse_args(argv)
+    console = Console(width=140)
+    with tempfile.TemporaryDirectory(prefix="tars-bench-") as tmp:
+        work = Path(tmp)
+        with console.status("building guests (cached) and writing synthetic checkpoints"):
+            for app in APPS:
+                build_app(app)
+            edge = make_synthetic(work / "edge-tiny", "edge-tiny", seed=1)
+            small = None if args.skip_gpt2_small else make_synthetic(work / "gpt2-small", "gpt2-small-shape", seed=1)
+        selected = cases(edge, small)
+        manifests = work / "manifests"
+        manifests.mkdir()
+        for case in selected:
+            (manifests / f"{case.name}.yaml").write_text(yaml.safe_dump(case.manifest()))
+        with console.status("loading each model in-process (load time, memory)"):
+            measure_loads(selected)
+        port = free_port()
+        with console.status("starting a standalone agent"):
+            agent = start_agent(manifests, selected, port)
+        try:
+            for case in selected:
+                with console.status(f"measuring {case.label}"):
+                    measure_latency(port, case)
+                    measure_throughput(port, case, args.clients, args.seconds)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=60)
+        render(selected, args.clients, args.seconds, console)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""A whole TARS system on this machine: the operator, one node-agent process per simulated node,
+and the gateway, all against the local control plane (or any cluster in KUBECONFIG).
+
+The demo and the end-to-end tests use it. Agents standing for simulated nodes run in cluster mode,
+exactly as in a pod: NODE_NAME, POD_IP (this host's address: EndpointSlices refuse loopback),
+POD_NAMESPACE and the agent configuration the operator renders into the TarsNode's ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tarsctl import localcluster
+
+AGENT_CONFIG_KEY = "agent.yaml"
+
+
+class FleetError(RuntimeError):
+    pass
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def wait_http(url: str, process: Process, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if not process.alive():
+            raise FleetError(f"{process.name} exited:\n{process.log_tail()}")
+        time.sleep(0.2)
+    raise FleetError(f"{process.name} not healthy at {url} within {timeout}s:\n{process.log_tail()}")
+
+
+@dataclass
+class Fleet:
+    state: localcluster.ClusterState
+    namespace: str
+    workdir: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.state.kubeconfig), "PYTHONUNBUFFERED": "1"}
+
+    def _spawn(self, name: str, argv: list[str], port: int, extra_env: dict[str, str] | None = None) -> Process:
+        log = self.workdir / f"{name}.log"
+        popen = subprocess.Popen(
+            argv,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(extra_env or {})},
+            start_new_session=True,
+        )
+        process = Process(name, popen, log, port)
+        self.processes[name] = process
+        return process
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return localcluster.kubectl(self.state, *args, input=input, check=check)
+
+    def start_operator(self, name: str = "operator", priority: int = 100) -> Process:
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tars"}}),
+        )
+        metrics, health = localcluster.free_port(), localcluster.free_port()
+        process = self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "tars_operator.main",
+                f"--priority={priority}",
+                f"--metrics-port={metrics}",
+                f"--health-port={health}",
+            ],
+            metrics,
+            {"TARS_PEERING_LIFETIME": "10"},
+        )
+        wait_http(f"http://127.0.0.1:{health}/healthz", process)
+        return process
+
+    def agent_config(self, tarsnode: str, timeout: float = 30) -> Path:
+        """The agent configuration the operator rendered for this TarsNode (its ConfigMap)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.kubectl(
+                "get", "configmap", f"{tarsnode}-agent", "-n", self.namespace, "-o", "json", check=False
+            )
+            if result.returncode == 0:
+                path = self.workdir / f"{tarsnode}-agent.yaml"
+                path.write_text(json.loads(result.stdout)["data"][AGENT_CONFIG_KEY])
+                return path
+            if time.monotonic() > deadline:
+                raise FleetError(f"the operator did not create configmap/{tarsnode}-agent: {result.stderr}")
+            time.sleep(0.3)
+
+    def start_agent(self, node: str, tarsnode: str = "tars") -> Process:
+        port = localcluster.free_port()
+        config = self.agent_config(tarsnode)
+        env = {
+            "NODE_NAME": node,
+            "POD_IP": localcluster.host_ip(),
+            "POD_NAMESPACE": self.namespace,
+            "POD_NAME": f"{tarsnode}-agent-{node}",
+            "TARS_PORT": str(port),
+        }
+        process = self._spawn(
+            f"agent-{node}",
+            [sys.executable, "-m", "tars_agent.main", "--config", str(config), "--port", str(port)],
+            port,
+            env,
+        )
+        wait_http(f"http://127.0.0.1:{port}/v2/health/live", process)
+        return process
+
+    def start_gateway(self) -> Process:
+        port = localcluster.free_port()
+        process = self._spawn(
+            "gateway",
+            [sys.executable, "-m", "tars_gateway.server", f"--namespace={self.namespace}", f"--port={port}"],
+            port,
+        )
+        wait_http(f"http://127.0.0.1:{port}/v2/health/live", process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()

@@ -1,0 +1,132 @@
+"""The agent: one backend, one capability registry, one catalog, one model repository, one executor."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tars_agent import runtimes
+from tars_agent.capabilities import CapabilityRegistry, ModelKey, default_registry
+from tars_agent.catalog import Catalog, default_catalog
+from tars_agent.metrics import AgentMetrics
+from tars_agent.pool import GuestExecutor
+from tars_agent.repository import ModelRepository
+from tars_agent.sandbox.base import SandboxBackend
+from tars_api.tarsmodel import TarsModel
+from tars_api.tarsnode import SandboxLimits
+
+log = logging.getLogger(__name__)
+
+
+class RateMeter:
+    """Requests per second per model over a sliding window of whole-second buckets."""
+
+    def __init__(self, window_s: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._buckets: dict[str, deque[list[int]]] = {}
+
+    def record(self, model: str) -> None:
+        second = math.floor(self._clock())
+        buckets = self._buckets.setdefault(model, deque())
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([second, 1])
+        while buckets and buckets[0][0] <= second - self.window_s:
+            buckets.popleft()
+
+    def rate(self, model: str) -> float:
+        oldest = math.floor(self._clock()) - self.window_s
+        return sum(n for second, n in self._buckets.get(model, ()) if second > oldest) / self.window_s
+
+
+@dataclass
+class AgentConfig:
+    port: int = 8080
+    host: str = "0.0.0.0"
+    workers: int = 4
+    max_queue: int = 64
+    warm_pool_size: int = 4
+    node_limits: SandboxLimits = field(default_factory=SandboxLimits)
+    max_body_bytes: int = 8 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    capacity_mib: int = 4096
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: SandboxBackend,
+        backend_reason: str = "",
+        capabilities: CapabilityRegistry | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.backend_reason = backend_reason
+        self.metrics = AgentMetrics()
+        self.metrics.backend.info({"backend": backend.name, "reason": backend_reason[:200]})
+        self.capabilities = capabilities if capabilities is not None else default_registry()
+        self.catalog = catalog if catalog is not None else default_catalog(self.capabilities)
+        self.executor = GuestExecutor(config.workers, config.max_queue)
+        self.repository = ModelRepository(
+            backend,
+            self.catalog,
+            self.capabilities,
+            self.metrics,
+            config.node_limits,
+            config.warm_pool_size,
+            self.executor,
+        )
+        # Models this agent should hold (placements or --model files); ready once all are loaded.
+        self.desired: set[ModelKey] = set()
+        self.rates = RateMeter()
+        # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
+        self.on_demand: Callable[[str], TarsModel | None] | None = None
+        # functions.invoke reaches the other models loaded here.
+        runtimes.attach(self.capabilities, self.repository)
+
+    @property
+    def draining(self) -> bool:
+        return self.executor.draining
+
+    def ready(self) -> bool:
+        return not self.draining and self.desired <= set(self.repository.models)
+
+    async def ensure_loaded(self, model: TarsModel) -> bool:
+        """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded."""
+        key = ModelKey(model.metadata.namespace, model.metadata.name)
+        self.desired.add(key)
+        try:
+            await self.repository.load(model)
+            return True
+        except Exception:
+            log.exception("loading model %s failed", key)
+            return False
+
+    async def ensure_unloaded(self, key: ModelKey) -> None:
+        self.desired.discard(key)
+        await self.repository.unload(key)
+
+    def load_report(self) -> dict[str, float]:
+        """Requests in flight per loaded model (namespace/name), for the Lease."""
+        values = {str(key): 0.0 for key in self.repository.models}
+        for metric in self.metrics.in_flight.collect():
+            for sample in metric.samples:
+                if sample.labels.get("model") in values:
+                    values[sample.labels["model"]] = sample.value
+        return values
+
+    async def drain(self) -> bool:
+        return await self.executor.drain(self.config.drain_timeout_s)
+
+    def close(self) -> None:
+        self.repository.close()
+        self.executor.close()
+        self.backend.close()

@@ -1,0 +1,204 @@
+"""``tars-agent``: the node-agent's command line.
+
+``tars-agent --standalone --model FILE...`` serves TarsModel YAML files from disk (nodeRef ignored).
+``tars-agent`` (cluster mode) needs NODE_NAME and POD_IP (and optionally POD_NAMESPACE, POD_NAME,
+TARSNODE: the TarsNode name, put on the Lease as a label) and in-cluster config or KUBECONFIG.
+Sandbox limits and warm-pool size come from ``--node-config`` (a TarsNode YAML, e.g. mounted from
+the operator's ConfigMap) or the defaults. On SIGTERM the agent turns unready, finishes in-flight
+work, releases its Lease and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from pydantic import ValidationError
+
+from tars_agent.agent import Agent, AgentConfig
+from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
+from tars_agent.server import create_app
+from tars_api.tarsmodel import TarsModel
+from tars_api.tarsnode import SandboxLimits, TarsNode
+
+log = logging.getLogger("tars_agent")
+
+
+def load_documents(paths: Sequence[Path], kind: str) -> list[dict[str, Any]]:
+    docs = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == kind:
+                docs.append(doc)
+    return docs
+
+
+def load_model_files(paths: Sequence[Path]) -> list[TarsModel]:
+    """Every TarsModel in the files; a bad one stops start-up with the file and field named."""
+    models = []
+    for path in paths:
+        for doc in load_documents([path], "TarsModel"):
+            try:
+                models.append(TarsModel.model_validate(doc))
+            except ValidationError as exc:
+                raise SystemExit(f"{path}: invalid TarsModel: {exc}") from None
+    if paths and not models:
+        raise SystemExit(f"no TarsModel found in {', '.join(map(str, paths))}")
+    return models
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags; with --config, the file the operator renders from the TarsNode (its ConfigMap) gives
+    the defaults and explicit flags still win."""
+    p = build_parser()
+    first, _ = p.parse_known_args(argv)
+    if first.config is not None:
+        p.set_defaults(**rendered_defaults(first.config))
+    return p.parse_args(argv)
+
+
+def rendered_defaults(path: Path) -> dict[str, Any]:
+    try:
+        rendered = yaml.safe_load(path.read_text()) or {}
+        sandbox = SandboxLimits.model_validate(rendered.get("sandbox", {}))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise SystemExit(f"{path}: unusable agent configuration: {exc}") from None
+    return {
+        "tarsnode": rendered.get("tarsNode"),
+        "backend": rendered.get("backend", "auto"),
+        "port": int(rendered.get("port", 8080)),
+        "warm_pool": rendered.get("warmPoolSize"),
+        "capacity_mib": rendered.get("capacityMiB"),
+        "sandbox": sandbox,
+        "log_level": rendered.get("logLevel", "info"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tars-agent", description="TARS node-agent: runs models in sandboxes.")
+    p.add_argument("--config", type=Path, help="agent configuration rendered by the operator (cluster mode)")
+    p.add_argument("--tarsnode", default=os.environ.get("TARSNODE"), help="the TarsNode this agent serves")
+    p.set_defaults(capacity_mib=None, sandbox=None)
+    p.add_argument("--standalone", action="store_true", help="serve --model files, no Kubernetes")
+    p.add_argument("--model", type=Path, action="append", default=[], help="TarsModel YAML file (repeatable)")
+    p.add_argument("--node-config", type=Path, help="TarsNode YAML whose sandbox limits and warm pool apply")
+    p.add_argument("--backend", choices=BACKENDS, default=os.environ.get("TARS_BACKEND", "auto"))
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=int(os.environ.get("TARS_PORT", "8080")))
+    p.add_argument(
+        "--workers", type=int, default=int(os.environ.get("TARS_WORKERS", "4")), help="guest calls run at once"
+    )
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait before 429")
+    p.add_argument("--warm-pool", type=int, default=None, help="warm sandboxes per model")
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other agent processes (one per core; the kernel spreads connections)",
+    )
+    p.add_argument("--log-level", default=os.environ.get("TARS_LOG_LEVEL", "info"))
+    return p
+
+
+def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig:
+    config = AgentConfig(host=args.host, port=args.port, workers=args.workers, max_queue=args.max_queue)
+    if node is not None:
+        config.node_limits = node.spec.sandbox
+        config.warm_pool_size = node.spec.warm_pool_size
+        config.capacity_mib = node.spec.agent.model_memory_mi_b
+    if args.sandbox is not None:
+        config.node_limits = args.sandbox
+    if args.capacity_mib is not None:
+        config.capacity_mib = int(args.capacity_mib)
+    if args.warm_pool is not None:
+        config.warm_pool_size = args.warm_pool
+    return config
+
+
+async def serve(
+    agent: Agent, models: list[TarsModel], cluster: bool, tarsnode: str | None = None, reuse_port: bool = False
+) -> None:
+    runner = web.AppRunner(create_app(agent), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, agent.config.host, agent.config.port, reuse_port=reuse_port or None)
+    await site.start()
+    log.info(
+        "serving on %s:%d with backend %s (%s)",
+        agent.config.host,
+        agent.config.port,
+        agent.backend.name,
+        agent.backend_reason,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task[None]] = []
+    cluster_agent = None
+    if cluster:
+        from tars_agent.cluster import ClusterAgent
+
+        node = os.environ["NODE_NAME"]
+        address = f"{os.environ.get('POD_IP', '127.0.0.1')}:{agent.config.port}"
+        cluster_agent = ClusterAgent(agent, node, address, tarsnode)
+        tasks += [asyncio.create_task(cluster_agent.renew_forever()), asyncio.create_task(cluster_agent.sync_forever())]
+    else:
+        await asyncio.gather(*(agent.ensure_loaded(m) for m in models))
+
+    await stop.wait()
+    log.info("draining: unready, finishing in-flight work")
+    drain = asyncio.create_task(agent.drain())
+    if cluster_agent is not None:
+        with contextlib.suppress(Exception):
+            await cluster_agent.renew_once()  # announce ready=false at once
+    finished = await drain
+    if not finished:
+        log.warning("drain timed out; exiting with work in flight")
+    for task in tasks:
+        task.cancel()
+    if cluster_agent is not None:
+        cluster_agent.stop()
+        try:
+            await cluster_agent.release()
+        except Exception:
+            log.exception("releasing the Lease failed; it will expire")
+    await runner.cleanup()
+    agent.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.standalone and not os.environ.get("NODE_NAME"):
+        raise SystemExit("cluster mode needs NODE_NAME (or pass --standalone --model FILE)")
+    node = None
+    if args.node_config is not None:
+        docs = load_documents([args.node_config], "TarsNode")
+        if not docs:
+            raise SystemExit(f"{args.node_config}: no TarsNode found")
+        node = TarsNode.model_validate(docs[0])
+    models = load_model_files(args.model) if args.standalone else []
+
+    probe = probe_kvm(run_sandbox=args.backend != "wasmtime")
+    try:
+        backend_name, reason = select_backend(args.backend, probe)
+    except BackendUnavailable as exc:
+        print(f"tars-agent: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("KVM probe: %s %s -> backend %s", probe.reason, probe.checks, backend_name)
+    agent = Agent(agent_config(args, node), create_backend(backend_name), reason)
+    asyncio.run(serve(agent, models, not args.standalone, args.tarsnode, args.reuse_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""The HTTP data plane (aiohttp): Open Inference Protocol v2, a raw invoke route, OpenAPI and /metrics.
+
+Routes are declared once in :func:`routes`; the same table registers the aiohttp handlers and
+generates ``/openapi.json``, so the document cannot miss a route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from tars_agent.agent import Agent
+from tars_agent.pool import Overloaded, Unavailable
+from tars_agent.protocol import (
+    ErrorResponse,
+    GuestInferResult,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    TensorMetadata,
+    first_error_field,
+    guest_infer_input,
+)
+from tars_agent.repository import AmbiguousModel, LoadedModel
+from tars_agent.sandbox.base import FailureReason, GuestFailure
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RETRY_AFTER_S = 1
+AGENT = web.AppKey("agent", Agent)
+MODEL_LABEL = web.RequestKey("model_label", str)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.body = ErrorResponse(error=error, field=field, reason=reason)
+        self.headers = headers or {}
+
+
+def json_response(
+    body: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    data = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
+    return web.json_response(data, status=status, headers=headers)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    content_type: str = "application/json"
+
+
+ROUTES = web.AppKey("routes", list[Route])
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body exceeds {request.app[AGENT].config.max_body_bytes} bytes") from None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", field="body") from None
+
+
+async def lookup_model(agent: Agent, name: str) -> LoadedModel:
+    """The loaded model; in cluster mode a model of this agent's TarsNode that is not loaded here
+    (scaled to zero, or placed elsewhere) is loaded on the spot and served, not refused."""
+    try:
+        model = agent.repository.find(name)
+        if model is None and agent.on_demand is not None and (wanted := agent.on_demand(name)) is not None:
+            await agent.ensure_loaded(wanted)
+            model = agent.repository.find(name)
+    except AmbiguousModel as exc:
+        raise ApiError(409, str(exc)) from None
+    if model is None:
+        raise ApiError(404, f"model {name!r} is not loaded on this agent")
+    return model
+
+
+async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -> str:
+    agent: Agent = request.app[AGENT]
+    label = str(model.key)
+    request[MODEL_LABEL] = label
+    gauge = agent.metrics.in_flight.labels(label)
+    gauge.inc()
+    agent.rates.record(label)
+    try:
+        return await agent.repository.invoke(model, input_json)
+    except GuestFailure as failure:
+        agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
+        log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
+        raise ApiError(500, f"guest failed: {failure.public}", reason=failure.reason.value) from None
+    except Overloaded as busy:
+        agent.metrics.rejected.labels(label, "overload").inc()
+        raise ApiError(
+            429, "too many requests queued; retry later", headers={"Retry-After": str(busy.retry_after)}
+        ) from None
+    except Unavailable:
+        agent.metrics.rejected.labels(label, "draining").inc()
+        raise ApiError(503, "agent is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    finally:
+        gauge.dec()
+
+
+def model_metadata(model: LoadedModel) -> ModelMetadata:
+    return ModelMetadata(
+        name=model.key.name,
+        versions=[model.version],
+        platform=model.bundle.platform,
+        inputs=[TensorMetadata.model_validate(t) for t in model.bundle.inputs],
+        outputs=[TensorMetadata.model_validate(t) for t in model.bundle.outputs],
+        namespace=model.key.namespace,
+        kind=str(model.spec.kind),
+        source=model.spec.source,
+        capabilities=[str(c) for c in model.spec.capabilities],
+    )
+
+
+def routes() -> list[Route]:
+    async def live(_request: web.Request) -> web.Response:
+        return json_response(ServerLive(live=True))
+
+    async def ready(request: web.Request) -> web.Response:
+        is_ready = request.app[AGENT].ready()
+        return json_response(ServerReady(ready=is_ready), status=200 if is_ready else 503)
+
+    async def server_metadata(request: web.Request) -> web.Response:
+        agent: Agent = request.app[AGENT]
+        return json_response(
+            ServerMetadata(
+                name="tars-agent",
+                version=metadata.version("tars-k8s"),
+                extensions=["tars-functions"],
+                backend=agent.backend.name,
+                backend_reason=agent.backend_reason,
+            )
+        )
+
+    async def model_meta(request: web.Request) -> web.Response:
+        return json_response(model_metadata(await lookup_model(request.app[AGENT], request.match_info["name"])))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        agent: Agent = request.app[AGENT]
+        model = await lookup_model(agent, request.match_info["name"])
+        return json_response(ModelReady(name=model.key.name, ready=not agent.draining))
+
+    async def infer(request: web.Request) -> web.Response:
+        model = await lookup_model(request.app[AGENT], request.match_info["name"])
+        body = await read_json(request)
+        try:
+            infer_request = InferRequest.model_validate(body)
+        except ValidationError as exc:
+            field, message = first_error_field(exc)
+            raise ApiError(422, f"{field}: {message}", field=field) from None
+        output = await run_guest(request, model, json.dumps(guest_infer_input(infer_request)))
+        try:
+            result = GuestInferResult.model_validate_json(output)
+        except ValidationError:
+            request.app[AGENT].metrics.guest_failures.labels(str(model.key), FailureReason.ERROR.value).inc()
+            raise ApiError(
+                500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
+            ) from None
+        return json_response(
+            InferResponse(
+                model_name=model.key.name,
+                model_version=model.version,
+                id=infer_request.id,
+                parameters=result.parameters,
+                outputs=result.outputs,
+            )
+        )
+
+    async def invoke(request: web.Request) -> web.Response:
+        model = await lookup_model(request.app[AGENT], request.match_info["name"])
+        body = await read_json(request)
+        output = await run_guest(request, model, json.dumps(body))
+        try:
+            json.loads(output)
+        except json.JSONDecodeError:
+            raise ApiError(500, "guest failed: it returned invalid JSON", reason=FailureReason.ERROR.value) from None
+        return web.Response(text=output, content_type="application/json")
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(request.app[ROUTES]))
+
+    async def metrics(request: web.Request) -> web.Response:
+        agent: Agent = request.app[AGENT]
+        for model in list(agent.repository.models.values()):
+            agent.metrics.pool_size.labels(str(model.key)).set(model.pool.ready_count())
+        body = generate_latest(agent.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [
+        Route("GET", "/v2/health/live", live, "Liveness: the process serves HTTP.", response=ServerLive),
+        Route(
+            "GET",
+            "/v2/health/ready",
+            ready,
+            "Readiness: every desired model is loaded and the agent is not draining.",
+            response=ServerReady,
+            errors=(503,),
+        ),
+        Route(
+            "GET", "/v2", server_metadata, "Server metadata and the sandbox backend in use.", response=ServerMetadata
+        ),
+        Route("GET", "/v2/models/{name}", model_meta, "Model metadata.", response=ModelMetadata, errors=(404, 409)),
+        Route(
+            "GET", "/v2/models/{name}/ready", model_ready, "Model readiness.", response=ModelReady, errors=(404, 409)
+        ),
+        Route(
+            "POST",
+            "/v2/models/{name}/infer",
+            infer,
+            "Run inference in a fresh sandbox (Open Inference Protocol v2).",
+            request=InferRequest,
+            response=InferResponse,
+            errors=(400, 404, 409, 413, 422, 429, 500, 503),
+        ),
+        Route(
+            "POST",
+            "/v1/functions/{name}:invoke",
+            invoke,
+            "Invoke a guest function: JSON in, the guest's JSON out.",
+            errors=(400, 404, 409, 413, 429, 500, 503),
+        ),
+        Route("GET", "/openapi.json", openapi, "This document."),
+        Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain"),
+    ]
+
+
+_STATUS_TEXT = {
+    400: "Body is not JSON",
+    404: "Unknown model",
+    409: "Ambiguous model name",
+    413: "Body too large",
+    422: "Body fails validation",
+    429: "Overloaded; see Retry-After",
+    500: "Guest failed",
+    503: "Not ready or draining; see Retry-After",
+}
+
+
+def openapi_document(table: list[Route]) -> dict[str, Any]:
+    """OpenAPI 3.1 for the route table, schemas from the pydantic models."""
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"content": {"application/json": {"schema": ref(ErrorResponse)}}}
+    paths: dict[str, Any] = {}
+    for route in table:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler.__name__, "responses": {}}
+        if "{name}" in route.path:
+            op["parameters"] = [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "Model name (metadata.name of the TarsModel).",
+                }
+            ]
+        body_schema = ref(route.request) if route.request else {}
+        if route.method == "POST":
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+        ok_schema = ref(route.response) if route.response else {}
+        op["responses"]["200"] = {"description": "OK", "content": {route.content_type: {"schema": ok_schema}}}
+        for status in route.errors:
+            op["responses"][str(status)] = {"description": _STATUS_TEXT[status], **error}
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "TARS node-agent data plane", "version": metadata.version("tars-k8s")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        return json_response(exc.body, status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        # aiohttp's own refusals (404 route, 405 method, 413 body): same JSON shape as ours.
+        status = exc.status
+        return json_response(ErrorResponse(error=exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(ErrorResponse(error="internal error"), status=500)
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "<unmatched>"
+        if route not in ("/metrics",):
+            model = request.get(MODEL_LABEL, "")
+            agent: Agent = request.app[AGENT]
+            agent.metrics.requests.labels(model, route, str(status)).inc()
+            agent.metrics.latency.labels(model, route, str(status)).observe(time.perf_counter() - started)
+
+
+def create_app(agent: Agent) -> web.Application:
+    app = web.Application(client_max_size=agent.config.max_body_bytes, middlewares=[errors_and_metrics])
+    app[AGENT] = agent
+    table = routes()
+    app[ROUTES] = table
+    for route in table:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

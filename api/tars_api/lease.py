@@ -70,8 +70,10 @@ LABEL_APP_VALUE = "tars-agent"
 LABEL_NODE = PREFIX + "node"
 LABEL_TARSNODE = PREFIX + "tarsnode"
 
-LEASE_DURATION_S = 15
-RENEW_INTERVAL_S = 5
+# An agent that stops renewing is declared lost after this; the operator then re-places its models.
+# Renewing every 2 s tolerates three missed renewals; detection plus re-placement fits in 10 s.
+LEASE_DURATION_S = 8
+RENEW_INTERVAL_S = 2
 
 
 def lease_name(node: str, tarsnode: str | None = None) -> str:

@@ -56,6 +56,10 @@ class History:
     panic_peak: int = 0
 
     def add(self, now: float, load: float, keep_s: float) -> None:
+        if not self.samples and self.last_traffic == -math.inf:
+            # A model just created (or an operator just started) counts as recently used: the grace
+            # period runs from here, so nothing is scaled to zero before it had a chance of traffic.
+            self.last_traffic = now
         self.samples.append((now, load))
         if load > 0:
             self.last_traffic = now

@@ -127,7 +127,7 @@ for _group, _version, _plural in CHILD_KINDS:
     _child_event(_group, _version, _plural)
 
 
-@kopf.timer(GROUP, VERSION, "tarsnodes", interval=2.0, id="agents-watch")
+@kopf.timer(GROUP, VERSION, "tarsnodes", interval=1.0, id="agents-watch")
 async def watch_agents(namespace: str, name: str, **kwargs: Any) -> None:
     """Lease expiry makes no watch event, so liveness is re-checked on a short timer."""
     seen = _seen(kwargs)

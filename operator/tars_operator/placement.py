@@ -2,12 +2,14 @@
 they hold, so it can be tested with plain data and re-run at any time with the same answer.
 
 Rules, in order of importance: never exceed an agent's memory; keep replicas where they are unless
-an agent is lost or the count shrinks (a move costs a cold load); spread over zones, then nodes;
+an agent is lost, the count shrinks or replicas are stacked beyond an even share (a move costs a
+cold load, so only these force one); spread over zones, then nodes;
 then prefer the agent with the most free memory. Replicas that fit nowhere are reported, not dropped.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,6 +26,9 @@ class AgentView:
     backend: str = "unknown"
     load: float = 0.0
     loaded: frozenset[str] = field(default_factory=frozenset)
+    # False for an agent that has not reported since the operator started: its replicas are kept
+    # while it comes back (a restart of everything must not reshuffle), but nothing new goes there.
+    accepts_new: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ def place(
     free = {node: a.capacity_mib - used_by_others_mib.get(node, 0) for node, a in usable.items()}
     lost = tuple(sorted(node for node in current if node not in usable))
 
-    # Keep what can stay: on a usable agent, within its memory.
+    # Keep what can stay: on a usable agent, within its memory, and no more stacked on one agent than
+    # an even spread needs (replicas stacked while few agents were up spread out when more arrive).
+    even_share = math.ceil(replicas / len(usable)) if usable else 0
     kept: dict[str, int] = {}
     for node in sorted(current):
         if node in usable:
             fits = max(0, free[node] // memory_mib)
-            count = min(current[node], fits)
+            count = min(current[node], fits, even_share)
             if count:
                 kept[node] = count
                 free[node] -= count * memory_mib
@@ -102,7 +109,7 @@ def _best_candidate(
     memory_mib: int,
     warm: frozenset[str],
 ) -> str | None:
-    fitting = [node for node in usable if free[node] >= memory_mib]
+    fitting = [node for node in usable if usable[node].accepts_new and free[node] >= memory_mib]
     if not fitting:
         return None
     zone_count = Counter[str]()

@@ -20,8 +20,8 @@ import kopf
 from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
-from tars_api.lease import lease_expired, parse_agent_annotations
-from tars_operator import builders, metrics, routing
+from tars_api.lease import LEASE_DURATION_S, lease_expired, parse_agent_annotations
+from tars_operator import builders, functions, metrics, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
 from tars_operator.autoscaler import Decision, History, Policy, decide
 from tars_operator.conditions import Cond, merge_conditions, transitions
@@ -31,6 +31,7 @@ from tars_operator.placement import AgentView, place
 from tars_operator.status import ModelObservation, tarsmodel_status, tarsnode_status
 
 log = logging.getLogger("tars_operator")
+STARTUP_GRACE_S = 2 * LEASE_DURATION_S
 Key = tuple[str, str]
 
 
@@ -101,6 +102,7 @@ class Reconciler:
         self._agent_fingerprints: dict[Key, Any] = {}
         self._histories: dict[Key, History] = {}
         self._known_tarsnodes: set[Key] = set()
+        self._started = time.monotonic()
         self._slices: dict[Key, set[str]] = {}  # slice names applied last time, per model
 
     async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
@@ -171,6 +173,13 @@ class Reconciler:
             await self._write_status(body, body["metadata"].get("generation", 0), {}, invalid)
             return
         node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        read_configmap = functions.configmap_reader(self.kube)
+        problem = await asyncio.to_thread(functions.validate_function, tm.spec, tm.metadata.namespace, read_configmap)
+        if problem is not None:  # a bad function is placed nowhere, so no agent loads it
+            self._placed.get(node_key, {}).pop(routing.model_key(tm), None)
+            await self._prune_slices(tm, set())
+            await self._write_status(body, tm.metadata.generation, *functions.invalid_function_status(tm, problem))
+            return
         lock = self._placement_locks.setdefault(node_key, asyncio.Lock())
         async with lock:
             observation = self._observe_model(tm, node_key, seen)
@@ -197,6 +206,7 @@ class Reconciler:
         agents = seen.agents(node_key)
         mine = routing.model_key(tm)
         current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
+        agents += self._awaited_agents(current, agents, seen)
         used: dict[str, int] = {}
         placed_here = self._placed.get(node_key, {})
         for other in seen.models.get(node_key, []):
@@ -220,6 +230,21 @@ class Reconciler:
             if state is not None and state.error:
                 errors[lease.node] = state.error
         return ModelObservation(True, agents, result, errors)
+
+    def _awaited_agents(self, current: dict[str, int], agents: list[AgentView], seen: Observed) -> list[AgentView]:
+        """Agents this operator process has not heard from yet, on Ready nodes holding placements.
+
+        Right after the operator starts (or everything restarts), agents report one by one; until
+        a Lease duration has passed, their placements stay put instead of piling onto the first
+        agent that reports."""
+        if time.monotonic() - self._started > STARTUP_GRACE_S:
+            return []
+        reported = {a.node for a in agents}
+        return [
+            AgentView(node=node, ready=True, capacity_mib=2**31, accepts_new=False)
+            for node in current
+            if node not in reported and (record := seen.nodes.get(node)) is not None and record.ready
+        ]
 
     async def _prune_slices(self, tm: TarsModel, keep: set[str]) -> None:
         """Deletes slices no longer wanted. The API is asked once per model per operator process

@@ -78,6 +78,12 @@ def test_without_scale_to_zero_one_replica_stays() -> None:
     assert replay([0.0] * 60, start=2, policy=policy)[-1] == 1
 
 
+def test_a_new_model_is_not_scaled_to_zero_before_the_grace_period() -> None:
+    seq = replay([0.0] * 30, start=1)
+    assert seq[:15] == [1] * 15  # 30 s of grace at one sample every 2 s
+    assert seq[-1] == 0
+
+
 def test_traffic_at_zero_wakes_the_model() -> None:
     seq = replay([0.0] * 40 + [5.0] * 3, start=0)
     assert seq[39] == 0 and seq[40] >= 1

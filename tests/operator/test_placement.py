@@ -77,6 +77,19 @@ def test_prefers_the_agent_that_already_loaded_the_model() -> None:
     assert result.placements == {"b": 1}
 
 
+def test_stacked_replicas_spread_when_agents_arrive() -> None:
+    alone = place(2, 100, {}, [agent("a")], {})
+    assert alone.placements == {"a": 2}
+    spread = place(2, 100, alone.placements, [agent("a"), agent("b"), agent("c")], {})
+    assert spread.placements["a"] == 1 and sum(spread.placements.values()) == 2 and len(spread.placements) == 2
+
+
+def test_an_awaited_agent_keeps_its_replicas_but_takes_no_new_ones() -> None:
+    awaited = AgentView(node="b", ready=True, capacity_mib=2**31, accepts_new=False)
+    result = place(3, 100, {"b": 1}, [agent("a"), awaited], {})
+    assert result.placements == {"b": 1, "a": 2}
+
+
 def test_no_ready_agents() -> None:
     result = place(2, 100, {}, [agent("a", ready=False)], {})
     assert result.placements == {}

@@ -1,0 +1,281 @@
+"""The whole system on the local control plane, under faults.
+
+Two operator replicas (peering), three node-agents standing for three simulated nodes, the gateway,
+the example TarsNode, the seed's five models and the four TARS functions, and real traffic from a
+bounded load generator on loopback. The scenarios run in order on one system, as an operator of a
+real cluster would live through them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tarsctl.fleet import Fleet, Process
+from tarsctl.models import make_synthetic
+from tests.fixtures import ControlPlane
+
+T = TypeVar("T")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EMBED_REQUEST = {"texts": ["a node is lost", "the agent recovers"]}
+SENTIMENT_REQUEST = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this!"]}]}
+
+
+def eventually(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
+
+
+def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@dataclass
+class Load:
+    """Bounded traffic in a background thread: one request at a time, statuses counted."""
+
+    url: str
+    body: dict[str, Any]
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Load:
+        def run() -> None:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status, answer = post(self.url, self.body, timeout=20)
+                except OSError as exc:
+                    status, answer = 0, {"error": repr(exc)}
+                if status != 200:
+                    self.errors.append(f"{status}: {answer}"[:300])
+                self.statuses[status] += 1
+                self.latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class System:
+    fleet: Fleet
+    namespace: str
+    nodes: tuple[str, ...]
+    models: list[str]
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.fleet.processes['gateway'].port}"
+
+    def model(self, name: str) -> dict[str, Any]:
+        return json.loads(self.fleet.kubectl("get", "tarsmodel", name, "-n", self.namespace, "-o", "json").stdout)
+
+    def ready(self, name: str) -> bool:
+        status = self.model(name).get("status", {})
+        wanted = self.model(name)["spec"]["replicas"]
+        return status.get("readyReplicas", 0) >= wanted and status.get("observedGeneration") is not None
+
+    def placed_on(self, name: str) -> dict[str, int]:
+        return {p["node"]: p["replicas"] for p in self.model(name).get("status", {}).get("placements", [])}
+
+    def agents(self) -> list[Process]:
+        return [p for n, p in self.fleet.processes.items() if n.startswith("agent-")]
+
+    def start_all(self) -> None:
+        self.fleet.start_operator("operator-a", priority=300)
+        self.fleet.start_operator("operator-b", priority=200)
+        for node in self.nodes:
+            self.fleet.start_agent(node)
+        self.fleet.start_gateway()
+
+
+def _manifests(checkpoints: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in ("tarsnode.yaml", "models.yaml", "functions.yaml"):
+        for doc in yaml.safe_load_all((EXAMPLES / path).read_text()):
+            if doc and doc["kind"] == "TarsModel" and doc["spec"]["source"].startswith("file:///var/lib/tars/models/"):
+                name = doc["spec"]["source"].rsplit("/", 1)[-1]
+                doc["spec"]["source"] = f"file://{checkpoints / name}"
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def system(
+    control_plane: ControlPlane, simulated_nodes: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    namespace = f"e2e-{int(time.time())}"
+    control_plane.kubectl("create", "namespace", namespace)
+    # Both text-generation checkpoints use the small preset so the suite stays within minutes on two
+    # cores; their weights are synthetic, and the models say so in every answer.
+    for name, seed in (("edge-tiny", 1), ("gpt2-small", 2)):
+        make_synthetic(workdir / "models" / name, "edge-tiny", seed)
+    docs = _manifests(workdir / "models")
+    fleet = Fleet(control_plane.state, namespace, workdir)
+    system = System(
+        fleet, namespace, simulated_nodes, [d["metadata"]["name"] for d in docs if d["kind"] == "TarsModel"]
+    )
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    try:
+        system.start_all()
+        yield system
+    finally:
+        fleet.stop()
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_1_install_all_models_ready_and_answering(system: System) -> None:
+    for name in system.models:
+        eventually(lambda name=name: system.ready(name), timeout=180, what=f"{name} Ready")
+    status, body = post(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST)
+    assert status == 200
+    compound = next(o for o in body["outputs"] if o["name"] == "compound")["data"][0]
+    assert compound > 0.5
+    status, body = post(f"{system.gateway}/v1/functions/sentence-bert:invoke", {"texts": ["a node", "an agent"]})
+    assert status == 200, body
+    assert len(body["embeddings"][0]) == 384
+    status, body = post(f"{system.gateway}/v1/functions/edge-tiny:invoke", {"prompt": "The node", "max_tokens": 8})
+    assert status == 200, body
+    assert "synthetic" in json.dumps(body).lower()
+    status, body = post(f"{system.gateway}/v1/functions/self-healing:invoke", {"issue": {"type": "node_failure"}})
+    assert status == 200, body
+    status, body = post(f"{system.gateway}/v1/functions/tars-reasoning:invoke", {"situation": "the API is down"})
+    assert status == 200, body
+
+
+def _no_double_placement(system: System) -> None:
+    for name in system.models:
+        model = system.model(name)
+        if model["spec"].get("scaling", {}).get("enabled"):
+            continue  # the autoscaler may be between writing replicas and placing them
+        placements = model.get("status", {}).get("placements", [])
+        assert len({p["node"] for p in placements}) == len(placements), name
+        assert sum(p["replicas"] for p in placements) == model["spec"]["replicas"], name
+
+
+def test_2_agent_killed_under_load(system: System) -> None:
+    victim = next(iter(system.placed_on("sentence-bert")))
+    with Load(f"{system.gateway}/v1/functions/sentence-bert:invoke", EMBED_REQUEST) as load:
+        time.sleep(1)
+        killed = time.monotonic()
+        system.fleet.processes[f"agent-{victim}"].stop(signal.SIGKILL)
+        eventually(
+            lambda: victim not in system.placed_on("sentence-bert"),
+            timeout=15,
+            what="sentence-bert placement moved off the killed agent",
+        )
+        moved_after = time.monotonic() - killed
+        eventually(lambda: system.ready("sentence-bert"), timeout=15, what="sentence-bert ready elsewhere")
+        time.sleep(1)
+    assert moved_after < 10, f"placements moved {moved_after:.1f}s after the kill"
+    assert set(load.statuses) == {200}, f"requests lost: {dict(load.statuses)} {load.errors[:5]}"
+    assert sum(load.statuses.values()) > 20
+    for name in system.models:
+        eventually(lambda name=name: victim not in system.placed_on(name), timeout=15, what=f"{name} moved")
+    _no_double_placement(system)
+    system.fleet.start_agent(victim)  # the node comes back; it rejoins without moving anything back
+
+
+def test_3_node_not_ready(system: System) -> None:
+    victim = next(iter(system.placed_on("sentence-bert")))
+    before_elsewhere = {n: system.placed_on(n) for n in system.models}
+    patch = {
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "KubeletStopped", "message": "e2e: node marked NotReady"}
+            ]
+        }
+    }
+    with Load(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
+        system.fleet.kubectl(
+            "patch", "node", victim, "--subresource=status", "--type=strategic", "-p", json.dumps(patch)
+        )
+        eventually(lambda: victim not in system.placed_on("sentence-bert"), timeout=10, what="moved off NotReady")
+    assert set(load.statuses) == {200}, (dict(load.statuses), load.errors[:5])
+    untouched = [n for n, p in before_elsewhere.items() if victim not in p]
+    assert all(system.placed_on(n) == before_elsewhere[n] for n in untouched), "models elsewhere did not move"
+
+
+def test_4_active_operator_killed(system: System) -> None:
+    with Load(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
+        system.fleet.processes["operator-a"].stop(signal.SIGKILL)
+        # sentence-bert is not autoscaled, so this scale is the only writer of its replicas.
+        system.fleet.kubectl("scale", "tarsmodel/sentence-bert", "--replicas=3", "-n", system.namespace)
+        eventually(
+            lambda: sum(system.placed_on("sentence-bert").values()) == 3 and system.ready("sentence-bert"),
+            timeout=40,
+            what="the standby operator acting on a scale",
+        )
+    assert "Resuming operations" in system.fleet.processes["operator-b"].log.read_text()
+    assert set(load.statuses) == {200}, (dict(load.statuses), load.errors[:5])
+    _no_double_placement(system)
+
+
+def test_5_restart_everything_recovers_from_the_cluster(system: System) -> None:
+    before = {name: system.placed_on(name) for name in system.models}
+    system.fleet.stop()
+    system.fleet.processes.clear()
+    system.start_all()
+    for name in system.models:
+        eventually(lambda name=name: system.ready(name), timeout=120, what=f"{name} Ready after restart")
+    assert {name: system.placed_on(name) for name in system.models} == before
+    assert post(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST)[0] == 200
+
+
+def test_6_bad_objects_are_rejected_and_disturb_nothing(system: System) -> None:
+    before = {name: system.placed_on(name) for name in system.models}
+    bad = {
+        "apiVersion": "tars.hyperlight.dev/v1alpha1",
+        "kind": "TarsModel",
+        "metadata": {"name": "bad"},
+        "spec": {
+            "nodeRef": {"name": "tars"},
+            "kind": "sentiment",
+            "source": "https://example.com/model",
+            "scaling": {"minReplicas": 3, "maxReplicas": 1},
+        },
+    }
+    result = system.fleet.kubectl("apply", "-n", system.namespace, "-f", "-", input=json.dumps(bad), check=False)
+    assert result.returncode != 0 and "spec.source" in result.stderr
+    assert "minReplicas must not exceed maxReplicas" in result.stderr
+    time.sleep(2)
+    assert {name: system.placed_on(name) for name in system.models} == before
+    assert post(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST)[0] == 200

@@ -120,8 +120,7 @@ class System:
     def start_all(self) -> None:
         self.fleet.start_operator("operator-a", priority=300)
         self.fleet.start_operator("operator-b", priority=200)
-        for node in self.nodes:
-            self.fleet.start_agent(node)
+        self.fleet.start_agents(self.nodes)
         self.fleet.start_gateway()
 
 
@@ -205,7 +204,9 @@ def test_2_agent_killed_under_load(system: System) -> None:
         moved_after = time.monotonic() - killed
         eventually(lambda: system.ready("sentence-bert"), timeout=15, what="sentence-bert ready elsewhere")
         time.sleep(1)
-    assert moved_after < 10, f"placements moved {moved_after:.1f}s after the kill"
+    # Lease expiry (8 s) plus the operator's 1 s check: about 9 s on an idle machine (bench/failover.py
+    # measures it); the bound leaves room for a CI machine busy with the rest of the suite.
+    assert moved_after < 15, f"placements moved {moved_after:.1f}s after the kill"
     assert set(load.statuses) == {200}, f"requests lost: {dict(load.statuses)} {load.errors[:5]}"
     assert sum(load.statuses.values()) > 20
     for name in system.models:

@@ -132,23 +132,26 @@ class Fleet:
             time.sleep(0.3)
 
     def start_agent(self, node: str, tarsnode: str = "tars") -> Process:
-        port = localcluster.free_port()
+        return self.start_agents([node], tarsnode)[0]
+
+    def start_agents(self, nodes: list[str] | tuple[str, ...], tarsnode: str = "tars") -> list[Process]:
+        """One agent per node, started together (as a DaemonSet's pods would be), then waited for."""
         config = self.agent_config(tarsnode)
-        env = {
-            "NODE_NAME": node,
-            "POD_IP": localcluster.host_ip(),
-            "POD_NAMESPACE": self.namespace,
-            "POD_NAME": f"{tarsnode}-agent-{node}",
-            "TARS_PORT": str(port),
-        }
-        process = self._spawn(
-            f"agent-{node}",
-            [sys.executable, "-m", "tars_agent.main", "--config", str(config), "--port", str(port)],
-            port,
-            env,
-        )
-        wait_http(f"http://127.0.0.1:{port}/v2/health/live", process)
-        return process
+        started = []
+        for node in nodes:
+            port = localcluster.free_port()
+            env = {
+                "NODE_NAME": node,
+                "POD_IP": localcluster.host_ip(),
+                "POD_NAMESPACE": self.namespace,
+                "POD_NAME": f"{tarsnode}-agent-{node}",
+                "TARS_PORT": str(port),
+            }
+            argv = [sys.executable, "-m", "tars_agent.main", "--config", str(config), "--port", str(port)]
+            started.append(self._spawn(f"agent-{node}", argv, port, env))
+        for process in started:
+            wait_http(f"http://127.0.0.1:{process.port}/v2/health/live", process)
+        return started
 
     def start_gateway(self) -> Process:
         port = localcluster.free_port()

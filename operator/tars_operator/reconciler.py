@@ -20,7 +20,7 @@ import kopf
 from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
-from tars_api.lease import LEASE_DURATION_S, lease_expired, parse_agent_annotations
+from tars_api.lease import lease_expired, parse_agent_annotations
 from tars_operator import builders, functions, metrics, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
 from tars_operator.autoscaler import Decision, History, Policy, decide
@@ -31,7 +31,9 @@ from tars_operator.placement import AgentView, place
 from tars_operator.status import ModelObservation, tarsmodel_status, tarsnode_status
 
 log = logging.getLogger("tars_operator")
-STARTUP_GRACE_S = 2 * LEASE_DURATION_S
+# After an operator start, how long placements on Ready nodes whose agents have not reported yet
+# are kept: a whole-cluster restart brings agents back over tens of seconds, not all at once.
+STARTUP_GRACE_S = 60.0
 Key = tuple[str, str]
 
 
@@ -234,9 +236,9 @@ class Reconciler:
     def _awaited_agents(self, current: dict[str, int], agents: list[AgentView], seen: Observed) -> list[AgentView]:
         """Agents this operator process has not heard from yet, on Ready nodes holding placements.
 
-        Right after the operator starts (or everything restarts), agents report one by one; until
-        a Lease duration has passed, their placements stay put instead of piling onto the first
-        agent that reports."""
+        Right after the operator starts (or everything restarts), agents report one by one; for
+        STARTUP_GRACE_S their placements stay put instead of piling onto the first agent that
+        reports. A NotReady node gets no such grace."""
         if time.monotonic() - self._started > STARTUP_GRACE_S:
             return []
         reported = {a.node for a in agents}

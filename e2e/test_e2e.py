@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tarsctl.fleet import Fleet, Process
+from tarsctl.fleet import Fleet, Process, SteadyLoad, post
 from tarsctl.models import make_synthetic
 from tests.fixtures import ControlPlane
 
@@ -45,51 +41,6 @@ def eventually(probe: Callable[[], T], timeout: float = 30.0, what: str = "condi
             last = exc
         time.sleep(0.25)
     raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-@dataclass
-class Load:
-    """Bounded traffic in a background thread: one request at a time, statuses counted."""
-
-    url: str
-    body: dict[str, Any]
-    statuses: Counter[int] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        def run() -> None:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status, answer = post(self.url, self.body, timeout=20)
-                except OSError as exc:
-                    status, answer = 0, {"error": repr(exc)}
-                if status != 200:
-                    self.errors.append(f"{status}: {answer}"[:300])
-                self.statuses[status] += 1
-                self.latencies.append(time.perf_counter() - started)
-                time.sleep(0.02)
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=30)
 
 
 @dataclass
@@ -192,7 +143,7 @@ def _no_double_placement(system: System) -> None:
 
 def test_2_agent_killed_under_load(system: System) -> None:
     victim = next(iter(system.placed_on("sentence-bert")))
-    with Load(f"{system.gateway}/v1/functions/sentence-bert:invoke", EMBED_REQUEST) as load:
+    with SteadyLoad(f"{system.gateway}/v1/functions/sentence-bert:invoke", EMBED_REQUEST) as load:
         time.sleep(1)
         killed = time.monotonic()
         system.fleet.processes[f"agent-{victim}"].stop(signal.SIGKILL)
@@ -225,7 +176,7 @@ def test_3_node_not_ready(system: System) -> None:
             ]
         }
     }
-    with Load(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
+    with SteadyLoad(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
         system.fleet.kubectl(
             "patch", "node", victim, "--subresource=status", "--type=strategic", "-p", json.dumps(patch)
         )
@@ -236,7 +187,7 @@ def test_3_node_not_ready(system: System) -> None:
 
 
 def test_4_active_operator_killed(system: System) -> None:
-    with Load(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
+    with SteadyLoad(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST) as load:
         system.fleet.processes["operator-a"].stop(signal.SIGKILL)
         # sentence-bert is not autoscaled, so this scale is the only writer of its replicas.
         system.fleet.kubectl("scale", "tarsmodel/sentence-bert", "--replicas=3", "-n", system.namespace)

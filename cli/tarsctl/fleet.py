@@ -13,10 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tarsctl import localcluster
 
@@ -166,3 +170,48 @@ class Fleet:
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
+
+
+def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@dataclass
+class SteadyLoad:
+    """Bounded traffic in a background thread: one request at a time, statuses counted."""
+
+    url: str
+    body: dict[str, Any]
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> SteadyLoad:
+        def run() -> None:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status, answer = post(self.url, self.body, timeout=20)
+                except OSError as exc:
+                    status, answer = 0, {"error": repr(exc)}
+                if status != 200:
+                    self.errors.append(f"{status}: {answer}"[:300])
+                self.statuses[status] += 1
+                self.latencies.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)

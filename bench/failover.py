@@ -94,7 +94,7 @@ def main() -> None:
                 time.sleep(0.5)
                 killed = time.monotonic()
                 fleet.processes[f"agent-{victim}"].stop(signal.SIGKILL)
-                moved = wait(lambda: victim not in {p["node"] for p in status(fleet).get("placements", [])})
+                moved = wait(lambda lost=victim: lost not in {p["node"] for p in status(fleet).get("placements", [])})
                 ready = wait(lambda: status(fleet).get("readyReplicas") == args.replicas)
                 time.sleep(0.5)
             failed = sum(n for code, n in during.statuses.items() if code != 200)

@@ -11,36 +11,21 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
 from tarsctl.fleet import Fleet, Process, SteadyLoad, post
 from tarsctl.models import make_synthetic
-from tests.fixtures import ControlPlane
+from tests.fixtures import ControlPlane, eventually
 
-T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EMBED_REQUEST = {"texts": ["a node is lost", "the agent recovers"]}
 SENTIMENT_REQUEST = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["I love this!"]}]}
-
-
-def eventually(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
 
 
 @dataclass

@@ -14,16 +14,33 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from tarsctl import localcluster
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
 
 
 @dataclass

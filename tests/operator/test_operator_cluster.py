@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tars_api.lease import AgentReport, ModelState, lease_body
 from tarsctl import localcluster
-from tests.fixtures import ControlPlane, OperatorProcess
+from tests.fixtures import ControlPlane, OperatorProcess, eventually
 
-T = TypeVar("T")
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
 
 
 def apply(cp: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
@@ -277,12 +260,21 @@ def test_operator_exports_metrics(operator: OperatorProcess) -> None:
     assert "tars_operator_reconcile_duration_seconds_bucket" in text
 
 
-def test_autoscaler_follows_reported_load_and_goes_to_zero(control_plane: ControlPlane, namespace: str,
-                                                           simulated_nodes: tuple[str, ...]) -> None:
+def test_autoscaler_follows_reported_load_and_goes_to_zero(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
     apply(control_plane, namespace, tarsnode())
     key = f"{namespace}/auto"
-    scaling = {"enabled": True, "minReplicas": 0, "maxReplicas": 6, "target": 10, "scaleToZero": True,
-               "scaleToZeroGracePeriod": "4s", "stableWindow": "8s", "panicWindow": "2s"}
+    scaling = {
+        "enabled": True,
+        "minReplicas": 0,
+        "maxReplicas": 6,
+        "target": 10,
+        "scaleToZero": True,
+        "scaleToZeroGracePeriod": "4s",
+        "stableWindow": "8s",
+        "panicWindow": "2s",
+    }
     apply(control_plane, namespace, tarsmodel("auto", replicas=1, scaling=scaling))
 
     def report(in_flight: float) -> None:
@@ -294,14 +286,20 @@ def test_autoscaler_follows_reported_load_and_goes_to_zero(control_plane: Contro
             put_lease(control_plane, namespace, lease)
 
     report(45.0)
-    scaled = eventually(lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 5 and m,
-                        timeout=20, what="scale up to ceil(45 / 10)")
+    scaled = eventually(
+        lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 5 and m,
+        timeout=20,
+        what="scale up to ceil(45 / 10)",
+    )
     assert scaled["status"]["autoscaler"]["mode"] in ("panic", "stable")
     events = control_plane.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=Scaled").stdout
     assert "1 -> 5 replicas" in events or "-> 5 replicas" in events
 
     report(0.0)
-    idle = eventually(lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 0 and m,
-                      timeout=40, what="scale to zero after the grace period")
+    idle = eventually(
+        lambda: (m := _model(control_plane, namespace, "auto"))["spec"]["replicas"] == 0 and m,
+        timeout=40,
+        what="scale to zero after the grace period",
+    )
     assert idle["status"]["autoscaler"]["mode"] == "idle"
     assert eventually(lambda: _model(control_plane, namespace, "auto")["status"]["placements"] == [])

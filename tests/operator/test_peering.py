@@ -8,8 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.fixtures import ControlPlane, OperatorProcess, start_operator
-from tests.operator.test_operator_cluster import apply, eventually, tarsnode
+from tests.fixtures import ControlPlane, OperatorProcess, eventually, start_operator
+from tests.operator.test_operator_cluster import apply, tarsnode
 
 
 def tarsnode_reconciles(op: OperatorProcess) -> float:

@@ -63,42 +63,70 @@ def main() -> None:
     group = ("tars.hyperlight.dev", "v1alpha1", namespace)
     try:
         for i in range(3):
-            report = AgentReport(address=f"{localcluster.host_ip()}:{9400 + i}", backend="wasmtime",
-                                 capacity_mib=1_000_000, ready=True)
+            report = AgentReport(
+                address=f"{localcluster.host_ip()}:{9400 + i}", backend="wasmtime", capacity_mib=1_000_000, ready=True
+            )
             for tn in range(args.nodes):
-                body = lease_body(f"bench-node-{i}", namespace, f"agent-{i}", report, datetime.now(UTC),
-                                  tarsnode=f"tn-{tn}")
+                body = lease_body(
+                    f"bench-node-{i}", namespace, f"agent-{i}", report, datetime.now(UTC), tarsnode=f"tn-{tn}"
+                )
                 body["metadata"]["name"] = f"tn-{tn}-bench-node-{i}"
                 coordination.create_namespaced_lease(namespace, body)
 
         ds_seen: dict[str, float] = {}
-        watcher = threading.Thread(target=watch_until, args=(apps.list_namespaced_daemon_set, namespace, ds_seen,
-                                                             args.nodes, lambda o: True))
+        watcher = threading.Thread(
+            target=watch_until, args=(apps.list_namespaced_daemon_set, namespace, ds_seen, args.nodes, lambda o: True)
+        )
         watcher.start()
         applied: dict[str, float] = {}
         for tn in range(args.nodes):
             name = f"tn-{tn}"
             applied[f"{name}-agent"] = time.perf_counter()
-            custom.create_namespaced_custom_object(*group, "tarsnodes", {
-                "apiVersion": "tars.hyperlight.dev/v1alpha1", "kind": "TarsNode", "metadata": {"name": name},
-                "spec": {}})
+            custom.create_namespaced_custom_object(
+                *group,
+                "tarsnodes",
+                {
+                    "apiVersion": "tars.hyperlight.dev/v1alpha1",
+                    "kind": "TarsNode",
+                    "metadata": {"name": name},
+                    "spec": {},
+                },
+            )
         watcher.join()
         node_latency = [ds_seen[n] - applied[n] for n in ds_seen]
 
         placed: dict[str, float] = {}
-        watcher = threading.Thread(target=watch_until, args=(
-            custom.list_namespaced_custom_object, namespace, placed, args.models,
-            lambda o: bool((o.get("status") or {}).get("placements"))),
-            kwargs={"group": group[0], "version": group[1], "plural": "tarsmodels"})
+        watcher = threading.Thread(
+            target=watch_until,
+            args=(
+                custom.list_namespaced_custom_object,
+                namespace,
+                placed,
+                args.models,
+                lambda o: bool((o.get("status") or {}).get("placements")),
+            ),
+            kwargs={"group": group[0], "version": group[1], "plural": "tarsmodels"},
+        )
         watcher.start()
         model_applied: dict[str, float] = {}
         for m in range(args.models):
             name = f"m-{m}"
             model_applied[name] = time.perf_counter()
-            custom.create_namespaced_custom_object(*group, "tarsmodels", {
-                "apiVersion": "tars.hyperlight.dev/v1alpha1", "kind": "TarsModel", "metadata": {"name": name},
-                "spec": {"nodeRef": {"name": f"tn-{m % args.nodes}"}, "kind": "sentiment",
-                         "source": "builtin://sentiment-vader", "memoryMiB": 32}})
+            custom.create_namespaced_custom_object(
+                *group,
+                "tarsmodels",
+                {
+                    "apiVersion": "tars.hyperlight.dev/v1alpha1",
+                    "kind": "TarsModel",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "nodeRef": {"name": f"tn-{m % args.nodes}"},
+                        "kind": "sentiment",
+                        "source": "builtin://sentiment-vader",
+                        "memoryMiB": 32,
+                    },
+                },
+            )
         watcher.join()
         model_latency = [placed[n] - model_applied[n] for n in placed]
 
@@ -106,11 +134,23 @@ def main() -> None:
         for column in ("what", "objects", "p50 ms", "p95 ms", "max ms", "goal"):
             table.add_column(column)
         for what, values in (("TarsNode -> DaemonSet", node_latency), ("TarsModel -> placements", model_latency)):
-            table.add_row(what, str(len(values)), f"{statistics.median(values) * 1000:.0f}",
-                          f"{percentile(values, 0.95) * 1000:.0f}", f"{max(values) * 1000:.0f}", "p95 < 1000")
+            table.add_row(
+                what,
+                str(len(values)),
+                f"{statistics.median(values) * 1000:.0f}",
+                f"{percentile(values, 0.95) * 1000:.0f}",
+                f"{max(values) * 1000:.0f}",
+                "p95 < 1000",
+            )
         console.print(table)
-        print(json.dumps({"tarsnode_p95_ms": percentile(node_latency, 0.95) * 1000,
-                          "tarsmodel_p95_ms": percentile(model_latency, 0.95) * 1000}))
+        print(
+            json.dumps(
+                {
+                    "tarsnode_p95_ms": percentile(node_latency, 0.95) * 1000,
+                    "tarsmodel_p95_ms": percentile(model_latency, 0.95) * 1000,
+                }
+            )
+        )
     finally:
         fleet.stop()
         localcluster.kubectl(state, "delete", "namespace", namespace, "--wait=false", check=False)

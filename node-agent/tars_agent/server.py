@@ -91,6 +91,8 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:  # a hostile body nested deeper than the parser's recursion limit
+        raise ApiError(400, "request body is nested too deeply", field="body") from None
 
 
 async def lookup_model(agent: Agent, name: str) -> LoadedModel:
@@ -120,6 +122,8 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     except GuestFailure as failure:
         agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
         log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
+        if failure.reason is FailureReason.REJECTED:
+            raise ApiError(422, f"rejected by the model: {failure.public}", reason=failure.reason.value) from None
         raise ApiError(500, f"guest failed: {failure.public}", reason=failure.reason.value) from None
     except Overloaded as busy:
         agent.metrics.rejected.labels(label, "overload").inc()

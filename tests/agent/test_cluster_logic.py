@@ -102,5 +102,3 @@ def test_placements_select_this_node_only() -> None:
     assert list(wanted) == [ModelKey("tars", "mine")]
     assert wanted[ModelKey("tars", "mine")].metadata.generation == 3
     assert list(invalid) == [ModelKey("tars", "broken")]
-
-

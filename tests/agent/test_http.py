@@ -137,10 +137,26 @@ async def test_guest_failure_is_500_with_reason_and_no_host_detail(
     assert agent.metrics.guest_failures.labels("default/tight", reason)._value.get() >= 1
 
 
-async def test_guest_returning_no_outputs_fails_infer(client: TestClient) -> None:
-    resp = await client.post("/v2/models/hostile/infer", json=infer_body("x"))  # hostile ignores "inputs"
-    assert resp.status == 500
-    assert (await resp.json())["reason"] == "error"
+async def test_guest_rejecting_its_input_is_422(client: TestClient) -> None:
+    resp = await client.post("/v1/functions/hostile:invoke", json={"do": "no-such-action"})
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["reason"] == "rejected"
+    assert "unknown action: no-such-action" in body["error"]
+
+
+async def test_deeply_nested_json_is_400_not_500(client: TestClient) -> None:
+    resp = await client.post(
+        "/v1/functions/echo:invoke", data="[" * 100_000 + "]" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "body"
+
+
+async def test_guest_refusing_an_infer_request_is_422(client: TestClient) -> None:
+    resp = await client.post("/v2/models/hostile/infer", json=infer_body("x"))  # hostile refuses "inputs"
+    assert resp.status == 422
+    assert (await resp.json())["reason"] == "rejected"
 
 
 async def test_overload_is_429_with_retry_after(backend: Any) -> None:

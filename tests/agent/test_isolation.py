@@ -113,7 +113,7 @@ async def test_crash_reports_error_without_detail(agent: Agent) -> None:
 
 async def test_guest_error_result_is_passed_on(agent: Agent) -> None:
     failed = await failure(agent, "hostile", {"do": "no-such-action"})
-    assert failed.reason is FailureReason.ERROR
+    assert failed.reason is FailureReason.REJECTED
     assert failed.public == "unknown action: no-such-action"
 
 

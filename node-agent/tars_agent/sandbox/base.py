@@ -29,6 +29,8 @@ class FailureReason(enum.StrEnum):
     MEMORY = "memory"
     OUTPUT = "output"
     ERROR = "error"
+    # The guest ran and refused the input with its own error (an Err result): the caller's fault.
+    REJECTED = "rejected"
 
 
 class GuestFailure(Exception):

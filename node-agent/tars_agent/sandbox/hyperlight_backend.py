@@ -81,7 +81,7 @@ def parse_result(stdout: str, stderr: str, exit_code: int, limits: Limits) -> st
         if line.startswith(RESULT_MARKER):
             reply = json.loads(line[len(RESULT_MARKER) :])
             if "err" in reply:
-                raise GuestFailure(FailureReason.ERROR, str(reply["err"])[:1024])
+                raise GuestFailure(FailureReason.REJECTED, str(reply["err"])[:1024])
             return check_output(str(reply["ok"]), limits)
     if "MemoryError" in stderr:
         raise GuestFailure(FailureReason.MEMORY, "guest exceeded its memory limit", stderr[-4000:])

@@ -131,7 +131,7 @@ class WasmtimeInstance(GuestInstance):
             raise GuestFailure(FailureReason.ERROR, "guest returned a value of the wrong type")
         if result.tag == "err":
             # The guest's own error text is the guest's answer, not host detail: pass it on, bounded.
-            raise GuestFailure(FailureReason.ERROR, result.payload[:1024])
+            raise GuestFailure(FailureReason.REJECTED, result.payload[:1024])
         return check_output(result.payload, self._limits)
 
     def close(self) -> None:

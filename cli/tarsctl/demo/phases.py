@@ -1,0 +1,684 @@
+"""The demo's phases: init, load, benchmark, security, cost, report.
+
+Each phase shows a rich progress bar over its steps and ends with a result table; every number in
+the tables and in the report is measured in this run (the seed's figures are shown beside ours,
+labelled as the seed's claims, and used in no calculation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tarsctl import localcluster
+from tarsctl.demo import cost, loadgen, recommend, report, security, system
+from tarsctl.demo.plan import Plan
+from tarsctl.demo.stats import summarize
+from tarsctl.fleet import Fleet
+from tarsctl.models import make_synthetic
+
+REPO = Path(__file__).resolve().parents[3]
+SYNTHETIC_PREFIX = "file:///var/lib/tars/models/"
+AGENT_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*loaded model (\S+) ")
+
+
+@dataclass
+class Options:
+    plan: Plan
+    report_dir: Path
+    keep: bool = False
+    local: bool = False
+    namespace: str | None = None
+    agents: int | None = None
+    workdir: Path | None = None
+    # Use these existing nodes instead of registering simulated ones (tests share the session's).
+    nodes: list[str] | None = None
+    # The namespace exists already and is not ours to create or delete.
+    existing_namespace: bool = False
+
+
+@dataclass
+class Run:
+    """Everything measured, in the shape report.json has."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@contextlib.contextmanager
+def phase(console: Console, title: str, total: int) -> Iterator[Any]:
+    """A progress bar for one phase; yields advance(step_label)."""
+    console.rule(f"[bold cyan]{title}")
+    with _progress(console) as bar:
+        task = bar.add_task(title, total=total, step="")
+
+        def advance(step: str, done: bool = False) -> None:
+            if done:
+                bar.advance(task)
+            bar.update(task, step=step)
+
+        yield advance
+        bar.update(task, completed=total, step="done")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def model_documents(plan: Plan, checkpoints: Path) -> list[dict[str, Any]]:
+    """The plan's TarsModels: filtered, overridden, synthetic sources pointing at ``checkpoints``."""
+    docs = []
+    for manifest in plan.manifests:
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            if not doc or doc.get("kind") != "TarsModel":
+                continue
+            name = doc["metadata"]["name"]
+            if plan.models and name not in plan.models:
+                continue
+            source = doc["spec"].get("source") or ""
+            if source.startswith(SYNTHETIC_PREFIX):
+                doc["spec"]["source"] = f"file://{checkpoints / source.removeprefix(SYNTHETIC_PREFIX)}"
+            if name in plan.overrides:
+                doc["spec"] = _deep_merge(doc["spec"], plan.overrides[name])
+            docs.append(doc)
+    return docs
+
+
+class Demo:
+    def __init__(self, options: Options, console: Console | None = None) -> None:
+        self.o = options
+        self.plan = options.plan
+        self.console = console or Console()
+        self.namespace = options.namespace or self.plan.namespace
+        self.agent_count = len(options.nodes) if options.nodes else options.agents or self.plan.agents
+        self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tars-demo-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tarsnode_doc = next(
+            d for d in yaml.safe_load_all(self.plan.tarsnode.read_text()) if d and d.get("kind") == "TarsNode"
+        )
+        self.tarsnode = self.tarsnode_doc["metadata"]["name"]
+        self.state: localcluster.ClusterState | None = None
+        self.fleet: Fleet | None = None
+        self.nodes: list[str] = []
+        self.created_nodes: list[str] = []
+        self.created_namespace = False
+        self.run = Run()
+        self.models: list[dict[str, Any]] = []
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def gateway(self) -> str:
+        assert self.fleet is not None
+        return f"http://127.0.0.1:{self.fleet.processes['gateway'].port}"
+
+    def _kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
+        assert self.state is not None
+        return localcluster.kubectl(self.state, *args, input=input, check=check)
+
+    def _get(self, kind: str, name: str) -> dict[str, Any]:
+        assert self.state is not None
+        found: dict[str, Any] = system.kubectl_json(self.state, kind, name, "-n", self.namespace)
+        return found
+
+    def _agent_pids(self) -> dict[str, int]:
+        assert self.fleet is not None
+        return {
+            n.removeprefix("agent-"): p.popen.pid for n, p in self.fleet.processes.items() if n.startswith("agent-")
+        }
+
+    def _agent_rss(self) -> dict[str, float]:
+        return {node: system.rss_mib(pid) for node, pid in self._agent_pids().items()}
+
+    def _agent_logs(self) -> list[Path]:
+        assert self.fleet is not None
+        return [p.log for n, p in self.fleet.processes.items() if n.startswith("agent-")]
+
+    def _loaded_times(self) -> dict[tuple[str, str], float]:
+        """(node, namespace/model) -> epoch seconds of the agent's 'loaded model' log line."""
+        times: dict[tuple[str, str], float] = {}
+        assert self.fleet is not None
+        for name, process in self.fleet.processes.items():
+            if not name.startswith("agent-"):
+                continue
+            for line in process.log.read_text(errors="replace").splitlines():
+                match = AGENT_LOG_TIME.match(line)
+                if match:
+                    stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    times.setdefault((name.removeprefix("agent-"), match.group(2)), stamp)
+        return times
+
+    # -- phases -------------------------------------------------------------------------------
+    def init(self) -> None:
+        c = self.console
+        with phase(c, "1. init", 6 + self.agent_count) as step:
+            step("control plane")
+            self.state, started_here = system.connect(self.o.local, log=lambda line: None)
+            cluster = "external (KUBECONFIG)" if isinstance(self.state, system.ExternalCluster) else "local"
+            step("namespace", done=True)
+            if not self.o.existing_namespace:
+                if self._kubectl("get", "namespace", self.namespace, check=False).returncode == 0:
+                    raise SystemExit(f"namespace {self.namespace} exists (a kept demo?); delete it or pass --namespace")
+                self._kubectl("create", "namespace", self.namespace)
+                self.created_namespace = True
+            step("CRDs", done=True)
+            crds = str(REPO / "crds")
+            self._kubectl("apply", "--server-side", "--force-conflicts", "-f", crds)
+            self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
+            step("simulated nodes", done=True)
+            self.nodes = self.o.nodes or [f"{self.plan.node_prefix}-{i + 1}" for i in range(self.agent_count)]
+            for node in self.nodes:
+                if self.o.nodes:
+                    continue
+                if self._kubectl("get", "node", node, check=False).returncode != 0:
+                    self.created_nodes.append(node)
+                localcluster.add_node(self.state, node, kvm=True)
+            self._kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in self.nodes])
+            step("operator", done=True)
+            self.fleet = Fleet(self.state, self.namespace, self.workdir)
+            started = time.perf_counter()
+            self.fleet.start_operator(priority=self.plan.operator_priority)
+            operator_s = time.perf_counter() - started
+            system.apply_docs(self.state, self.namespace, [self.tarsnode_doc])
+            agent_start: dict[str, float] = {}
+            for node in self.nodes:
+                step(f"agent on {node}", done=True)
+                started = time.perf_counter()
+                self.fleet.start_agent(node, self.tarsnode)
+                agent_start[node] = time.perf_counter() - started
+            step("gateway", done=True)
+            self.fleet.start_gateway()
+            agents = system.wait_for(
+                lambda: (
+                    (a := system.agents(self.state, self.namespace, self.tarsnode)) and len(a) == len(self.nodes) and a
+                ),
+                timeout=60,
+            )
+            status = (
+                system.wait_for(
+                    lambda: (
+                        (s := self._get("tarsnode", self.tarsnode).get("status") or {}).get("agents")
+                        and len(s["agents"]) == len(self.nodes)
+                        and s
+                    ),
+                    timeout=60,
+                )
+                or {}
+            )
+            base_rss = self._agent_rss()
+        probe_lines = {}
+        assert self.fleet is not None
+        for node in self.nodes:
+            log = self.fleet.processes[f"agent-{node}"].log.read_text(errors="replace")
+            probe_lines[node] = next(
+                (ln.split("KVM probe: ", 1)[1] for ln in log.splitlines() if "KVM probe:" in ln), ""
+            )
+        by_node = {a.node: a for a in agents or []}
+        status_by_node = {a.get("node"): a for a in status.get("agents", [])}
+        rows = []
+        for node in self.nodes:
+            lease = by_node.get(node)
+            rows.append(
+                {
+                    "node": node,
+                    "backend": lease.backend if lease else "",
+                    "backend_reason": lease.backend_reason if lease else "",
+                    "probe": probe_lines[node],
+                    "tarsnode_status_backend": status_by_node.get(node, {}).get("backend", ""),
+                    "ready": status_by_node.get(node, {}).get("ready", False),
+                    "start_s": agent_start[node],
+                    "base_rss_mib": base_rss[node],
+                }
+            )
+        self.run.data["init"] = {
+            "cluster": cluster,
+            "cluster_started_here": started_here,
+            "namespace": self.namespace,
+            "tarsnode": self.tarsnode,
+            "tarsnode_backend": status.get("backend", ""),
+            "nodes": self.nodes,
+            "operator_start_s": operator_s,
+            "agents": rows,
+        }
+        table = Table(title=f"agents of TarsNode {self.tarsnode} ({cluster} cluster, namespace {self.namespace})")
+        for col in ("node", "backend", "why (Lease backend-reason)", "TarsNode status", "start s", "base RSS MiB"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["node"],
+                r["backend"],
+                r["backend_reason"],
+                f"{r['tarsnode_status_backend']} ready={r['ready']}",
+                f"{r['start_s']:.1f}",
+                f"{r['base_rss_mib']:.0f}",
+            )
+        c.print(table)
+
+    def load(self) -> None:
+        c = self.console
+        checkpoints = self.workdir / "models"
+        docs = model_documents(self.plan, checkpoints)
+        models = [d for d in docs if d["spec"]["kind"] != "function"]
+        functions = [d for d in docs if d["spec"]["kind"] == "function"]
+        used = {
+            d["spec"]["source"].removeprefix(f"file://{checkpoints}/")
+            for d in docs
+            if str(d["spec"].get("source", "")).startswith(f"file://{checkpoints}/")
+        }
+        synth: dict[str, Any] = {}
+        with phase(c, "2. load", len(used) + len(models) + 1) as step:
+            for name in sorted(used):
+                ck = self.plan.checkpoints.get(name)
+                if ck is None:
+                    raise SystemExit(f"model source needs checkpoint {name!r}; add it to the plan's checkpoints")
+                step(f"synthetic checkpoint {name} ({ck.preset})")
+                started = time.perf_counter()
+                path = make_synthetic(checkpoints / name, ck.preset, ck.seed)
+                size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+                synth[name] = {
+                    "preset": ck.preset,
+                    "seed": ck.seed,
+                    "write_s": time.perf_counter() - started,
+                    "size_mib": size,
+                    "synthetic": True,
+                }
+                step(name, done=True)
+            rows = []
+            for doc in models:
+                name = doc["metadata"]["name"]
+                step(f"{name}: apply -> Ready")
+                rows.append(self._load_one(doc))
+                step(name, done=True)
+            step(f"{len(functions)} functions")
+            fn_rows = self._load_functions(functions)
+        self.models = docs
+        self.run.data["load"] = {"synthetic_checkpoints": synth, "models": rows, "functions": fn_rows}
+        c.print(
+            f"[yellow]Weights of {', '.join(sorted(used)) or 'no model'} are synthetic (randomly initialised by "
+            "tarsctl models make-synthetic; no GPT-2 weights ship with any installable package): their text is "
+            "noise, their timing and memory are real."
+        )
+        table = Table(title="models: apply -> Ready (each applied alone, so memory is attributable)")
+        for col in (
+            "model",
+            "kind",
+            "source",
+            "replicas",
+            "apply->loaded ms (agent log)",
+            "apply->Ready s",
+            "RSS per replica MiB",
+            "declared MiB",
+        ):
+            table.add_column(col)
+        for r in rows + fn_rows:
+            table.add_row(
+                r["model"],
+                r["kind"],
+                r["source"],
+                str(r["replicas"]),
+                ", ".join(f"{v:.0f}" for v in r["apply_to_loaded_ms"].values()) or "-",
+                f"{r['apply_to_ready_s']:.2f}",
+                _ms(r.get("rss_per_replica_mib")),
+                str(r["declared_mib"]),
+            )
+        c.print(table)
+
+    def _load_one(self, doc: dict[str, Any]) -> dict[str, Any]:
+        assert self.state is not None
+        name = doc["metadata"]["name"]
+        key = f"{self.namespace}/{name}"
+        time.sleep(1.0)  # let the previous model's warm pool settle before sampling memory
+        before = self._agent_rss()
+        applied = time.time()
+        system.apply_docs(self.state, self.namespace, [doc])
+        deadline = time.monotonic() + self.plan.ready_timeout_s
+        obj: dict[str, Any] = {}
+        while True:
+            obj = self._get("tarsmodel", name)
+            if system.is_ready(obj):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not Ready within {self.plan.ready_timeout_s:.0f}s: {obj.get('status')}")
+            time.sleep(0.2)
+        ready_s = time.time() - applied
+        time.sleep(1.0)  # the warm pool refills after load: include it, it is what the model costs
+        after = self._agent_rss()
+        holders = [p["node"] for p in (obj.get("status") or {}).get("placements", []) if p.get("replicas", 0) > 0]
+        loaded = {
+            node: (t - applied) * 1000 for (node, k), t in self._loaded_times().items() if k == key and t >= applied - 1
+        }
+        deltas = [after[n] - before[n] for n in holders if n in after]
+        return {
+            "model": name,
+            "kind": doc["spec"]["kind"],
+            "source": doc["spec"].get("source", "inline"),
+            "replicas": len(holders),
+            "placements": holders,
+            "apply_to_ready_s": ready_s,
+            "apply_to_loaded_ms": loaded,
+            "rss_delta_mib": dict(zip(holders, deltas, strict=False)),
+            "rss_per_replica_mib": sum(deltas) / len(deltas) if deltas else float("nan"),
+            "declared_mib": doc["spec"].get("memoryMiB", 256),
+        }
+
+    def _load_functions(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self.state is not None
+        if not docs:
+            return []
+        applied = time.time()
+        system.apply_docs(self.state, self.namespace, docs)
+        pending = {d["metadata"]["name"]: d for d in docs}
+        ready_at: dict[str, float] = {}
+        deadline = time.monotonic() + self.plan.ready_timeout_s
+        while pending:
+            for name in list(pending):
+                if system.is_ready(self._get("tarsmodel", name)):
+                    ready_at[name] = time.time()
+                    pending.pop(name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"functions not Ready within {self.plan.ready_timeout_s:.0f}s: {sorted(pending)}")
+            time.sleep(0.2)
+        times = self._loaded_times()
+        rows = []
+        for doc in docs:
+            name = doc["metadata"]["name"]
+            key = f"{self.namespace}/{name}"
+            rows.append(
+                {
+                    "model": name,
+                    "kind": "function",
+                    "source": doc["spec"].get("source", "inline"),
+                    "replicas": doc["spec"].get("replicas", 1),
+                    "apply_to_ready_s": ready_at[name] - applied,
+                    "apply_to_loaded_ms": {n: (t - applied) * 1000 for (n, k), t in times.items() if k == key},
+                    "rss_per_replica_mib": None,  # applied together: not attributable one by one
+                    "declared_mib": doc["spec"].get("memoryMiB", 256),
+                    "capabilities": doc["spec"].get("capabilities", []),
+                }
+            )
+        return rows
+
+    def benchmark(self) -> None:
+        c = self.console
+        cases = self.plan.benchmark
+        results = []
+        with phase(c, "3. benchmark", len(cases)) as step:
+            for case in cases:
+                step(f"{case.model}: {case.requests} requests x {case.concurrency} concurrent")
+                obj = self._get("tarsmodel", case.model)
+                job = loadgen.Job(
+                    url=system.model_url(self.gateway, case.model, case.route),
+                    body=case.body,
+                    requests=case.requests,
+                    concurrency=case.concurrency,
+                    warmup=case.warmup,
+                )
+                result = loadgen.run(job)
+                summary = summarize(result.latencies_ms, result.statuses, result.wall_s)
+                results.append(
+                    {
+                        "model": case.model,
+                        "kind": obj["spec"]["kind"],
+                        "route": case.route,
+                        "concurrency": case.concurrency,
+                        "replicas": (obj.get("status") or {}).get("readyReplicas", 0),
+                        "requests_planned": case.requests,
+                        "requests_sent": result.sent,
+                        "warmup_sent": result.warmup_sent,
+                        "statuses": _count(result.statuses),
+                        "summary": summary.to_json(),
+                        "latencies_ms": result.latencies_ms,
+                        "sample_errors": result.sample_errors,
+                        "seed": case.seed.model_dump() if case.seed else None,
+                    }
+                )
+                step(case.model, done=True)
+        self.run.data["benchmark"] = results
+        self.run.data["sandbox_start"] = self._sandbox_starts()
+        table = Table(title="latency through the gateway (ours, measured now) beside the seed's claims")
+        for col in (
+            "model",
+            "requests",
+            "errors",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "req/s",
+            "seed p50 ms",
+            "seed p99 ms",
+            "seed req/s",
+        ):
+            table.add_column(col)
+        for r in results:
+            s, seed = r["summary"], r["seed"] or {}
+            table.add_row(
+                r["model"],
+                str(r["requests_sent"]),
+                str(s["errors"]),
+                _ms(s["p50_ms"]),
+                _ms(s["p95_ms"]),
+                _ms(s["p99_ms"]),
+                f"{s['rps']:.1f}",
+                _ms(seed.get("p50_ms")),
+                _ms(seed.get("p99_ms")),
+                _ms(seed.get("rps")),
+            )
+        c.print(table)
+        c.print("seed columns: figures the seed project claimed (from the plan), not measured here.")
+
+    def _sandbox_starts(self) -> dict[str, Any]:
+        """Per model: sandbox start count, mean and histogram buckets summed over agents."""
+        assert self.state is not None
+        out: dict[str, Any] = {}
+        for agent in system.agents(self.state, self.namespace, self.tarsnode):
+            for (name, labels), value in system.scrape(agent.address).items():
+                if not name.startswith("tars_agent_sandbox_start_seconds"):
+                    continue
+                lbl = dict(labels)
+                model = lbl.get("model", "").split("/", 1)[-1]
+                entry = out.setdefault(model, {"count": 0.0, "sum_s": 0.0, "buckets": {}})
+                if name.endswith("_count"):
+                    entry["count"] += value
+                elif name.endswith("_sum"):
+                    entry["sum_s"] += value
+                elif name.endswith("_bucket"):
+                    entry["buckets"][lbl["le"]] = entry["buckets"].get(lbl["le"], 0.0) + value
+        for entry in out.values():
+            entry["mean_ms"] = entry["sum_s"] / entry["count"] * 1000 if entry["count"] else float("nan")
+        return out
+
+    def security(self, granted: list[str] | None = None) -> None:
+        c = self.console
+        assert self.state is not None
+        if not self.plan.security.enabled:
+            self.run.data["security"] = None
+            return
+        target = security.Target(self.state, self.namespace, self.tarsnode, self.gateway, self._agent_logs())
+        check = security.SecurityCheck(target, self.plan.security, granted, workdir=self.workdir)
+        with phase(c, "4. security", 12) as step:
+            check.progress = lambda label: step(label, done=True)
+            step("deploying the hostile function")
+            check.deploy(self.plan.ready_timeout_s)
+            try:
+                result = check.run()
+            finally:
+                check.cleanup()
+        self.run.data["security"] = result.to_json()
+        print_security(c, result)
+
+    def costs(self) -> None:
+        c = self.console
+        data = self.run.data
+        loads = {r["model"]: r for r in data["load"]["models"]}
+        base = [a["base_rss_mib"] for a in data["init"]["agents"]]
+        inputs = cost.CostInputs(agent_base_rss_mib=sum(base) / len(base), machine_vcpus=os.cpu_count() or 1)
+        measured = {}
+        for r in data["benchmark"]:
+            rss = loads.get(r["model"], {}).get("rss_per_replica_mib")
+            if rss is None or math.isnan(rss):
+                continue
+            measured[r["model"]] = (rss, r["summary"]["rps"])
+        with phase(c, "5. cost", 1) as step:
+            step("pricing")
+            table_data = cost.cost_table(measured, self.plan.cost, inputs)
+            usable = self.plan.cost.node_memory_mib - inputs.agent_base_rss_mib
+            rec_inputs = [
+                recommend.Measured(
+                    model=r["model"],
+                    kind=r["kind"],
+                    p95_ms=r["summary"]["p95_ms"],
+                    rps=r["summary"]["rps"],
+                    replicas=max(1, r["replicas"]),
+                    rss_mib=measured.get(r["model"], (float("nan"), 0))[0],
+                )
+                for r in data["benchmark"]
+            ]
+            recs = recommend.recommendations(self.plan.scenarios, rec_inputs, usable)
+            step("pricing", done=True)
+        data["cost"] = table_data
+        data["recommendations"] = recs
+        table = Table(title=f"cost on a {self.plan.cost.node_label} (TARS beside one container per model)")
+        for col in (
+            "model",
+            "RSS MiB",
+            "req/s",
+            "TARS models/node",
+            "TARS $/model-h",
+            "TARS $/M req",
+            "baseline models/node",
+            "baseline $/model-h",
+            "baseline $/M req",
+            "x cheaper /model-h",
+        ):
+            table.add_column(col)
+        for r in table_data["rows"]:
+            table.add_row(
+                r["model"],
+                f"{r['rss_mib']:.0f}",
+                f"{r['rps']:.1f}",
+                str(r["tars_models_per_node"]),
+                f"{r['tars_per_model_hour']:.5f}",
+                _money(r["tars_per_million_requests"]),
+                str(r["baseline_models_per_node"]),
+                f"{r['baseline_per_model_hour']:.5f}",
+                _money(r["baseline_per_million_requests"]),
+                f"{r['saving_per_model_hour']:.1f}",
+            )
+        c.print(table)
+        for line in table_data["assumptions"]:
+            c.print(f"  assumption: {line}")
+        rec_table = Table(title="deployment recommendations (rules applied to the numbers above)")
+        for col in ("scenario", "model", "replicas", "nodes", "why"):
+            rec_table.add_column(col)
+        for r in recs:
+            rec_table.add_row(r["scenario"], r["model"] or "-", str(r["replicas"]), str(r["nodes"]), r["why"])
+        c.print(rec_table)
+
+    def write_report(self) -> Path:
+        c = self.console
+        with phase(c, "6. report", 1) as step:
+            step("writing")
+            self.run.data["meta"] = {
+                "finished_at": datetime.now().isoformat(timespec="seconds"),
+                "plan": self.plan.model_dump(mode="json"),
+                "machine_vcpus": os.cpu_count(),
+                "workdir": str(self.workdir),
+            }
+            path = report.write(self.o.report_dir, self.run.data)
+            step("written", done=True)
+        c.print(f"report: {path / 'report.md'}, {path / 'report.json'}, {path / 'report.html'}")
+        return path
+
+    def cleanup(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self.state is None:
+            return
+        if self.created_namespace:
+            self._kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+        for node in self.created_nodes:
+            self._kubectl("delete", "node", node, "--wait=false", check=False)
+
+    def execute(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            self.init()
+            self.load()
+            self.benchmark()
+            self.security()
+            self.costs()
+            self.run.data["total_s"] = time.perf_counter() - started
+            self.write_report()
+        finally:
+            if self.o.keep:
+                self.console.print(
+                    f"--keep: namespace {self.namespace} and the processes stay up (gateway "
+                    f"{self.gateway if self.fleet and 'gateway' in self.fleet.processes else '-'}); "
+                    f"logs in {self.workdir}"
+                )
+            else:
+                self.cleanup()
+        return self.run.data
+
+
+def print_security(c: Console, result: security.SecurityReport) -> None:
+    table = Table(title=f"security: hostile function {result.hostile_model} (granted: {result.granted or 'nothing'})")
+    for col in ("attempt", "what", "blocked", "evidence"):
+        table.add_column(col)
+    for a in result.attempts:
+        table.add_row(a.name, a.attack, "[green]yes" if a.blocked else "[red]NO", json.dumps(a.evidence)[:400])
+    c.print(table)
+    blocked = sum(a.blocked for a in result.attempts)
+    c.print(f"[bold]security score: {blocked}/{len(result.attempts)} blocked = {result.score:.0%}")
+
+
+def _count(values: list[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def unique_namespace(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"

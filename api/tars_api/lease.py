@@ -18,6 +18,9 @@ Annotations (all values are strings):
 ``tars.hyperlight.dev/capacity-mib``      memory offered to models, decimal integer
 ``tars.hyperlight.dev/ready``             ``true`` or ``false`` (false while loading or draining)
 ``tars.hyperlight.dev/load``              requests in flight on the agent, decimal number
+``tars.hyperlight.dev/operator-requests`` JSON list of the latest requests guests made through the
+                                          ``operator.request`` capability (``{"id", "action", "namespace",
+                                          "from", "model", "replicas", "reason", "at"}``)
 ``tars.hyperlight.dev/models``            JSON object, one entry per model placed on the agent:
                                           ``{"<namespace>/<name>": {"loaded": bool, "inFlight": number,
                                           "memoryMiB": int, "rps": number, "error": "..." (only when loading failed)}}``
@@ -64,6 +67,9 @@ ANNOTATION_CAPACITY_MIB = PREFIX + "capacity-mib"
 ANNOTATION_READY = PREFIX + "ready"
 ANNOTATION_LOAD = PREFIX + "load"
 ANNOTATION_MODELS = PREFIX + "models"
+ANNOTATION_REQUESTS = PREFIX + "operator-requests"
+# Requests guests made through operator.request, newest last; the operator acts on each once.
+MAX_PUBLISHED_REQUESTS = 20
 
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_APP_VALUE = "tars-agent"
@@ -111,6 +117,7 @@ class AgentReport:
     ready: bool
     backend_reason: str = ""
     models: dict[str, ModelState] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def load(self) -> float:
@@ -126,6 +133,7 @@ def agent_annotations(report: AgentReport) -> dict[str, str]:
         ANNOTATION_READY: "true" if report.ready else "false",
         ANNOTATION_LOAD: f"{report.load:g}",
         ANNOTATION_MODELS: json.dumps({k: v.wire() for k, v in sorted(report.models.items())}, sort_keys=True),
+        ANNOTATION_REQUESTS: json.dumps(report.requests[-MAX_PUBLISHED_REQUESTS:], sort_keys=True),
     }
 
 
@@ -150,6 +158,10 @@ def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
         capacity = int(annotations.get(ANNOTATION_CAPACITY_MIB, "0"))
     except ValueError:
         capacity = 0
+    try:
+        requests = json.loads(annotations.get(ANNOTATION_REQUESTS, "[]"))
+    except json.JSONDecodeError:
+        requests = []
     return AgentReport(
         address=annotations.get(ANNOTATION_ADDRESS, ""),
         backend=annotations.get(ANNOTATION_BACKEND, "unknown"),
@@ -157,6 +169,7 @@ def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
         ready=annotations.get(ANNOTATION_READY) == "true",
         backend_reason=annotations.get(ANNOTATION_BACKEND_REASON, ""),
         models=models,
+        requests=[r for r in requests if isinstance(r, dict)] if isinstance(requests, list) else [],
     )
 
 

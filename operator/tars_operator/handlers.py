@@ -156,6 +156,7 @@ async def agent_lease_changed(body: kopf.Body, **kwargs: Any) -> None:
     if record is None:
         return
     key = (record.namespace, record.tarsnode)
+    await reconciler().operator_requests(record, _seen(kwargs))
     if key in kwargs["tarsnodes_index"] and reconciler().agents_changed(key, _seen(kwargs)):
         await reconciler().tarsnode(key, lambda: _seen(kwargs))
         await _reconcile_models_of(key, kwargs)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
 from tars_api.lease import lease_expired, parse_agent_annotations
-from tars_operator import builders, functions, metrics, routing
+from tars_operator import builders, functions, metrics, requests, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
 from tars_operator.autoscaler import Decision, History, Policy, decide
 from tars_operator.conditions import Cond, merge_conditions, transitions
@@ -105,6 +105,7 @@ class Reconciler:
         self._histories: dict[Key, History] = {}
         self._known_tarsnodes: set[Key] = set()
         self._started = time.monotonic()
+        self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
         self._slices: dict[Key, set[str]] = {}  # slice names applied last time, per model
 
     async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
@@ -285,17 +286,46 @@ class Reconciler:
         history = self._histories.setdefault(key, History())
         history.add(now, observed_load(tm, seen), keep_s=policy.stable_window_s)
         decision = decide(history, now, tm.spec.replicas, policy)
-        if decision.desired != tm.spec.replicas:
-            await self.kube.scale(API_VERSION, "TarsModel", *key, decision.desired)
-            post_event(body, "Normal", "Scaled", decision.explain(tm.spec.replicas))
         report = {
             "observedLoad": round(decision.stable_load, 2),
             "desiredReplicas": decision.desired,
             "mode": decision.mode,
         }
+        # The explanation lands before the new replica count, so whoever sees the count sees why.
         if (body.get("status") or {}).get("autoscaler") != report:
             await self.kube.patch_status(API_VERSION, "TarsModel", *key, {"autoscaler": report})
+        if decision.desired != tm.spec.replicas:
+            await self.kube.scale(API_VERSION, "TarsModel", *key, decision.desired)
+            post_event(body, "Normal", "Scaled", decision.explain(tm.spec.replicas))
         return decision
+
+    # --- requests from guests (operator.request) -------------------------------------------------
+
+    async def operator_requests(self, lease: LeaseRecord, seen: Observed) -> None:
+        now = time.time()
+        for request in parse_agent_annotations(lease.annotations).requests:
+            handled = (lease.namespace, lease.node, request.get("id"), request.get("at"))
+            if handled in self._handled_requests or now - float(request.get("at") or 0) > requests.MAX_AGE_S:
+                continue
+            self._handled_requests[handled] = None
+            while len(self._handled_requests) > 10_000:
+                self._handled_requests.pop(next(iter(self._handled_requests)))
+            target = self._model_body((lease.namespace, str(request.get("model", ""))), seen)
+            verdict = requests.decide_request(request, lease.namespace, target)
+            if verdict.accepted and target is not None and verdict.replicas is not None:
+                await self.kube.scale(
+                    API_VERSION, "TarsModel", lease.namespace, target["metadata"]["name"], verdict.replicas
+                )
+            requester = str(request.get("from", "")).rsplit("/", 1)[-1]
+            subject = target or self._model_body((lease.namespace, requester), seen)
+            log.info("operator request from the agent on %s: %s", lease.node, verdict.message)
+            if subject is not None:
+                post_event(
+                    subject,
+                    "Normal" if verdict.accepted else "Warning",
+                    "RequestAccepted" if verdict.accepted else "RequestRefused",
+                    verdict.message,
+                )
 
     # --- shared ---------------------------------------------------------------------------------
 

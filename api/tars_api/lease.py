@@ -17,6 +17,7 @@ Annotations (all values are strings):
 ``tars.hyperlight.dev/backend-reason``    why the probe chose it (free text)
 ``tars.hyperlight.dev/capacity-mib``      memory offered to models, decimal integer
 ``tars.hyperlight.dev/ready``             ``true`` or ``false`` (false while loading or draining)
+``tars.hyperlight.dev/draining``          ``true`` once the agent shuts down: its models must move
 ``tars.hyperlight.dev/load``              requests in flight on the agent, decimal number
 ``tars.hyperlight.dev/operator-requests`` JSON list of the latest requests guests made through the
                                           ``operator.request`` capability (``{"id", "action", "namespace",
@@ -68,6 +69,7 @@ ANNOTATION_READY = PREFIX + "ready"
 ANNOTATION_LOAD = PREFIX + "load"
 ANNOTATION_MODELS = PREFIX + "models"
 ANNOTATION_REQUESTS = PREFIX + "operator-requests"
+ANNOTATION_DRAINING = PREFIX + "draining"
 # Requests guests made through operator.request, newest last; the operator acts on each once.
 MAX_PUBLISHED_REQUESTS = 20
 
@@ -118,6 +120,8 @@ class AgentReport:
     backend_reason: str = ""
     models: dict[str, ModelState] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Shutting down (SIGTERM): its models must move. Not ready but not draining means still loading.
+    draining: bool = False
 
     @property
     def load(self) -> float:
@@ -134,6 +138,7 @@ def agent_annotations(report: AgentReport) -> dict[str, str]:
         ANNOTATION_LOAD: f"{report.load:g}",
         ANNOTATION_MODELS: json.dumps({k: v.wire() for k, v in sorted(report.models.items())}, sort_keys=True),
         ANNOTATION_REQUESTS: json.dumps(report.requests[-MAX_PUBLISHED_REQUESTS:], sort_keys=True),
+        ANNOTATION_DRAINING: "true" if report.draining else "false",
     }
 
 
@@ -170,6 +175,7 @@ def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
         backend_reason=annotations.get(ANNOTATION_BACKEND_REASON, ""),
         models=models,
         requests=[r for r in requests if isinstance(r, dict)] if isinstance(requests, list) else [],
+        draining=annotations.get(ANNOTATION_DRAINING) == "true",
     )
 
 

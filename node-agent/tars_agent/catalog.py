@@ -28,10 +28,8 @@ This module provides ``builtin://echo`` (a test guest that echoes its input) and
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +142,8 @@ class WitWorld(wit_world.WitWorld):
     def handle(self, input_json: str) -> str:
         try:
             return json.dumps(_handle(json.loads(input_json)))
-        except Err:
+        except (Err, MemoryError):
+            # MemoryError escapes as a trap, so the agent reports the memory limit, not a guest error.
             raise
         except Exception as exc:
             raise Err(f"{{type(exc).__name__}}: {{exc}}") from None
@@ -156,30 +155,27 @@ def inline_function_app(code: str) -> str:
 
 
 def inline_function_bundle(request: SourceRequest) -> ModelBundle:
-    """Builds a guest from spec.function.code (cached by content, so a reload is instant)."""
-    from tars_guests.build import cache_dir
+    """Builds a guest from spec.function.code once it passes the function checks (cached by content)."""
+    from tars_agent.functions import python_function_bundle
 
     assert request.spec.function is not None
-    app = inline_function_app(request.spec.function.code)
-    app_dir = cache_dir() / "inline" / hashlib.sha256(app.encode()).hexdigest()[:32]
-    if not (app_dir / "app.py").is_file():
-        app_dir.mkdir(parents=True, exist_ok=True)
-        tmp = app_dir / f".app.py.{os.getpid()}"
-        tmp.write_text(app)
-        os.replace(tmp, app_dir / "app.py")
-    return ModelBundle(guest=_build(app_dir))
+    return python_function_bundle(request.spec.function.code, "spec.function.code")
 
 
 def default_catalog(capabilities: CapabilityRegistry) -> Catalog:
-    """The agent's catalog: builtin://echo plus whatever ``tars_agent.runtimes.install`` adds."""
+    """The agent's catalog: builtin://echo, whatever ``tars_agent.runtimes.install`` adds, and users'
+    functions from file:// (``tars_agent.functions``; cluster mode adds configmap://)."""
+    from tars_agent import functions
+
     catalog = Catalog(builtins={"echo": echo_bundle})
     try:
         runtimes = importlib.import_module("tars_agent.runtimes")
     except ModuleNotFoundError as exc:
         if exc.name not in {"tars_agent.runtimes"}:
             raise
-        return catalog
+        runtimes = None
     install = getattr(runtimes, "install", None)
     if install is not None:
         install(catalog, capabilities)
+    functions.install(catalog)
     return catalog

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tars_agent import functions
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
 from tars_api.lease import (
@@ -96,9 +97,19 @@ def agent_report(agent: Agent, address: str) -> AgentReport:
         backend=agent.backend.name,
         capacity_mib=agent.config.capacity_mib,
         ready=agent.ready(),
+        draining=agent.draining,
         backend_reason=agent.backend_reason,
         models=models,
+        requests=operator_requests(agent),
     )
+
+
+def operator_requests(agent: Agent) -> list[dict[str, Any]]:
+    """What guests asked the operator for (operator.request), for the Lease; the operator acts."""
+    from tars_agent.runtimes.services import services_for
+
+    services = services_for(agent.capabilities)
+    return list(services.operator_requests) if services is not None else []
 
 
 class ClusterAgent:
@@ -126,6 +137,9 @@ class ClusterAgent:
         # (scaled to zero) loads it on the spot; the load shows in the Lease and the autoscaler follows.
         self.known: dict[str, TarsModel] = {}
         agent.on_demand = self.known.get
+        # configmap:// function sources are read from the model's namespace with this agent's client.
+        read_configmap = functions.kubernetes_configmap_reader(self.api)
+        agent.catalog.schemes["configmap"] = functions.configmap_factory(read_configmap)
 
     # -- Lease ---------------------------------------------------------------------------------
     def _renew_blocking(self) -> None:

@@ -86,8 +86,11 @@ def node_label_patches(agents: list[AgentView], nodes: dict[str, NodeRecord]) ->
 def agent_views(
     leases: list[LeaseRecord], nodes: dict[str, NodeRecord], now: datetime | None = None
 ) -> list[AgentView]:
-    """One view per agent. An agent counts as ready only if its Lease is fresh, it says it is ready,
-    and its Node is Ready and not cordoned (a cordon is how a drain announces itself)."""
+    """One view per agent. An agent can hold models if its Lease is fresh, it is not draining, and its
+    Node is Ready and not cordoned (a cordon is how a drain announces itself). An agent still loading
+    its models (not ready, not draining) keeps them: moving them would only restart the loading
+    elsewhere, and after a restart of everything every agent is loading at once. Traffic goes only
+    where a model is loaded (EndpointSlice readiness), so nothing waits on a loading agent."""
     now = now or datetime.now(UTC)
     views = []
     for lease in sorted(leases, key=lambda item: item.node):
@@ -98,7 +101,8 @@ def agent_views(
         views.append(
             AgentView(
                 node=lease.node,
-                ready=alive and report.ready and healthy_node,
+                ready=alive and not report.draining and healthy_node,
+                loading=not report.ready,
                 capacity_mib=report.capacity_mib,
                 zone=node.zone if node else "",
                 address=report.address,
@@ -119,6 +123,6 @@ def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime)
         return f"node {lease.node} is NotReady"
     if node is not None and not node.schedulable:
         return f"node {lease.node} is cordoned"
-    if not parse_agent_annotations(lease.annotations).ready:
-        return f"agent on {lease.node} reports not ready"
+    if parse_agent_annotations(lease.annotations).draining:
+        return f"agent on {lease.node} is draining"
     return None

@@ -82,7 +82,8 @@ def desired_service_account(tn: TarsNode) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tn, agent_name(tn))}
 
 
-# Exactly what tars_agent calls: its own Lease (heartbeat), the TarsModels it serves, and Events.
+# Exactly what tars_agent calls: its own Lease (heartbeat), the TarsModels it serves, the ConfigMaps
+# that hold users' functions (configmap:// sources), and Events.
 AGENT_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["coordination.k8s.io"],
@@ -90,6 +91,7 @@ AGENT_RULES: list[dict[str, Any]] = [
         "verbs": ["get", "create", "update", "patch", "delete"],
     },
     {"apiGroups": ["tars.hyperlight.dev"], "resources": ["tarsmodels"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 

@@ -29,6 +29,7 @@ class AgentView:
     # False for an agent that has not reported since the operator started: its replicas are kept
     # while it comes back (a restart of everything must not reshuffle), but nothing new goes there.
     accepts_new: bool = True
+    loading: bool = False  # usable, but still loading the models placed on it
 
 
 @dataclass(frozen=True)

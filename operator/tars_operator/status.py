@@ -20,7 +20,7 @@ def tarsnode_status(
     ready_pods = int(ds.get("numberReady", 0))
     updated = int(ds.get("updatedNumberScheduled", 0))
     rolled_out = ds.get("observedGeneration", 0) >= 1 and updated >= desired
-    ready_agents = [a for a in agents if a.ready]
+    ready_agents = [a for a in agents if a.ready and not a.loading]
     backends = sorted({a.backend for a in ready_agents})
     fields = {
         "desiredAgents": desired,
@@ -31,7 +31,7 @@ def tarsnode_status(
                 "node": a.node,
                 "backend": a.backend if a.backend in ("hyperlight", "wasmtime") else "unknown",
                 "address": a.address,
-                "ready": a.ready,
+                "ready": a.ready and not a.loading,
                 "capacityMiB": a.capacity_mib,
                 "load": a.load,
             }

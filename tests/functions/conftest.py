@@ -1,0 +1,156 @@
+"""Fixtures for users' own functions: the Rust components built from source, user Python functions,
+and real agents (real Wasmtime sandboxes) whose catalogs read ConfigMaps from a dict.
+
+The Rust components are built once per session by guests/examples/build.sh (cargo, wasm32-wasip2);
+cargo's target directory lives in ~/.cache/tars, so later sessions rebuild nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tars_agent import functions
+from tars_agent.agent import Agent, AgentConfig
+from tars_agent.capabilities import default_registry
+from tars_agent.catalog import Catalog
+from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_api import TarsModel
+from tars_api.tarsnode import SandboxLimits
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "guests" / "examples" / "build.sh"
+EXAMPLE_CRATE = REPO / "guests" / "examples" / "rust"
+HOSTILE_CRATE = Path(__file__).resolve().parent / "hostile_rust"
+
+# A user's Python function: top-level state (pre-initialised at build time) and a host capability.
+USER_PYTHON = """\
+GREETINGS = {"en": "hello", "fr": "bonjour", "de": "hallo"}
+
+
+def handle(input):
+    text = input["text"]
+    now = call_tool("clock.now")
+    return {
+        "greeting": GREETINGS.get(input.get("lang", "en"), "hello"),
+        "upper": text.upper(),
+        "length": len(text),
+        "clock_seen": "unix" in now,
+    }
+"""
+
+# A hostile user's Python function: every op tries one way out of, or around, the sandbox.
+HOSTILE_PYTHON = """\
+import socket
+
+remembered = None
+
+
+def handle(input):
+    global remembered
+    op = input["op"]
+    if op == "read_file":
+        with open(input.get("path", "/etc/passwd")) as f:
+            return {"read": f.read()}
+    if op == "socket":
+        host, port = input["address"].rsplit(":", 1)
+        conn = socket.create_connection((host, int(port)), timeout=2)
+        conn.sendall(b"stolen")
+        return {"connected": True}
+    if op == "memory_bomb":
+        hoard = []
+        while True:
+            hoard.append(bytearray(1 << 20))
+    if op == "spin":
+        n = 0
+        while True:
+            n += 1
+    if op == "flood":
+        return "x" * input.get("bytes", 1 << 24)
+    if op == "capability":
+        return call_tool(input.get("name", "knowledge.query"), question="other tenants' data")
+    if op == "remember":
+        remembered = input["secret"]
+        return {"remembered": True}
+    if op == "recall":
+        return {"remembered": remembered}
+    raise ValueError(f"unknown op {op}")
+"""
+
+BROKEN_PYTHON = """\
+def handle(input):
+    return {"ok": True
+
+
+x = 1
+"""
+
+NODE_LIMITS = SandboxLimits.model_validate(
+    {"memoryMiB": 128, "cpuTimeMs": 1500, "wallTimeoutMs": 4000, "outputBytes": 65536}
+)
+
+
+def build_components(out: Path) -> dict[str, Path]:
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), str(out), str(EXAMPLE_CRATE), str(HOSTILE_CRATE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    assert result.returncode == 0, f"building the Rust components failed:\n{result.stderr[-4000:]}"
+    return {"textstats": out / "tars-example-textstats.wasm", "hostile": out / "tars-test-hostile-fn.wasm"}
+
+
+@pytest.fixture(scope="session")
+def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_components(tmp_path_factory.mktemp("components"))
+
+
+class SharedBackend(WasmtimeBackend):
+    """One backend for the session (each component compiles once); agents must not stop its ticker."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[SharedBackend]:
+    shared = SharedBackend()
+    yield shared
+    WasmtimeBackend.close(shared)
+
+
+def function_model(name: str, namespace: str = "tenant-a", **spec: Any) -> TarsModel:
+    body = {"nodeRef": {"name": "test"}, "kind": "function", **spec}
+    return TarsModel.model_validate({"metadata": {"name": name, "namespace": namespace}, "spec": body})
+
+
+class ConfigMaps(dict[tuple[str, str], dict[str, Any]]):
+    """ConfigMaps by (namespace, name), served to the agent's configmap:// reader."""
+
+    def read(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.get((namespace, name))
+
+
+def make_agent(backend: WasmtimeBackend, configmaps: ConfigMaps, **config: Any) -> Agent:
+    catalog = Catalog()
+    functions.install(catalog, configmaps.read)
+    settings = {"workers": 4, "max_queue": 16, "warm_pool_size": 1, "node_limits": NODE_LIMITS, **config}
+    return Agent(AgentConfig(**settings), backend, "wasmtime requested by the tests", default_registry(), catalog)
+
+
+@pytest.fixture
+def configmaps() -> ConfigMaps:
+    return ConfigMaps()
+
+
+@pytest.fixture
+async def agent(backend: SharedBackend, configmaps: ConfigMaps) -> AsyncIterator[Agent]:
+    instance = make_agent(backend, configmaps)
+    yield instance
+    instance.close()

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from tars_api.access import ModelAccess
 from tars_api.meta import (
     API_VERSION,
     ApiModel,
@@ -186,6 +187,13 @@ class TarsModelSpec(ApiModel):
     )
     latency_slo_ms: int | None = Field(
         default=None, ge=1, description="p99 latency objective, alerted on when exceeded."
+    )
+    access: ModelAccess | None = Field(
+        default=None,
+        description=(
+            "Who may call the model (ServiceAccounts, namespaces, API-key Secrets). Absent: the agent's "
+            "defaultAccess decides (open unless the agent runs with --default-access=namespace)."
+        ),
     )
 
 

@@ -4,6 +4,10 @@ Least outstanding requests over the agents that hold a model; an inference that 
 (connection refused, reset, 502/503) is retried on another — a request runs in a fresh sandbox, so
 repeating it is safe; a request for a model at zero replicas goes to any ready agent of its TarsNode,
 and waits (bounded) while none is ready.
+
+With ``--auth on`` callers are checked against the model's ``spec.access`` (``tars_gateway.auth``)
+before an agent is picked; ``--tls-cert``/``--tls-key`` serve HTTPS and ``--upstream-ca`` reaches the
+agents over HTTPS.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from tars_agent.auth import AccessGuard, AuthConfig
+from tars_api.access import DefaultAccess
 from tars_gateway.routes import Endpoint, RouteTable
 
 log = logging.getLogger("tars_gateway")
@@ -29,6 +38,9 @@ MAX_BODY = 8 * 1024 * 1024
 TABLE: web.AppKey[RouteTable] = web.AppKey("table", RouteTable)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 SETTINGS: web.AppKey[argparse.Namespace] = web.AppKey("settings", argparse.Namespace)
+SCHEME: web.AppKey[str] = web.AppKey("scheme", str)
+# Forwarded to the agent, which checks the caller again.
+FORWARDED_HEADERS = ("content-type", "authorization", "x-api-key")
 
 
 def _json_error(status: int, error: str, retry_after: int | None = None) -> web.Response:
@@ -47,6 +59,7 @@ async def _wait_for_endpoint(table: RouteTable, model: str, tried: set[str], wai
 
 async def forward(request: web.Request) -> web.StreamResponse:
     table, session, settings = request.app[TABLE], request.app[SESSION], request.app[SETTINGS]
+    scheme = request.app[SCHEME]
     model = request.match_info["name"]
     if not table.knows(model):
         REQUESTS.labels(model, "404").inc()
@@ -64,9 +77,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
         try:
             async with session.request(
                 request.method,
-                f"http://{endpoint.address}{request.rel_url}",
+                f"{scheme}://{endpoint.address}{request.rel_url}",
                 data=body,
-                headers={k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")},
+                headers={k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS},
             ) as upstream:
                 payload = await upstream.read()
                 if upstream.status in RETRYABLE_STATUS and attempt + 1 < settings.attempts:
@@ -95,14 +108,23 @@ async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(table: RouteTable, settings: argparse.Namespace) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+def create_app(
+    table: RouteTable,
+    settings: argparse.Namespace,
+    auth: Any = None,
+    upstream_ssl: ssl.SSLContext | None = None,
+) -> web.Application:
+    """``auth`` is a middleware from ``tars_gateway.auth.gateway_middleware``; ``upstream_ssl`` makes
+    the gateway reach agents over HTTPS."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[auth] if auth is not None else [])
     app[TABLE] = table
     app[SETTINGS] = settings
+    app[SCHEME] = "https" if upstream_ssl is not None else "http"
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=1.0)
-        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        connector = aiohttp.TCPConnector(limit=0, ssl=upstream_ssl if upstream_ssl is not None else True)
+        app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector)
         yield
         await app[SESSION].close()
 
@@ -128,23 +150,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a request waits for a ready agent (a model waking from zero)",
     )
     parser.add_argument("--upstream-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default=os.environ.get("TARS_GATEWAY_AUTH", "off"),
+        help="check callers against the models' spec.access (needs tokenreviews create, secrets get)",
+    )
+    parser.add_argument(
+        "--default-access",
+        choices=[d.value for d in DefaultAccess],
+        default=os.environ.get("TARS_DEFAULT_ACCESS", DefaultAccess.OPEN.value),
+        help="who may call a model without spec.access when auth is on",
+    )
+    parser.add_argument("--metrics-auth", action="store_true", help="/metrics needs a ServiceAccount token")
+    parser.add_argument("--token-audience", action="append", default=[], help="audience tokens must carry")
+    parser.add_argument("--tls-cert", default=os.environ.get("TARS_TLS_CERT"), help="serve HTTPS with this cert")
+    parser.add_argument("--tls-key", default=os.environ.get("TARS_TLS_KEY"), help="key of --tls-cert")
+    parser.add_argument(
+        "--upstream-ca", default=os.environ.get("TARS_UPSTREAM_CA"), help="reach agents over HTTPS, trusting this CA"
+    )
     return parser.parse_args(argv)
 
 
+def auth_config(settings: argparse.Namespace) -> AuthConfig:
+    return AuthConfig(
+        enabled=settings.auth == "on",
+        default_access=DefaultAccess(settings.default_access),
+        metrics_require_token=settings.metrics_auth,
+        audiences=tuple(settings.token_audience),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    from tars_agent import tls
+    from tars_gateway.auth import ModelPolicies, gateway_guard, gateway_middleware
     from tars_gateway.discovery import Discovery
     from tars_operator.kube import load_client_config
 
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
     table = RouteTable()
 
     async def run() -> None:
-        discovery = Discovery(table, settings.namespace, load_client_config(), asyncio.get_running_loop())
+        api = load_client_config()
+        discovery = Discovery(table, settings.namespace, api, asyncio.get_running_loop())
         discovery.start()
-        runner = web.AppRunner(create_app(table, settings))
+        config = auth_config(settings)
+        guard: AccessGuard | None = gateway_guard(config, api) if config.enabled else None
+        middleware = gateway_middleware(guard, ModelPolicies(api, settings.namespace)) if guard else None
+        upstream = tls.upstream_context(settings.upstream_ca) if settings.upstream_ca else None
+        runner = web.AppRunner(create_app(table, settings, middleware, upstream))
         await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", settings.port).start()
+        served = tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        await web.TCPSite(runner, "0.0.0.0", settings.port, ssl_context=served).start()
         log.info("tars-gateway serving namespace %s on :%d", settings.namespace, settings.port)
         await asyncio.Event().wait()
 

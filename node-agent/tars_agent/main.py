@@ -6,6 +6,11 @@ TARSNODE: the TarsNode name, put on the Lease as a label) and in-cluster config 
 Sandbox limits and warm-pool size come from ``--node-config`` (a TarsNode YAML, e.g. mounted from
 the operator's ConfigMap) or the defaults. On SIGTERM the agent turns unready, finishes in-flight
 work, releases its Lease and exits.
+
+Access control (``tars_agent.auth``): ``--auth auto`` (the default) is off in standalone mode and on in
+cluster mode; then models with ``spec.access`` admit only what it lists, and models without it follow
+``--default-access`` (``open``, or ``namespace``: ServiceAccounts of the model's namespace).
+``--tls-cert``/``--tls-key`` serve HTTPS.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
+from tars_agent import tls
 from tars_agent.agent import Agent, AgentConfig
+from tars_agent.auth import AccessGuard, AuthConfig, kubernetes_api
 from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
 from tars_agent.server import create_app
+from tars_agent.tenancy import FairAdmission
+from tars_api.access import DefaultAccess
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits, TarsNode
 
@@ -81,7 +90,22 @@ def rendered_defaults(path: Path) -> dict[str, Any]:
         "capacity_mib": rendered.get("capacityMiB"),
         "sandbox": sandbox,
         "log_level": rendered.get("logLevel", "info"),
+        # Optional sections the operator may render: auth {mode, defaultAccess, metricsRequireToken},
+        # tls {certFile, keyFile}.
+        **_rendered_security(rendered),
     }
+
+
+def _rendered_security(rendered: dict[str, Any]) -> dict[str, Any]:
+    auth, transport = rendered.get("auth") or {}, rendered.get("tls") or {}
+    found = {
+        "auth": auth.get("mode"),
+        "default_access": auth.get("defaultAccess"),
+        "metrics_auth": auth.get("metricsRequireToken"),
+        "tls_cert": transport.get("certFile"),
+        "tls_key": transport.get("keyFile"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +130,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="share the port with other agent processes (one per core; the kernel spreads connections)",
     )
     p.add_argument("--log-level", default=os.environ.get("TARS_LOG_LEVEL", "info"))
+    p.add_argument(
+        "--model-concurrency",
+        type=int,
+        default=None,
+        help="workers one model may hold at once (default: all when alone, all but one when shared)",
+    )
+    p.add_argument("--model-queue", type=int, default=None, help="requests one model may queue before 429")
+    security = p.add_argument_group("access control and TLS")
+    security.add_argument(
+        "--auth",
+        choices=("auto", "on", "off"),
+        default=os.environ.get("TARS_AUTH", "auto"),
+        help="check callers: auto = off standalone, on in cluster mode",
+    )
+    security.add_argument(
+        "--default-access",
+        choices=[d.value for d in DefaultAccess],
+        default=os.environ.get("TARS_DEFAULT_ACCESS", DefaultAccess.OPEN.value),
+        help="who may call a model without spec.access when auth is on",
+    )
+    security.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        default=os.environ.get("TARS_METRICS_AUTH", "") == "true",
+        help="/metrics needs a valid ServiceAccount token",
+    )
+    security.add_argument(
+        "--token-audience", action="append", default=[], help="audience tokens must carry (repeatable)"
+    )
+    security.add_argument("--auth-cache-ttl", type=float, default=30.0, help="seconds a TokenReview is cached")
+    security.add_argument("--kubeconfig", default=None, help="kubeconfig for TokenReview/Secrets (else in-cluster)")
+    security.add_argument("--tls-cert", type=Path, default=os.environ.get("TARS_TLS_CERT"), help="serve HTTPS")
+    security.add_argument("--tls-key", type=Path, default=os.environ.get("TARS_TLS_KEY"), help="key of --tls-cert")
     return p
+
+
+def auth_config(args: argparse.Namespace) -> AuthConfig:
+    enabled = args.auth == "on" or (args.auth == "auto" and not args.standalone)
+    return AuthConfig(
+        enabled=enabled,
+        default_access=DefaultAccess(args.default_access),
+        metrics_require_token=bool(args.metrics_auth),
+        token_cache_ttl_s=args.auth_cache_ttl,
+        audiences=tuple(args.token_audience),
+    )
+
+
+def access_guard(args: argparse.Namespace, agent: Agent) -> AccessGuard | None:
+    config = auth_config(args)
+    if not config.enabled:
+        return None
+    return AccessGuard.from_api(config, kubernetes_api(args.kubeconfig), agent.metrics.registry)
+
+
+def ssl_context(args: argparse.Namespace) -> Any:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    try:
+        return tls.server_context(args.tls_cert, args.tls_key)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot serve TLS from {args.tls_cert} / {args.tls_key}: {exc}") from None
 
 
 def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig:
@@ -125,11 +211,20 @@ def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig
 
 
 async def serve(
-    agent: Agent, models: list[TarsModel], cluster: bool, tarsnode: str | None = None, reuse_port: bool = False
+    agent: Agent,
+    models: list[TarsModel],
+    cluster: bool,
+    tarsnode: str | None = None,
+    reuse_port: bool = False,
+    guard: AccessGuard | None = None,
+    ssl_context: Any = None,
+    admission: FairAdmission | None = None,
 ) -> None:
-    runner = web.AppRunner(create_app(agent), access_log=None)
+    runner = web.AppRunner(create_app(agent, guard, admission), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, agent.config.host, agent.config.port, reuse_port=reuse_port or None)
+    site = web.TCPSite(
+        runner, agent.config.host, agent.config.port, reuse_port=reuse_port or None, ssl_context=ssl_context
+    )
     await site.start()
     log.info(
         "serving on %s:%d with backend %s (%s)",
@@ -196,8 +291,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"tars-agent: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("KVM probe: %s %s -> backend %s", probe.reason, probe.checks, backend_name)
+    context = ssl_context(args)
     agent = Agent(agent_config(args, node), create_backend(backend_name), reason)
-    asyncio.run(serve(agent, models, not args.standalone, args.tarsnode, args.reuse_port))
+    guard = access_guard(args, agent)
+    log.info(
+        "access control %s (models without spec.access: %s); TLS %s",
+        "on" if guard is not None else "off",
+        args.default_access,
+        "on" if context is not None else "off",
+    )
+    admission = FairAdmission(
+        agent.config.workers,
+        args.model_queue if args.model_queue is not None else agent.config.max_queue,
+        args.model_concurrency,
+        models_loaded=lambda: len(agent.repository.models),
+    )
+    asyncio.run(serve(agent, models, not args.standalone, args.tarsnode, args.reuse_port, guard, context, admission))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from tars_agent.agent import Agent
+from tars_agent.auth import AccessGuard, ModelPolicy, auth_middleware
 from tars_agent.pool import Overloaded, Unavailable
 from tars_agent.protocol import (
     ErrorResponse,
@@ -36,12 +37,14 @@ from tars_agent.protocol import (
 )
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure
+from tars_agent.tenancy import FairAdmission
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_S = 1
 AGENT = web.AppKey("agent", Agent)
 MODEL_LABEL = web.RequestKey("model_label", str)
+ADMISSION = web.AppKey("admission", FairAdmission)
 
 
 class ApiError(Exception):
@@ -118,7 +121,9 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     gauge.inc()
     agent.rates.record(label)
     try:
-        return await agent.repository.invoke(model, input_json)
+        # Per-model fair admission first, so a busy tenant queues (or gets 429) in its own line.
+        async with request.app[ADMISSION].slot(label):
+            return await agent.repository.invoke(model, input_json)
     except GuestFailure as failure:
         agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
         log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
@@ -238,9 +243,21 @@ def routes() -> list[Route]:
         Route(
             "GET", "/v2", server_metadata, "Server metadata and the sandbox backend in use.", response=ServerMetadata
         ),
-        Route("GET", "/v2/models/{name}", model_meta, "Model metadata.", response=ModelMetadata, errors=(404, 409)),
         Route(
-            "GET", "/v2/models/{name}/ready", model_ready, "Model readiness.", response=ModelReady, errors=(404, 409)
+            "GET",
+            "/v2/models/{name}",
+            model_meta,
+            "Model metadata.",
+            response=ModelMetadata,
+            errors=(401, 403, 404, 409),
+        ),
+        Route(
+            "GET",
+            "/v2/models/{name}/ready",
+            model_ready,
+            "Model readiness.",
+            response=ModelReady,
+            errors=(401, 403, 404, 409),
         ),
         Route(
             "POST",
@@ -249,14 +266,14 @@ def routes() -> list[Route]:
             "Run inference in a fresh sandbox (Open Inference Protocol v2).",
             request=InferRequest,
             response=InferResponse,
-            errors=(400, 404, 409, 413, 422, 429, 500, 503),
+            errors=(400, 401, 403, 404, 409, 413, 422, 429, 500, 503),
         ),
         Route(
             "POST",
             "/v1/functions/{name}:invoke",
             invoke,
             "Invoke a guest function: JSON in, the guest's JSON out.",
-            errors=(400, 404, 409, 413, 429, 500, 503),
+            errors=(400, 401, 403, 404, 409, 413, 429, 500, 503),
         ),
         Route("GET", "/openapi.json", openapi, "This document."),
         Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain"),
@@ -265,6 +282,8 @@ def routes() -> list[Route]:
 
 _STATUS_TEXT = {
     400: "Body is not JSON",
+    401: "No valid credentials (ServiceAccount token or API key); see WWW-Authenticate",
+    403: "The caller is not in the model's spec.access",
     404: "Unknown model",
     409: "Ambiguous model name",
     413: "Body too large",
@@ -343,9 +362,36 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
             agent.metrics.latency.labels(model, route, str(status)).observe(time.perf_counter() - started)
 
 
-def create_app(agent: Agent) -> web.Application:
-    app = web.Application(client_max_size=agent.config.max_body_bytes, middlewares=[errors_and_metrics])
+async def model_policy(request: web.Request) -> ModelPolicy | None:
+    """The access policy of the model a request names, without loading it (an unauthenticated caller
+    must not be able to make the agent load anything); None for unknown or ambiguous names."""
+    name = request.match_info.get("name")
+    if name is None:
+        return None
+    agent: Agent = request.app[AGENT]
+    try:
+        loaded = agent.repository.find(name)
+    except AmbiguousModel:
+        return None
+    if loaded is not None:
+        return ModelPolicy(loaded.key.namespace, loaded.key.name, loaded.spec.access)
+    wanted = agent.on_demand(name) if agent.on_demand is not None else None
+    if wanted is None:
+        return None
+    return ModelPolicy(wanted.metadata.namespace, wanted.metadata.name, wanted.spec.access)
+
+
+def create_app(
+    agent: Agent, guard: AccessGuard | None = None, admission: FairAdmission | None = None
+) -> web.Application:
+    middlewares = [errors_and_metrics]
+    if guard is not None and guard.config.enabled:
+        middlewares.append(auth_middleware(guard, model_policy))
+    app = web.Application(client_max_size=agent.config.max_body_bytes, middlewares=middlewares)
     app[AGENT] = agent
+    app[ADMISSION] = admission or FairAdmission(
+        agent.config.workers, agent.config.max_queue, models_loaded=lambda: len(agent.repository.models)
+    )
     table = routes()
     app[ROUTES] = table
     for route in table:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tars_api import API_VERSION, TarsNode
-from tars_operator.labels import KVM_LABEL, agent_selector, node_labels
+from tars_operator.labels import KVM_LABEL, NAMESPACE_LABEL, agent_selector, node_labels
 
 AGENT_CONFIG_KEY = "agent.yaml"
 AGENT_CONFIG_DIR = "/etc/tars"
@@ -111,6 +111,30 @@ def desired_role_binding(tn: TarsNode) -> dict[str, Any]:
         "kind": "RoleBinding",
         "metadata": _meta(tn, agent_name(tn)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": agent_name(tn)},
+        "subjects": [{"kind": "ServiceAccount", "name": agent_name(tn), "namespace": tn.metadata.namespace}],
+    }
+
+
+AUTH_DELEGATOR = "system:auth-delegator"
+
+
+def auth_binding_name(namespace: str, name: str) -> str:
+    return f"tars-agent-auth.{namespace}.{name}"
+
+
+def desired_auth_binding(tn: TarsNode) -> dict[str, Any]:
+    """Lets the agents verify callers' ServiceAccount tokens (TokenReview), which only a cluster-wide
+    binding can grant. It binds the built-in system:auth-delegator role, so the operator needs no
+    ClusterRole of its own. Cluster-scoped objects cannot be owned by a namespaced TarsNode: the
+    operator deletes it when the TarsNode goes, and sweeps any left while it was not running."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": auth_binding_name(tn.metadata.namespace, tn.metadata.name),
+            "labels": {**node_labels(tn.metadata.name), NAMESPACE_LABEL: tn.metadata.namespace},
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AUTH_DELEGATOR},
         "subjects": [{"kind": "ServiceAccount", "name": agent_name(tn), "namespace": tn.metadata.namespace}],
     }
 
@@ -232,6 +256,7 @@ def desired_children(tn: TarsNode) -> list[dict[str, Any]]:
         desired_service_account(tn),
         desired_role(tn),
         desired_role_binding(tn),
+        desired_auth_binding(tn),
         desired_configmap(tn),
         desired_service(tn),
         desired_pdb(tn),

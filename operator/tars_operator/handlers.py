@@ -13,6 +13,7 @@ import kopf
 
 from tars_api import GROUP, VERSION
 from tars_api.lease import LABEL_APP, LABEL_APP_VALUE
+from tars_operator import builders
 from tars_operator.agents import lease_record, node_record
 from tars_operator.kube import API_CONCURRENCY, Kube, load_client_config
 from tars_operator.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
@@ -61,6 +62,22 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.lifetime = int(os.environ.get("TARS_PEERING_LIFETIME", "20"))
     settings.peering.name = PEERING_NAME
     settings.peering.mandatory = False
+    # Kept on the settings object only so the task is referenced for the operator's lifetime.
+    settings.tars_sweeper = asyncio.create_task(sweep_orphans_forever())  # type: ignore[attr-defined]
+
+
+SWEEP_INTERVAL_S = 300.0
+
+
+async def sweep_orphans_forever() -> None:
+    """Auth bindings whose TarsNode was deleted while no operator ran: nothing else removes them."""
+    await asyncio.sleep(5)
+    while True:
+        try:
+            await reconciler().sweep_orphan_bindings()
+        except Exception:
+            log.exception("sweeping orphaned agent auth bindings failed; retrying later")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
 def _seen(kwargs: dict[str, Any]) -> Observed:
@@ -104,7 +121,12 @@ async def tarsnode_changed(type: str, namespace: str, name: str, **kwargs: Any) 
     MANAGED.labels("TarsNode").set(len(kwargs["tarsnodes_index"]))
     if type == "DELETED":
         reconciler().forget_tarsnode((namespace, name))
-        return  # owner references let the garbage collector remove the children
+        # Owner references let the garbage collector remove the namespaced children; the
+        # cluster-scoped auth binding cannot be owned, so it goes here (and in the orphan sweep).
+        await reconciler().kube.delete(
+            "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", None, builders.auth_binding_name(namespace, name)
+        )
+        return
     await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
     if reconciler().first_sight((namespace, name)):
         # Models waiting for this node (NodeNotFound) can be placed now. Later changes of the node

@@ -97,14 +97,16 @@ class Kube:
         body = {"spec": {"replicas": replicas}}
         await asyncio.to_thread(self._call, "PATCH", path, body, "application/merge-patch+json")
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
         try:
             await asyncio.to_thread(self._call, "DELETE", resource_path(api_version, kind, namespace, name))
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
-    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
         result = await asyncio.to_thread(
             self._call,
             "GET",

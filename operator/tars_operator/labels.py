@@ -14,6 +14,7 @@ COMPONENT = "app.kubernetes.io/component"
 
 TARSNODE_LABEL = f"{GROUP}/tarsnode"
 MODEL_LABEL = f"{GROUP}/model"
+NAMESPACE_LABEL = f"{GROUP}/namespace"  # on cluster-scoped children, which have no namespace
 KVM_LABEL = f"{GROUP}/kvm"
 BACKEND_LABEL = f"{GROUP}/backend"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -32,6 +32,16 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services", "serviceaccounts", "configmaps"], "verbs": _CHILD_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CHILD_VERBS},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": _CHILD_VERBS},
+    # Per TarsNode, a binding of the built-in system:auth-delegator to its agents (TokenReview), deleted
+    # with the TarsNode (and swept if it was deleted while no operator ran). The API server lets the
+    # operator bind only what it holds itself: the two review permissions below, nothing else.
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterrolebindings"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
+    },
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     # A TarsModel's EndpointSlices: applied, listed to prune those no longer wanted, deleted.
     {
         "apiGroups": ["discovery.k8s.io"],

@@ -26,7 +26,14 @@ from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reas
 from tars_operator.autoscaler import Decision, History, Policy, decide
 from tars_operator.conditions import Cond, merge_conditions, transitions
 from tars_operator.kube import Kube
-from tars_operator.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
+from tars_operator.labels import (
+    MANAGED_BY,
+    MODEL_LABEL,
+    NAMESPACE_LABEL,
+    OPERATOR,
+    SLICE_MANAGED_BY,
+    TARSNODE_LABEL,
+)
 from tars_operator.placement import AgentView, place
 from tars_operator.status import ModelObservation, tarsmodel_status, tarsnode_status
 
@@ -260,6 +267,20 @@ class Reconciler:
         for name in self._slices[key] - keep:
             await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name)
         self._slices[key] = set(keep)
+
+    async def sweep_orphan_bindings(self) -> None:
+        rbac, kind = "rbac.authorization.k8s.io/v1", "ClusterRoleBinding"
+        selector = f"{MANAGED_BY}={OPERATOR},{TARSNODE_LABEL}"
+        bindings = await self.kube.list(rbac, kind, None, selector)
+        alive = {
+            (t["metadata"]["namespace"], t["metadata"]["name"])
+            for t in await self.kube.list(API_VERSION, "TarsNode", None)
+        }
+        for binding in bindings:
+            labels = binding["metadata"].get("labels") or {}
+            if (labels.get(NAMESPACE_LABEL), labels.get(TARSNODE_LABEL)) not in alive:
+                log.info("removing %s: its TarsNode is gone", binding["metadata"]["name"])
+                await self.kube.delete(rbac, kind, None, binding["metadata"]["name"])
 
     def first_sight(self, key: Key) -> bool:
         if key in self._known_tarsnodes:

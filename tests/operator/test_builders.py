@@ -30,11 +30,16 @@ def test_every_child_is_owned_and_labelled() -> None:
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRoleBinding",
         "ConfigMap",
         "Service",
         "PodDisruptionBudget",
         "DaemonSet",
     ]
+    binding = children.pop(3)  # cluster-scoped: no namespace, no owner; the operator deletes it
+    assert "namespace" not in binding["metadata"] and "ownerReferences" not in binding["metadata"]
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tars-agent", "namespace": "ai"}]
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == "ai"

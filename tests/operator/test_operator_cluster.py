@@ -84,6 +84,8 @@ def test_tarsnode_creates_its_children(
     assert pod["serviceAccountName"] == "tars-agent"
     for kind in ("serviceaccount", "role", "rolebinding", "configmap", "service", "poddisruptionbudget"):
         control_plane.get_json(kind, "tars-agent", "-n", namespace)
+    binding = control_plane.get_json("clusterrolebinding", f"tars-agent-auth.{namespace}.tars")
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
     status = eventually(
         lambda: (
             (tn := control_plane.get_json("tarsnode", "tars", "-n", namespace))
@@ -164,6 +166,12 @@ def test_deleting_the_tarsnode_removes_its_children(control_plane: ControlPlane,
         return left.strip() == ""
 
     eventually(gone, timeout=30, what="children garbage-collected")
+    binding = f"tars-agent-auth.{namespace}.tars"
+    eventually(
+        lambda: control_plane.kubectl("get", "clusterrolebinding", binding, check=False).returncode != 0,
+        timeout=30,
+        what="the cluster-scoped auth binding removed",
+    )
 
 
 def test_model_with_missing_node_is_degraded(control_plane: ControlPlane, namespace: str) -> None:
@@ -348,3 +356,33 @@ def test_guest_requests_reach_the_operator(
     assert "as requested by" in eventually(lambda: events("RequestAccepted"), what="accepted Event")
     assert "autoscaler owns" in eventually(lambda: events("RequestRefused"), what="refused Event")
     assert _model(control_plane, namespace, "autoscaled")["spec"]["replicas"] == 1
+
+
+def test_orphaned_auth_bindings_are_swept(control_plane: ControlPlane, namespace: str) -> None:
+    """A TarsNode deleted while no operator ran leaves its cluster-scoped binding; the sweep finds it."""
+    import asyncio
+
+    from tars_operator.kube import Kube
+    from tars_operator.reconciler import Reconciler
+    from tarsctl.localcluster import load_api_client
+
+    apply(control_plane, namespace, tarsnode("kept"))
+    eventually(lambda: control_plane.get_json("clusterrolebinding", f"tars-agent-auth.{namespace}.kept"))
+    orphan = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": f"tars-agent-auth.{namespace}.gone",
+            "labels": {
+                "app.kubernetes.io/managed-by": "tars-operator",
+                "tars.hyperlight.dev/tarsnode": "gone",
+                "tars.hyperlight.dev/namespace": namespace,
+            },
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "gone-agent", "namespace": namespace}],
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(orphan))
+    asyncio.run(Reconciler(Kube(load_api_client(control_plane.state))).sweep_orphan_bindings())
+    assert control_plane.kubectl("get", "clusterrolebinding", orphan["metadata"]["name"], check=False).returncode != 0
+    control_plane.get_json("clusterrolebinding", f"tars-agent-auth.{namespace}.kept")

@@ -305,7 +305,20 @@ def _start(name: str, command: list[str], state: ClusterState) -> None:
         command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
     state.pids[name] = process.pid
+    _children[name] = process
     state.save()
+
+
+# Processes started by this process, so a failed start can report how a child ended.
+_children: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def _exit_status(name: str) -> str:
+    process = _children.get(name)
+    code = process.poll() if process is not None else None
+    if code is None:
+        return "exited"
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
 def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: float) -> None:
@@ -316,7 +329,7 @@ def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: fl
         for name, pid in state.pids.items():
             if not _alive(pid, str(bin_dir() / name)):
                 tail = (state.path / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise ClusterError(f"{name} exited while waiting for {what}; its log ends:\n{tail}")
+                raise ClusterError(f"{name} {_exit_status(name)} while waiting for {what}; its log ends:\n{tail}")
         time.sleep(0.2)
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {state.path / 'logs'}")
 
@@ -352,18 +365,26 @@ def up(log: Callable[[str], None] = print) -> ClusterState:
     if missing_binaries():
         log(f"building missing binaries: {', '.join(missing_binaries())}")
         build_binaries(log)
-    down(quiet=True)
-    directory = state_dir()
-    (directory / "logs").mkdir(parents=True, exist_ok=True)
-    state = ClusterState(str(directory), apiserver_port=free_port(), etcd_port=free_port())
-    write_pki(directory, state.server)
-    try:
-        _start_components(state, log)
-    except BaseException:
-        # A half-started control plane is worse than none: stop what did start.
+    for attempt in (1, 2):
         down(quiet=True)
-        raise
-    return state
+        directory = state_dir()
+        (directory / "logs").mkdir(parents=True, exist_ok=True)
+        state = ClusterState(str(directory), apiserver_port=free_port(), etcd_port=free_port())
+        write_pki(directory, state.server)
+        try:
+            _start_components(state, log)
+            return state
+        except ClusterError as error:
+            # A half-started control plane is worse than none: stop what did start. Ports are picked
+            # free but can be taken before a component binds them, so one fresh attempt is worth it.
+            down(quiet=True)
+            if attempt == 2:
+                raise
+            log(f"starting the control plane failed ({error}); trying once more with fresh ports")
+        except BaseException:
+            down(quiet=True)
+            raise
+    raise AssertionError("unreachable")
 
 
 def _start_components(state: ClusterState, log: Callable[[str], None]) -> None:

@@ -11,17 +11,14 @@ import argparse
 import json
 import signal
 import statistics
-import tempfile
 import time
-import uuid
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from tarsctl import localcluster
-from tarsctl.fleet import Fleet, SteadyLoad
+from tarsctl.fleet import EXAMPLE_TARSNODE, Fleet, SteadyLoad, until
 
 console = Console()
 REQUEST = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["failover is boring"]}]}
@@ -43,18 +40,12 @@ def model(replicas: int) -> dict[str, Any]:
 
 
 def status(fleet: Fleet) -> dict[str, Any]:
-    out = fleet.kubectl("get", "tarsmodel", "sentiment", "-n", fleet.namespace, "-o", "json").stdout
-    result: dict[str, Any] = json.loads(out).get("status", {})
+    result: dict[str, Any] = fleet.get_json("tarsmodel", "sentiment").get("status", {})
     return result
 
 
-def wait(predicate: Any, timeout: float = 60) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.1)
-    raise TimeoutError("condition not reached")
+def placed_off(fleet: Fleet, node: str) -> bool:
+    return node not in {p["node"] for p in status(fleet).get("placements", [])}
 
 
 def p(values: list[float], q: float) -> float:
@@ -69,24 +60,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    state = localcluster.up(console.print)
-    namespace = f"failover-{uuid.uuid4().hex[:6]}"
-    localcluster.kubectl(state, "create", "namespace", namespace)
-    localcluster.kubectl(state, "apply", "--server-side", "-f", str(Path(__file__).parents[1] / "crds"))
-    nodes = [f"failover-{i}" for i in range(args.agents)]
-    for node in nodes:
-        localcluster.add_node(state, node, kvm=True)
-    fleet = Fleet(state, namespace, Path(tempfile.mkdtemp(prefix="tars-failover-")))
+    fleet, nodes = Fleet.create("failover", args.agents, console.print)
     rows = []
     try:
         fleet.start_operator()
-        fleet.kubectl("apply", "-n", namespace, "-f", str(Path(__file__).parents[1] / "examples" / "tarsnode.yaml"))
-        fleet.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(model(args.replicas)))
+        fleet.kubectl("apply", "-n", fleet.namespace, "-f", str(EXAMPLE_TARSNODE))
+        fleet.kubectl("apply", "-n", fleet.namespace, "-f", "-", input=json.dumps(model(args.replicas)))
         fleet.start_agents(nodes)
         gateway = fleet.start_gateway()
         url = f"http://127.0.0.1:{gateway.port}/v2/models/sentiment/infer"
         for round_ in range(args.rounds):
-            wait(lambda: status(fleet).get("readyReplicas") == args.replicas)
+            until(lambda: status(fleet).get("readyReplicas") == args.replicas)
             with SteadyLoad(url, REQUEST) as before:
                 time.sleep(2)
             victim = status(fleet)["placements"][0]["node"]
@@ -94,8 +78,8 @@ def main() -> None:
                 time.sleep(0.5)
                 killed = time.monotonic()
                 fleet.processes[f"agent-{victim}"].stop(signal.SIGKILL)
-                moved = wait(lambda lost=victim: lost not in {p["node"] for p in status(fleet).get("placements", [])})
-                ready = wait(lambda: status(fleet).get("readyReplicas") == args.replicas)
+                moved = until(partial(placed_off, fleet, victim))
+                ready = until(lambda: status(fleet).get("readyReplicas") == args.replicas)
                 time.sleep(0.5)
             failed = sum(n for code, n in during.statuses.items() if code != 200)
             rows.append(
@@ -113,8 +97,7 @@ def main() -> None:
             )
             fleet.start_agent(victim)
     finally:
-        fleet.stop()
-        localcluster.kubectl(state, "delete", "namespace", namespace, "--wait=false", check=False)
+        fleet.stop(delete_namespace=True)
 
     table = Table(title=f"agent SIGKILL under load ({args.agents} agents, {args.replicas} replicas)")
     for column in rows[0]:

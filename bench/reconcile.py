@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 from kubernetes import client, watch
 from rich.console import Console
@@ -50,13 +47,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=200)
     args = parser.parse_args()
 
-    state = localcluster.up(console.print)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    localcluster.kubectl(state, "create", "namespace", namespace)
-    localcluster.kubectl(state, "apply", "--server-side", "-f", str(Path(__file__).parents[1] / "crds"))
-    for i in range(3):
-        localcluster.add_node(state, f"bench-node-{i}", kvm=True)
-    fleet = Fleet(state, namespace, Path(tempfile.mkdtemp(prefix="tars-bench-")))
+    fleet, _ = Fleet.create("bench", 3, console.print)
+    state, namespace = fleet.state, fleet.namespace
     fleet.start_operator()
     api = load_api_client(state)
     apps, custom, coordination = client.AppsV1Api(api), client.CustomObjectsApi(api), client.CoordinationV1Api(api)
@@ -152,8 +144,7 @@ def main() -> None:
             )
         )
     finally:
-        fleet.stop()
-        localcluster.kubectl(state, "delete", "namespace", namespace, "--wait=false", check=False)
+        fleet.stop(delete_namespace=True)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +72,44 @@ def wait_http(url: str, process: Process, timeout: float = 60) -> None:
     raise FleetError(f"{process.name} not healthy at {url} within {timeout}s:\n{process.log_tail()}")
 
 
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+EXAMPLE_TARSNODE = Path(__file__).resolve().parents[2] / "examples" / "tarsnode.yaml"
+
+
+def until(predicate: Callable[[], Any], timeout: float = 60, poll: float = 0.05) -> float:
+    """Monotonic time at which ``predicate`` first held (benchmarks measure with it)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic()
+        time.sleep(poll)
+    raise TimeoutError(f"condition not reached within {timeout}s")
+
+
 @dataclass
 class Fleet:
     state: localcluster.ClusterState
     namespace: str
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, prefix: str, nodes: int, log: Callable[[str], None] = print) -> tuple[Fleet, list[str]]:
+        """A fresh namespace on the local control plane (started or reused), with the CRDs and
+        ``nodes`` simulated KVM nodes; the caller starts what it needs and calls stop()."""
+        state = localcluster.up(log)
+        namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        localcluster.kubectl(state, "create", "namespace", namespace)
+        localcluster.kubectl(state, "apply", "--server-side", "-f", str(CRDS))
+        names = [f"{prefix}-{i}" for i in range(nodes)]
+        for node in names:
+            localcluster.add_node(state, node, kvm=True)
+        return cls(state, namespace, Path(tempfile.mkdtemp(prefix=f"tars-{prefix}-"))), names
+
+    def get_json(self, kind: str, name: str) -> dict[str, Any]:
+        out = self.kubectl("get", kind, name, "-n", self.namespace, "-o", "json").stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
 
     @property
     def env(self) -> dict[str, str]:
@@ -167,9 +202,11 @@ class Fleet:
         wait_http(f"http://127.0.0.1:{port}/v2/health/live", process)
         return process
 
-    def stop(self) -> None:
+    def stop(self, delete_namespace: bool = False) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
+        if delete_namespace:
+            self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:

@@ -45,6 +45,47 @@ class RateMeter:
         return sum(n for second, n in self._buckets.get(model, ()) if second > oldest) / self.window_s
 
 
+class ConcurrencyMeter:
+    """Requests in flight per model, averaged over time since the last read.
+
+    This is what the autoscaler needs (as Knative's queue-proxy reports): an instantaneous sample
+    taken every couple of seconds mostly sees zero when requests last milliseconds, however busy
+    the model is."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window_start = clock()
+        self._current: dict[str, int] = {}
+        self._area: dict[str, float] = {}
+        self._changed: dict[str, float] = {}
+
+    def _advance(self, model: str, now: float) -> None:
+        since = max(self._changed.get(model, self._window_start), self._window_start)
+        self._area[model] = self._area.get(model, 0.0) + self._current.get(model, 0) * (now - since)
+        self._changed[model] = now
+
+    def begin(self, model: str) -> None:
+        self._advance(model, self._clock())
+        self._current[model] = self._current.get(model, 0) + 1
+
+    def end(self, model: str) -> None:
+        self._advance(model, self._clock())
+        self._current[model] = max(0, self._current.get(model, 0) - 1)
+
+    def read(self) -> dict[str, float]:
+        """Average in flight per model since the previous read; starts the next window."""
+        now = self._clock()
+        window = now - self._window_start
+        for model in list(self._current):
+            self._advance(model, now)
+        averages = {
+            m: (area / window if window > 0 else float(self._current.get(m, 0))) for m, area in self._area.items()
+        }
+        self._area.clear()
+        self._window_start = now
+        return averages
+
+
 @dataclass
 class AgentConfig:
     port: int = 8080
@@ -87,6 +128,7 @@ class Agent:
         # Models this agent should hold (placements or --model files); ready once all are loaded.
         self.desired: set[ModelKey] = set()
         self.rates = RateMeter()
+        self.concurrency = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
         self.on_demand: Callable[[str], TarsModel | None] | None = None
         # functions.invoke reaches the other models loaded here.
@@ -115,13 +157,9 @@ class Agent:
         await self.repository.unload(key)
 
     def load_report(self) -> dict[str, float]:
-        """Requests in flight per loaded model (namespace/name), for the Lease."""
-        values = {str(key): 0.0 for key in self.repository.models}
-        for metric in self.metrics.in_flight.collect():
-            for sample in metric.samples:
-                if sample.labels.get("model") in values:
-                    values[sample.labels["model"]] = sample.value
-        return values
+        """Requests in flight per loaded model (namespace/name), averaged since the last report."""
+        averages = self.concurrency.read()
+        return {str(key): averages.get(str(key), 0.0) for key in self.repository.models}
 
     async def drain(self) -> bool:
         return await self.executor.drain(self.config.drain_timeout_s)

@@ -119,6 +119,7 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     request[MODEL_LABEL] = label
     gauge = agent.metrics.in_flight.labels(label)
     gauge.inc()
+    agent.concurrency.begin(label)
     agent.rates.record(label)
     try:
         # Per-model fair admission first, so a busy tenant queues (or gets 429) in its own line.
@@ -140,6 +141,7 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
         raise ApiError(503, "agent is shutting down", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     finally:
         gauge.dec()
+        agent.concurrency.end(label)
 
 
 def model_metadata(model: LoadedModel) -> ModelMetadata:

@@ -102,3 +102,20 @@ def test_placements_select_this_node_only() -> None:
     assert list(wanted) == [ModelKey("tars", "mine")]
     assert wanted[ModelKey("tars", "mine")].metadata.generation == 3
     assert list(invalid) == [ModelKey("tars", "broken")]
+
+
+def test_concurrency_is_averaged_over_time_not_sampled() -> None:
+    from tars_agent.agent import ConcurrencyMeter
+
+    now = [0.0]
+    meter = ConcurrencyMeter(clock=lambda: now[0])
+    for _ in range(3):  # three requests of 0.5 s each, one after another, in a 2 s window
+        meter.begin("m")
+        now[0] += 0.5
+        meter.end("m")
+    now[0] = 2.0
+    assert meter.read() == {"m": 0.75}  # busy 1.5 s of 2 s; a sample at t=2 would have said 0
+    meter.begin("m")
+    meter.begin("m")
+    now[0] = 3.0
+    assert meter.read() == {"m": 2.0}

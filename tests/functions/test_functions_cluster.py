@@ -8,36 +8,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from tarsctl import fn, localcluster
-from tests.fixtures import ControlPlane
+from tests.fixtures import ControlPlane, eventually
 from tests.functions.conftest import BROKEN_PYTHON, USER_PYTHON
 
 T = TypeVar("T")
 pytestmark = pytest.mark.usefixtures("operator")
 TARSNODE = {"apiVersion": "tars.hyperlight.dev/v1alpha1", "kind": "TarsNode", "metadata": {"name": "tars"}, "spec": {}}
-
-
-def eventually(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")
 
 
 def apply(cp: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:

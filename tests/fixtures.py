@@ -166,7 +166,9 @@ def start_operator(control_plane: ControlPlane, log: Path, priority: int, lifeti
     raise RuntimeError(f"tars-operator did not become healthy: {log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: an operator left running would act on every later module's objects
+# (e2e starts its own pair and must be the only operators when it restarts everything).
+@pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     control_plane.kubectl(
         "apply",

@@ -110,6 +110,22 @@ class AgentSpec(ApiModel):
         description="Memory each agent offers to models; placement never exceeds it.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Agent log level.")
+    tls_secret_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "A kubernetes.io/tls Secret (e.g. issued by cert-manager) the agents serve HTTPS with; "
+            "absent: plain HTTP inside the cluster."
+        ),
+    )
+    default_access: Literal["open", "namespace"] = Field(
+        default="open",
+        description=(
+            "Who may call a model without spec.access: open (anyone who can reach the agent) or "
+            "namespace (ServiceAccounts of the model's namespace)."
+        ),
+    )
 
 
 class SandboxLimits(ApiModel):

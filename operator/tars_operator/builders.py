@@ -19,6 +19,7 @@ AGENT_CONFIG_KEY = "agent.yaml"
 AGENT_CONFIG_DIR = "/etc/tars"
 MODELS_HOST_PATH = "/var/lib/tars/models"
 AGENT_UID = 65532
+TLS_DIR = "/var/run/tars/tls"  # not under the read-only config mount
 
 
 def owner_reference(obj: TarsNode | Any) -> dict[str, Any]:
@@ -61,6 +62,12 @@ def agent_config(tn: TarsNode) -> dict[str, Any]:
         "logLevel": spec.agent.log_level,
         "capabilities": list(spec.capabilities),
         "sandbox": spec.sandbox.wire(),
+        "auth": {"mode": "auto", "defaultAccess": spec.agent.default_access},
+        **(
+            {"tls": {"certFile": f"{TLS_DIR}/tls.crt", "keyFile": f"{TLS_DIR}/tls.key"}}
+            if spec.agent.tls_secret_name
+            else {}
+        ),
     }
 
 
@@ -164,9 +171,9 @@ def desired_pdb(tn: TarsNode) -> dict[str, Any]:
     }
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int, tls: bool) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "http", **({"scheme": "HTTPS"} if tls else {})},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -180,6 +187,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
     spec, name = tn.spec, agent_name(tn)
     port = spec.agent.port
+    tls = spec.agent.tls_secret_name is not None
     pod_labels = node_labels(tn.metadata.name)
     container = {
         "name": "agent",
@@ -194,13 +202,14 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
         ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": spec.agent.resources.wire(),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "readinessProbe": _probe("/v2/health/ready", period=2, failures=1),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3, tls=tls),
+        "readinessProbe": _probe("/v2/health/ready", period=2, failures=1, tls=tls),
         "volumeMounts": [
             {"name": "config", "mountPath": AGENT_CONFIG_DIR, "readOnly": True},
             {"name": "kvm", "mountPath": "/dev/kvm"},
             {"name": "cache", "mountPath": "/var/cache/tars"},
             {"name": "models", "mountPath": MODELS_HOST_PATH, "readOnly": True},
+            *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}] if tls else []),
         ],
         "securityContext": {
             # Guests are isolated by the sandbox; the agent itself needs no privilege beyond the
@@ -243,6 +252,7 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
                         {"name": "kvm", "hostPath": {"path": "/dev/kvm", "type": "CharDevice"}},
                         {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}},
                         {"name": "models", "hostPath": {"path": MODELS_HOST_PATH, "type": "DirectoryOrCreate"}},
+                        *([{"name": "tls", "secret": {"secretName": spec.agent.tls_secret_name}}] if tls else []),
                     ],
                 },
             },

@@ -161,3 +161,18 @@ def test_model_service_has_no_selector() -> None:
     svc = routing.desired_model_service(tarsmodel())
     assert "selector" not in svc["spec"]
     assert svc["spec"]["ports"][0]["name"] == "http"
+
+
+def test_tls_secret_is_mounted_and_probes_use_https() -> None:
+    plain = builders.desired_daemonset(tarsnode())
+    assert "scheme" not in plain["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert "tls" not in yaml.safe_load(builders.desired_configmap(tarsnode())["data"]["agent.yaml"])
+    tn = tarsnode(agent={"tlsSecretName": "agents-tls", "defaultAccess": "namespace"})
+    pod = builders.desired_daemonset(tn)["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "agents-tls"}} in pod["volumes"]
+    container = pod["containers"][0]
+    assert {"name": "tls", "mountPath": builders.TLS_DIR, "readOnly": True} in container["volumeMounts"]
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    config = yaml.safe_load(builders.desired_configmap(tn)["data"]["agent.yaml"])
+    assert config["tls"] == {"certFile": f"{builders.TLS_DIR}/tls.crt", "keyFile": f"{builders.TLS_DIR}/tls.key"}
+    assert config["auth"]["defaultAccess"] == "namespace"

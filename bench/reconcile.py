@@ -63,6 +63,8 @@ def main() -> None:
                     f"bench-node-{i}", namespace, f"agent-{i}", report, datetime.now(UTC), tarsnode=f"tn-{tn}"
                 )
                 body["metadata"]["name"] = f"tn-{tn}-bench-node-{i}"
+                # Nothing renews these Leases during the run, so they declare a long life.
+                body["spec"]["leaseDurationSeconds"] = 3600
                 coordination.create_namespaced_lease(namespace, body)
 
         ds_seen: dict[str, float] = {}

@@ -127,7 +127,7 @@ async def tarsnode_changed(type: str, namespace: str, name: str, **kwargs: Any) 
             "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", None, builders.auth_binding_name(namespace, name)
         )
         return
-    await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
+    await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs), children=False)
     if reconciler().first_sight((namespace, name)):
         # Models waiting for this node (NodeNotFound) can be placed now. Later changes of the node
         # reach its models through the agents (Leases), not through its own status updates.
@@ -142,7 +142,7 @@ def _child_event(group: str, version: str, plural: str) -> None:
         # A child edited or deleted by hand (or its status moving) brings the owner back to spec.
         key = (namespace, labels[TARSNODE_LABEL])
         if key in kwargs["tarsnodes_index"]:
-            await reconciler().tarsnode(key, lambda: _seen(kwargs))
+            await reconciler().tarsnode(key, lambda: _seen(kwargs), settle_s=0.2)
 
 
 for _group, _version, _plural in CHILD_KINDS:
@@ -154,7 +154,7 @@ async def watch_agents(namespace: str, name: str, **kwargs: Any) -> None:
     """Lease expiry makes no watch event, so liveness is re-checked on a short timer."""
     seen = _seen(kwargs)
     if reconciler().agents_changed((namespace, name), seen):
-        await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs))
+        await reconciler().tarsnode((namespace, name), lambda: _seen(kwargs), children=False)
         await _reconcile_models_of((namespace, name), kwargs)
 
 
@@ -180,7 +180,7 @@ async def agent_lease_changed(body: kopf.Body, **kwargs: Any) -> None:
     key = (record.namespace, record.tarsnode)
     await reconciler().operator_requests(record, _seen(kwargs))
     if key in kwargs["tarsnodes_index"] and reconciler().agents_changed(key, _seen(kwargs)):
-        await reconciler().tarsnode(key, lambda: _seen(kwargs))
+        await reconciler().tarsnode(key, lambda: _seen(kwargs), children=False)
         await _reconcile_models_of(key, kwargs)
 
 
@@ -189,7 +189,7 @@ async def node_changed(**kwargs: Any) -> None:
     seen = _seen(kwargs)
     for key in list(seen.tarsnodes):
         if reconciler().agents_changed(key, seen):
-            await reconciler().tarsnode(key, lambda: _seen(kwargs))
+            await reconciler().tarsnode(key, lambda: _seen(kwargs), children=False)
             await _reconcile_models_of(key, kwargs)
 
 

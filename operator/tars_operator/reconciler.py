@@ -9,6 +9,8 @@ bursts of triggers for one object collapse into at most one extra run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +43,7 @@ log = logging.getLogger("tars_operator")
 # After an operator start, how long placements on Ready nodes whose agents have not reported yet
 # are kept: a whole-cluster restart brings agents back over tens of seconds, not all at once.
 STARTUP_GRACE_S = 60.0
+REAPPLY_AFTER_S = 25.0
 Key = tuple[str, str]
 
 
@@ -113,14 +116,21 @@ class Reconciler:
         self._known_tarsnodes: set[Key] = set()
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
+        self._children_stale: set[Key] = set()  # a child changed: apply all children again
+        self._applied_specs: dict[Key, str] = {}  # TarsNode spec last applied, per TarsNode
+        self._applied_objects: dict[tuple[Any, ...], tuple[str, float]] = {}  # digest, when
         self._slices: dict[Key, set[str]] = {}  # slice names applied last time, per model
 
-    async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]]) -> None:
+    async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]], settle_s: float = 0.0) -> None:
+        """Runs ``run`` for the object, folding triggers that arrive meanwhile into one more run.
+        ``settle_s`` waits first, so a burst (a TarsNode's children all created at once) is one run."""
         slot = self._slots.setdefault((kind, key), _Slot())
         if slot.lock.locked():
             slot.dirty = True
             return
         async with slot.lock:
+            if settle_s:
+                await asyncio.sleep(settle_s)
             slot.dirty = True
             while slot.dirty:
                 slot.dirty = False
@@ -138,18 +148,28 @@ class Reconciler:
 
     # --- TarsNode -------------------------------------------------------------------------------
 
-    async def tarsnode(self, key: Key, seen_fn: Callable[[], Observed]) -> None:
-        await self._coalesced("TarsNode", key, lambda: self._reconcile_tarsnode(key, seen_fn()))
+    async def tarsnode(
+        self, key: Key, seen_fn: Callable[[], Observed], *, children: bool = True, settle_s: float = 0.0
+    ) -> None:
+        """Reconciles a TarsNode. ``children=False`` when only its status can have changed (agents,
+        its own status write): applying the children again would be a no-op costing eight requests."""
+        if children:
+            self._children_stale.add(key)
+        await self._coalesced("TarsNode", key, lambda: self._reconcile_tarsnode(key, seen_fn()), settle_s)
 
     async def _reconcile_tarsnode(self, key: Key, seen: Observed) -> None:
         body = seen.tarsnodes.get(key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
         tn = TarsNode.model_validate(body)
-        *supporting, daemonset = builders.desired_children(tn)
-        # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
-        await asyncio.gather(*(self.kube.apply(child) for child in supporting))
-        await self.kube.apply(daemonset)
+        spec_hash = builders.config_hash(tn) + str(tn.metadata.generation)
+        if key in self._children_stale or self._applied_specs.get(key) != spec_hash:
+            self._children_stale.discard(key)
+            *supporting, daemonset = builders.desired_children(tn)
+            # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
+            await asyncio.gather(*(self.kube.apply(child) for child in supporting))
+            await self.kube.apply(daemonset)
+            self._applied_specs[key] = spec_hash
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
             await self.kube.patch("v1", "Node", None, node, patch)
@@ -199,7 +219,7 @@ class Reconciler:
         slices = routing.desired_endpointslices(
             tm, observation.result.placements if observation.result else {}, observation.agents
         )
-        await asyncio.gather(self.kube.apply(routing.desired_model_service(tm)), *(self.kube.apply(s) for s in slices))
+        await asyncio.gather(*(self._apply_if_changed(obj) for obj in (routing.desired_model_service(tm), *slices)))
         await self._prune_slices(tm, {s["metadata"]["name"] for s in slices})
         fields, conds = tarsmodel_status(tm, observation)
         if observation.result and observation.result.unplaced:
@@ -256,6 +276,21 @@ class Reconciler:
             if node not in reported and (record := seen.nodes.get(node)) is not None and record.ready
         ]
 
+    async def _apply_if_changed(self, obj: dict[str, Any]) -> None:
+        """Server-side applies ``obj`` unless this process applied the same object less than
+        REAPPLY_AFTER_S ago. A model is reconciled on every status change of its own; re-sending
+        unchanged children each time cost more requests than anything else. Drift on them is
+        repaired within REAPPLY_AFTER_S (the 30 s safety net reconciles every model)."""
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        now = time.monotonic()
+        last = self._applied_objects.get(key)
+        if last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
+            return
+        await self.kube.apply(obj)
+        self._applied_objects[key] = (digest, now)
+
     async def _prune_slices(self, tm: TarsModel, keep: set[str]) -> None:
         """Deletes slices no longer wanted. The API is asked once per model per operator process
         (slices a previous process left); after that, what this process applied is known."""
@@ -266,6 +301,7 @@ class Reconciler:
             self._slices[key] = {item["metadata"]["name"] for item in existing}
         for name in self._slices[key] - keep:
             await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name)
+            self._applied_objects.pop(("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name), None)
         self._slices[key] = set(keep)
 
     async def sweep_orphan_bindings(self) -> None:
@@ -290,6 +326,7 @@ class Reconciler:
 
     def forget_tarsnode(self, key: Key) -> None:
         self._known_tarsnodes.discard(key)
+        self._applied_specs.pop(key, None)
         self._agent_fingerprints.pop(key, None)
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:

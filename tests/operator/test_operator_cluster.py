@@ -244,9 +244,15 @@ def test_lost_agent_moves_placements(
         what="placement moved off the lost agent",
     )
     assert moved["readyReplicas"] == 1
-    node_status = control_plane.get_json("tarsnode", "tars", "-n", namespace)
-    degraded = condition(node_status, "Degraded")
-    assert degraded["status"] == "True" and victim in degraded["message"]
+    # The TarsNode's status is its own reconcile, which may land just after the model's.
+    eventually(
+        lambda: (
+            (d := condition(control_plane.get_json("tarsnode", "tars", "-n", namespace), "Degraded")).get("status")
+            == "True"
+            and victim in d["message"]
+        ),
+        what="the TarsNode reporting the lost agent",
+    )
 
 
 def test_unplaceable_replicas_are_reported(

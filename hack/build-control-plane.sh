@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-# etcd, helm, kwok) from the Go module proxy into a per-version cache outside the repository.
+# etcd, helm, kwok) and what a real node needs (kubelet, containerd with its runc shim, ctr, CNI
+# plugins) from the Go module proxy into a per-version cache outside the repository.
 # Release binaries cannot be downloaded on our machines; the module proxy can be reached.
-# Idempotent: a binary already in the cache is not rebuilt.
+# Idempotent: a binary already in the cache is not rebuilt. Arguments, if any, name the only
+# targets to build (e.g. `build-control-plane.sh kubelet containerd`).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +25,10 @@ for pkg in pkg/chartutil pkg/lint/rules; do
   helm_ldflags="$helm_ldflags -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$minor"
 done
 
+containerd_version=$(awk '$1 == "github.com/containerd/containerd/v2" {print $2}' "$here/containerd/go.mod" | head -n 1)
+containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"
+
+# module:name:package[:build tags]. Each module pins its own dependencies so they do not fight.
 targets=(
   "cluster:kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver"
   "cluster:kube-controller-manager:k8s.io/kubernetes/cmd/kube-controller-manager"
@@ -31,13 +37,24 @@ targets=(
   "cluster:etcd:./cmd/etcd"
   "helm:helm:helm.sh/helm/v3/cmd/helm"
   "kwok:kwok:sigs.k8s.io/kwok/cmd/kwok"
+  "cluster:kubelet:k8s.io/kubernetes/cmd/kubelet"
+  # btrfs and devmapper need cgo and kernel headers; overlayfs and native snapshotters are enough.
+  "containerd:containerd:github.com/containerd/containerd/v2/cmd/containerd:no_btrfs no_devmapper no_zfs"
+  "containerd:containerd-shim-runc-v2:github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+  "containerd:ctr:github.com/containerd/containerd/v2/cmd/ctr"
+  "cni:cni/bridge:github.com/containernetworking/plugins/plugins/main/bridge"
+  "cni:cni/host-local:github.com/containernetworking/plugins/plugins/ipam/host-local"
+  "cni:cni/loopback:github.com/containernetworking/plugins/plugins/main/loopback"
+  "cni:cni/portmap:github.com/containernetworking/plugins/plugins/meta/portmap"
 )
+wanted=" $* "
 
 echo "control plane $k8s_version -> $bin_dir (log: $log)"
 i=0
 for target in "${targets[@]}"; do
   i=$((i + 1))
-  IFS=: read -r module name package <<<"$target"
+  IFS=: read -r module name package tags <<<"$target"
+  [ $# -eq 0 ] || [[ "$wanted" == *" $name "* ]] || [[ "$wanted" == *" ${name%%/*} "* ]] || continue
   if [ -x "$bin_dir/$name" ]; then
     echo "[$i/${#targets[@]}] $name: already built"
     continue
@@ -49,7 +66,9 @@ for target in "${targets[@]}"; do
   [ "$module" = cluster ] || flags="-s -w"
   # Unstamped, helm believes the cluster is Kubernetes v1.20 and its own version is unknown.
   [ "$module" = helm ] && flags="$helm_ldflags"
-  if ! (cd "$here/$module" && CGO_ENABLED=0 go build -trimpath -ldflags "$flags" -o "$bin_dir/$name.tmp" "$package") >>"$log" 2>&1; then
+  [ "$module" = containerd ] && flags="$containerd_ldflags"
+  mkdir -p "$(dirname "$bin_dir/$name")"
+  if ! (cd "$here/$module" && CGO_ENABLED=0 go build -trimpath -tags "$tags" -ldflags "$flags" -o "$bin_dir/$name.tmp" "$package") >>"$log" 2>&1; then
     echo "[$i/${#targets[@]}] $name: FAILED, see $log" >&2
     tail -n 30 "$log" >&2
     exit 1
@@ -61,7 +80,7 @@ done
 # kwok needs stages (what to do with nodes and pods it manages); take upstream's own "fast" stages
 # from the module we built, so they always match the binary.
 stages=$bin_dir/kwok-stages.yaml
-if [ ! -s "$stages" ]; then
+if [ ! -s "$stages" ] && { [ $# -eq 0 ] || [[ "$wanted" == *" kwok "* ]]; }; then
   kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
   for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
            pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do

@@ -8,7 +8,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from tarsctl import localcluster
+from tarsctl import localcluster, realnode
 
 console = Console()
 
@@ -59,6 +59,11 @@ def _run(args: argparse.Namespace) -> int:
         if not args.name:
             raise SystemExit("add-node needs a NAME")
         state = _require_running()
+        if args.real:
+            if len(args.name) != 1:
+                raise SystemExit("--real adds one node (one kubelet per machine)")
+            realnode.add(state, args.name[0], kvm=args.kvm, labels=_labels(args.labels), log=console.print)
+            return 0
         for name in args.name:
             localcluster.add_node(state, name, kvm=args.kvm, labels=_labels(args.labels))
             console.print(f"node/{name} registered (simulated{', KVM' if args.kvm else ''})")
@@ -70,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("action", choices=["build", "up", "down", "status", "add-node"])
     parser.add_argument("name", nargs="*", help="node names for add-node")
     parser.add_argument("--kvm", action="store_true", help="label the node KVM-capable")
+    parser.add_argument(
+        "--real", action="store_true", help="add-node: a real node (containerd + kubelet on this machine), not kwok"
+    )
     parser.add_argument("--labels", nargs="*", default=[], metavar="KEY=VALUE", help="extra node labels")
     parser.add_argument("--local", action="store_true", help="start the local control plane even if KUBECONFIG is set")
     parser.set_defaults(func=_run)

@@ -409,6 +409,9 @@ def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
     directory = state_dir()
     state = ClusterState.load(directory)
     stopped = []
+    from tarsctl import realnode  # real nodes build on this module
+
+    realnode.stop_all(directory, log=log if not quiet else lambda _: None)
     if state:
         for name in reversed(COMPONENTS):
             pid = state.pids.get(name)

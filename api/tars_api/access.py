@@ -2,14 +2,14 @@
 
 The API types (:class:`ModelAccess`) go into the CRD; the decision (:func:`authorize`) is a pure
 function shared by the node-agent and the gateway, so both refuse exactly the same callers. Proving
-who a caller is (TokenReview, API-key Secrets) happens at the edges (``tars_agent.auth``); this
+who a caller is (TokenReview, API-key Secrets) happens at the edges (``tars_common.auth``); this
 module only sees the resulting :class:`Identity`.
 
 Semantics, in one place:
 
-- ``spec.access`` absent: the agent's ``defaultAccess`` decides. ``open`` (the default, for
-  compatibility with clients that send no credentials) admits everyone; ``namespace`` treats the
-  model as if it had ``access: {}``.
+- ``spec.access`` absent: the agent's ``defaultAccess`` decides. ``namespace`` (the default: secure
+  unless told otherwise) treats the model as if it had ``access: {}``; ``open`` admits everyone and
+  is only ever an explicit choice.
 - ``access: {}`` (both ``serviceAccounts`` and ``namespaces`` empty): ServiceAccounts of the model's
   own namespace. Once either list names something, only what is listed is admitted.
 - ``apiKeySecrets``: Secrets in the model's namespace; every entry of their ``data`` is one key.
@@ -78,8 +78,12 @@ class ModelAccess(ApiModel):
 class DefaultAccess(StrEnum):
     """What a model without ``spec.access`` admits when authentication is on."""
 
-    OPEN = "open"  # everyone, credentials or not (the pre-access behaviour)
+    OPEN = "open"  # everyone, credentials or not: an explicit choice, never the default
     NAMESPACE = "namespace"  # as ``access: {}``: authenticated ServiceAccounts of the model's namespace
+
+
+# What a model without spec.access admits when nobody chose: secure by default (issue 17, item 10).
+DEFAULT_ACCESS = DefaultAccess.NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def authorize(
     identity: Identity | None,
     access: ModelAccess | None,
     model_namespace: str,
-    default: DefaultAccess = DefaultAccess.OPEN,
+    default: DefaultAccess = DEFAULT_ACCESS,
 ) -> Decision:
     """May ``identity`` call a model of ``model_namespace`` whose ``spec.access`` is ``access``?
 

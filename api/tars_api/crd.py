@@ -12,12 +12,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from tars_api.meta import GROUP, VERSION
+from tars_api.meta import GROUP, QUALIFIED_NAME_PATTERN, VERSION
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import TarsNode
 
 CATEGORY = "tars"
 _DROPPED_KEYS = {"title", "$defs", "additionalProperties_false"}
+_KEY_SHAPES = {
+    QUALIFIED_NAME_PATTERN: "a label key: an optional DNS-subdomain prefix and '/', then a name of at most 63",
+}
 
 
 def _ready_column(description: str) -> dict[str, Any]:
@@ -73,7 +76,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         if rest.get("default", "") is None:
             del rest["default"]
         if rest.get("x-kubernetes-int-or-string"):
-            node = rest
+            # Each variant's value checks apply to values of its own type (a pattern to strings).
+            node = {**{k: v for variant in variants for k, v in variant.items() if k != "type"}, **rest}
         elif len(variants) == 1:
             node = {**variants[0], **rest}
         else:
@@ -82,6 +86,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         node["enum"] = [node.pop("const")]
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
+    if "patternProperties" in node:
+        node = _keys_by_rule(node)
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(node.get(bound), (int, float)) and not isinstance(node[bound], bool):
             node[plain] = node.pop(bound)
@@ -91,11 +97,27 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def _keys_by_rule(node: dict[str, Any]) -> dict[str, Any]:
+    """A map whose keys are constrained (pydantic: patternProperties, propertyNames) as a structural
+    schema allows it: one additionalProperties schema, and a CEL rule over the keys."""
+    ((pattern, values),) = node.pop("patternProperties").items()
+    max_length = node.pop("propertyNames", {}).get("maxLength")
+    checks = ([f"k.size() <= {max_length}"] if max_length else []) + [f"k.matches('{pattern}')"]
+    shape = _KEY_SHAPES.get(pattern, f"matching {pattern}")
+    rule = {"rule": f"self.all(k, {' && '.join(checks)})", "message": f"every key must be {shape}"}
+    node["additionalProperties"] = values
+    node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), rule]
+    return node
+
+
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3.0 schema of a pydantic model, as a CRD wants it."""
     raw = model.model_json_schema(by_alias=True)
     resolved: dict[str, Any] = _resolve(raw, raw.get("$defs", {}))
     return resolved
+
+
+_RULES = "x-kubernetes-validations"
 
 
 def crd_for(resource: type[TarsNode] | type[TarsModel]) -> dict[str, Any]:
@@ -142,6 +164,7 @@ def crd_for(resource: type[TarsNode] | type[TarsModel]) -> dict[str, Any]:
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": schema.get("description", ""),
+                            **({"x-kubernetes-validations": rules} if (rules := schema.get(_RULES)) else {}),
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": f"API version: {GROUP}/{VERSION}."},

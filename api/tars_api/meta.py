@@ -36,6 +36,56 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A label key (also a resource name): an optional DNS-subdomain prefix and a name of at most 63.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# One path segment that is neither "." nor "..": what confines a path to the directory it names.
+PATH_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+ABSOLUTE_PATH_PATTERN = rf"^(/{PATH_SEGMENT})+/?$"
+
+LabelKey = Annotated[str, Field(max_length=317, pattern=QUALIFIED_NAME_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+AbsolutePath = Annotated[str, Field(max_length=4096, pattern=ABSOLUTE_PATH_PATTERN)]
+
+
+def duration_at_most(field: str, limit: str) -> Rule:
+    """A Duration field bounded above, so a typo such as 99999999h is refused, not obeyed.
+
+    CEL's duration() fails on values beyond Go's range (about 292 years); a failed rule rejects too.
+    """
+    attr = re.sub(r"(?<!^)(?=[A-Z])", "_", field).lower()
+    return Rule(
+        cel=f"duration(self.{field}) <= duration('{limit}')",
+        message=f"{field} must be at most {limit}",
+        holds=lambda s: parse_duration(getattr(s, attr)) <= parse_duration(limit),
+        field_path=f".{field}",
+    )
+
+
+def name_rules(kind: str, max_length: int, pattern: str, shape: str, why: str) -> tuple[Rule, ...]:
+    """Rules on an object's own metadata.name (CEL reaches it from the root of the schema).
+
+    Names the API server accepts can still make names it rejects once the operator derives
+    Service names and label values from them; these rules refuse such objects at apply time.
+    """
+    return (
+        Rule(
+            cel=f"self.metadata.name.size() <= {max_length}",
+            message=f"metadata.name of a {kind} must be at most {max_length} characters ({why})",
+            holds=lambda o: len(o.metadata.name) <= max_length,
+        ),
+        Rule(
+            cel=f"self.metadata.name.matches('{pattern}')",
+            message=f"metadata.name of a {kind} must be {shape} ({why})",
+            holds=lambda o: not o.metadata.name or re.fullmatch(pattern, o.metadata.name) is not None,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     """One validation rule, stated once and enforced twice.

@@ -10,16 +10,27 @@ from pydantic import Field
 from tars_api.access import ModelAccess
 from tars_api.meta import (
     API_VERSION,
+    DNS_LABEL_PATTERN,
+    PATH_SEGMENT,
     ApiModel,
     Condition,
     Duration,
     ObjectMeta,
     Rule,
     defaulted,
+    duration_at_most,
+    name_rules,
     parse_duration,
 )
 
-SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|file:///.+|configmap://[a-z0-9][a-z0-9.-]*/[-._a-zA-Z0-9]+)$"
+# file:// paths are absolute and never step out with "." or ".." segments; whether they lie under
+# one of the TarsNode's spec.modelRoots is the agent's check (CEL cannot read another object).
+# A ConfigMap key is never "." or ".." or "..x" (the API server's own rule for keys).
+SOURCE_PATTERN = (
+    r"^(builtin://[a-z0-9][a-z0-9-]*"
+    rf"|file://(/{PATH_SEGMENT})+"
+    r"|configmap://[a-z0-9][a-z0-9.-]*/(\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*))$"
+)
 MAX_FUNCTION_CODE = 262144
 
 
@@ -73,6 +84,8 @@ class Scaling(ApiModel):
             holds=lambda s: parse_duration(s.panic_window) < parse_duration(s.stable_window),
             field_path=".panicWindow",
         ),
+        duration_at_most("stableWindow", "1h"),
+        duration_at_most("scaleToZeroGracePeriod", "24h"),
     )
 
     enabled: bool = Field(
@@ -167,7 +180,8 @@ class TarsModelSpec(ApiModel):
         max_length=4096,
         description=(
             "Where the model comes from: builtin://NAME (shipped with the agent), file:///path on "
-            "the node, or configmap://NAME/KEY for functions. Never a hub URL."
+            "the node under one of the TarsNode's spec.modelRoots, or configmap://NAME/KEY for "
+            "functions. Never a hub URL."
         ),
     )
     function: FunctionSpec | None = Field(default=None, description="Inline code for kind function.")
@@ -191,8 +205,9 @@ class TarsModelSpec(ApiModel):
     access: ModelAccess | None = Field(
         default=None,
         description=(
-            "Who may call the model (ServiceAccounts, namespaces, API-key Secrets). Absent: the agent's "
-            "defaultAccess decides (open unless the agent runs with --default-access=namespace)."
+            "Who may call the model (ServiceAccounts, namespaces, API-key Secrets). Absent: the "
+            "TarsNode's agent.defaultAccess decides, which is namespace (ServiceAccounts of the model's "
+            "own namespace) unless the TarsNode explicitly chooses open."
         ),
     )
 
@@ -237,6 +252,13 @@ class TarsModel(ApiModel):
     """A model or TARS guest function served by the agents of a TarsNode."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
+    rules: ClassVar[tuple[Rule, ...]] = name_rules(
+        "TarsModel",
+        52,
+        DNS_LABEL_PATTERN,
+        "lowercase letters, digits and '-', starting and ending with a letter or digit",
+        "its Service is tars-model-NAME and NAME is a label value",
+    )
     kind_name: ClassVar[str] = "TarsModel"
     plural: ClassVar[str] = "tarsmodels"
     short_names: ClassVar[list[str]] = ["tm", "tmodel"]

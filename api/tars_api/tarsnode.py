@@ -7,12 +7,34 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from tars_api.meta import API_VERSION, ApiModel, Condition, ObjectMeta, Rule, defaulted
+from tars_api.meta import (
+    API_VERSION,
+    DNS_SUBDOMAIN_PATTERN,
+    AbsolutePath,
+    ApiModel,
+    Condition,
+    LabelKey,
+    LabelValue,
+    ObjectMeta,
+    Rule,
+    defaulted,
+    name_rules,
+)
 
-IntOrString = Annotated[
-    int | str,
+# A resource.Quantity that is never negative: 250m, 512Mi, 1.5, 2e3, or a plain integer.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$"
+Quantity = Annotated[
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)],
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
+# [registry[:port]/]path[:tag][@sha256:digest], as the container runtime parses it.
+_IMAGE_PATH = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    rf"^([A-Za-z0-9.-]+(:[0-9]+)?/)?{_IMAGE_PATH}(/{_IMAGE_PATH})*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+# A TarsNode's name becomes the Service NAME-agent (a DNS-1035 label of at most 63) and a label value.
+TARSNODE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class PlatformType(StrEnum):
@@ -59,13 +81,30 @@ class Platform(ApiModel):
 class Toleration(ApiModel):
     """A toleration copied onto the agent pods (same fields as core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.key) || self.operator == 'Exists'",
+            message="a toleration without a key must use operator Exists",
+            holds=lambda t: t.key is not None or t.operator == "Exists",
+            field_path=".operator",
+        ),
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="a toleration with operator Exists must not have a value",
+            holds=lambda t: t.operator != "Exists" or not t.value,
+            field_path=".value",
+        ),
+    )
+
+    key: LabelKey | None = Field(default=None, description="Taint key the toleration applies to.")
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value matched with Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value matched with Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
-    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="How long a NoExecute taint is tolerated."
+    )
 
 
 def _default_requests() -> dict[str, int | str]:
@@ -80,12 +119,14 @@ def _default_limits() -> dict[str, int | str]:
 class ResourceRequirements(ApiModel):
     """Compute resources for the agent container."""
 
-    requests: dict[str, IntOrString] = Field(
+    requests: dict[LabelKey, Quantity] = Field(
         default_factory=_default_requests,
+        max_length=16,
         description="Minimum resources, e.g. cpu: 250m, memory: 512Mi.",
     )
-    limits: dict[str, IntOrString] = Field(
+    limits: dict[LabelKey, Quantity] = Field(
         default_factory=_default_limits,
+        max_length=16,
         description="Maximum resources, e.g. memory: 4Gi.",
     )
 
@@ -95,8 +136,10 @@ class AgentSpec(ApiModel):
 
     image: str = Field(
         default="ghcr.io/tars-hyperlight/tars-agent:0.1.0",
-        description="The node-agent container image.",
+        description="The node-agent container image: [registry[:port]/]path[:tag][@sha256:digest].",
         min_length=1,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy for the agent container."
@@ -114,16 +157,17 @@ class AgentSpec(ApiModel):
         default=None,
         min_length=1,
         max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description=(
             "A kubernetes.io/tls Secret (e.g. issued by cert-manager) the agents serve HTTPS with; "
             "absent: plain HTTP inside the cluster."
         ),
     )
     default_access: Literal["open", "namespace"] = Field(
-        default="open",
+        default="namespace",
         description=(
-            "Who may call a model without spec.access: open (anyone who can reach the agent) or "
-            "namespace (ServiceAccounts of the model's namespace)."
+            "Who may call a model without spec.access: namespace (the default: ServiceAccounts of "
+            "the model's own namespace) or open (anyone who can reach the agent, an explicit choice)."
         ),
     )
 
@@ -161,15 +205,28 @@ class TarsNodeSpec(ApiModel):
         description="TARS capabilities this node offers to models.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
+        max_length=64,
         description="Extra node labels agents require; always combined with tars.hyperlight.dev/kvm=true.",
     )
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the agent pods.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Tolerations for the agent pods."
+    )
     agent: AgentSpec = defaulted(AgentSpec, "How the node-agent pods run.")
     sandbox: SandboxLimits = defaulted(SandboxLimits, "Limits enforced on every sandbox.")
     warm_pool_size: int = Field(
         default=4, ge=0, le=1024, description="Sandboxes each agent keeps started and ready per model."
+    )
+    model_roots: list[AbsolutePath] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Directories on the node that file:// model sources may name. None by default, so "
+            "file:// sources are refused until a root is listed; the agent checks the resolved path "
+            "(symlinks followed) against them."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
@@ -205,6 +262,13 @@ class TarsNode(ApiModel):
     """A fleet of TARS node-agents that run AI inference and TARS functions in micro-VM sandboxes."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
+    rules: ClassVar[tuple[Rule, ...]] = name_rules(
+        "TarsNode",
+        57,
+        TARSNODE_NAME_PATTERN,
+        "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit",
+        "its agents' Service is NAME-agent and NAME is a label value",
+    )
     kind_name: ClassVar[str] = "TarsNode"
     plural: ClassVar[str] = "tarsnodes"
     short_names: ClassVar[list[str]] = ["tn", "tnode"]

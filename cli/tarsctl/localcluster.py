@@ -174,6 +174,9 @@ def write_pki(directory: Path, server: str) -> None:
         server_ips=["127.0.0.1", "10.96.0.1"],
     )
     pki.write(serving, pki_dir, "apiserver")
+    # How the API server proves itself to kubelets (kubectl logs/exec on a real node).
+    kubelet_client = pki.issue(ca, ca_key, "kube-apiserver-kubelet-client", organization="system:masters")
+    pki.write(kubelet_client, pki_dir, "kubelet-client")
     sa_private, sa_public = pki.service_account_key()
     (pki_dir / "sa.key").write_bytes(sa_private)
     (pki_dir / "sa.pub").write_bytes(sa_public)
@@ -230,6 +233,8 @@ def _commands(state: ClusterState) -> dict[str, list[str]]:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
+            f"--kubelet-client-certificate={p / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={p / 'kubelet-client.key'}",
             # A loopback address cannot be published in the kubernetes Service's endpoints.
             "--endpoint-reconciler-type=none",
             "--profiling=false",

@@ -78,7 +78,7 @@ class NodePaths:
 
 def containerd_config(paths: NodePaths, cni_bin: Path) -> str:
     root = paths.root / "containerd"
-    return f"""version = 3
+    return f"""version = 4
 root = "{root / 'root'}"
 state = "{root / 'state'}"
 

@@ -15,7 +15,9 @@ componentize-py runs the module's top level at build time and snapshots the resu
 the component, so whatever the top level loads (a lexicon, tables) is already in memory in every
 instance. Builds take seconds; results are cached under ``~/.cache/tars/guests/`` (or
 ``$TARS_CACHE_DIR/guests``) keyed by a digest of the app sources, the WIT files and the
-componentize-py version, so a second call is a file lookup.
+componentize-py version, so a second call is a file lookup. A read-only directory of components
+built ahead of time under the same keys (``$TARS_PREBUILT_DIR/guests/``, baked into the container
+image for the builtin apps) is looked at first, so a node never runs componentize-py for those.
 """
 
 from __future__ import annotations
@@ -54,6 +56,19 @@ def cache_dir() -> Path:
     root = os.environ.get("TARS_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "tars"
     return base / "guests"
+
+
+def prebuilt_dir() -> Path | None:
+    """Read-only guests and compiled code made when the image was built (``TARS_PREBUILT_DIR``), if any."""
+    root = os.environ.get("TARS_PREBUILT_DIR")
+    return Path(root) if root else None
+
+
+def prebuilt_component(key: str) -> Path | None:
+    """The prebuilt component with this source digest, or None."""
+    root = prebuilt_dir()
+    path = root / "guests" / f"{key}.wasm" if root else None
+    return path if path and path.is_file() else None
 
 
 def componentize_py_version() -> str:
@@ -108,6 +123,9 @@ def build_guest(app_dir: Path, *, world: str = "function", python_path: Sequence
     wit = wit_dir()
     extra = [Path(p).resolve() for p in python_path]
     key = source_digest(app_dir, wit, world, extra)
+    prebuilt = prebuilt_component(key)
+    if prebuilt is not None:
+        return prebuilt
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{key}.wasm"

@@ -4,7 +4,9 @@ Isolation comes from WebAssembly plus what the store is given: WASI preview 2 wi
 directories, no sockets and an empty environment; the only way out is ``tars:guest/host.call``.
 Limits: ``Store.set_limits`` caps linear memory; an epoch deadline (one ticker thread per engine
 calling ``increment_epoch``) interrupts guests that run past their CPU budget — epochs count time
-spent inside the guest, so this is CPU time for a guest that never blocks; output size is checked
+spent inside the guest, so this is CPU time for a guest that never blocks, and none can: WASI waits
+answer at once (:func:`answer_waits_at_once`), so a guest past its deadline is really stopped and
+its worker thread is free again; output size is checked
 on return. ``memory_init_cow`` stays on: instances map the pre-initialised snapshot copy-on-write,
 which is what keeps a fresh instance near 1 ms.
 """
@@ -21,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
-from wasmtime.component import Component, Func, Linker, Variant
+from wasmtime.component import Component, Func, Linker, ResourceAny, Variant
 
 from tars_agent.sandbox.base import (
     FailureReason,
@@ -39,6 +41,9 @@ from tars_agent.sandbox.base import (
 log = logging.getLogger(__name__)
 
 HOST_INTERFACE = "tars:guest/host@0.1.0"
+# The WASI version wasmtime-py 50 implements (guests built for any 0.2.x resolve to it); overriding a
+# function needs this exact name. tests/agent/test_isolation.py fails if an upgrade changes it.
+WASI_POLL = "wasi:io/poll@0.2.12"
 EPOCH_TICK_S = 0.005
 # Generous deadline while instantiating: start-up runs no user code after pre-initialisation.
 _INSTANTIATE_DEADLINE_TICKS = int(30 / EPOCH_TICK_S)
@@ -61,6 +66,15 @@ def compiled_cache_key(component_bytes: bytes) -> str:
     digest = hashlib.sha256(f"wasmtime {wasmtime_version()} epoch=1 cow=1\n".encode())
     digest.update(component_bytes)
     return digest.hexdigest()
+
+
+def prebuilt_compiled(key: str) -> Path | None:
+    """Compiled code made with the image (``$TARS_PREBUILT_DIR/compiled``, read-only), or None."""
+    from tars_guests.build import prebuilt_dir
+
+    root = prebuilt_dir()
+    path = root / "compiled" / f"{key}.cwasm" if root else None
+    return path if path and path.is_file() else None
 
 
 def epoch_ticks(milliseconds: int) -> int:
@@ -147,11 +161,37 @@ class WasmtimeGuest(PreparedGuest):
         self.limits = limits
         self.linker = Linker(engine)
         self.linker.add_wasip2()
+        answer_waits_at_once(self.linker)
         with self.linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
             host.add_func("call", _host_adapter(host_call))
 
     def instantiate(self) -> WasmtimeInstance:
         return WasmtimeInstance(self)
+
+
+def _all_ready(store: Store, pollables: list[ResourceAny]) -> list[int]:
+    for pollable in pollables:
+        pollable.drop(store)  # borrows must be given back before the call returns
+    return list(range(len(pollables)))
+
+
+def _ready_now(store: Store, pollable: ResourceAny) -> None:
+    pollable.drop(store)
+
+
+def answer_waits_at_once(linker: Linker) -> None:
+    """Replaces WASI's two blocking calls (``poll`` and ``pollable.block``) with ones that return at once.
+
+    A thread blocked inside a host call is the one thing an epoch deadline cannot interrupt, and these
+    are the only host calls a guest can block in: it has no files, sockets or stdin to wait on. Every
+    pollable is reported ready, so a sleep or a select returns immediately and a guest that waits in a
+    loop spends its CPU budget instead, which the epoch deadline bounds.
+    """
+    linker.allow_shadowing = True
+    with linker.root() as root, root.add_instance(WASI_POLL) as poll:
+        poll.add_func("poll", _all_ready)
+        poll.add_func("[method]pollable.block", _ready_now)
+    linker.allow_shadowing = False
 
 
 def _host_adapter(host_call: HostCall) -> Callable[[object, str, str], Variant]:
@@ -196,12 +236,15 @@ class WasmtimeBackend(SandboxBackend):
             cache = compiled_cache_dir()
             cached = cache / f"{key}.cwasm"
             component: Component | None = None
-            if cached.is_file():
-                try:
-                    # Our own cache directory: deserialize trusts its bytes, so nobody else writes there.
-                    component = Component.deserialize_file(self.engine, str(cached))
-                except WasmtimeError:
-                    log.warning("discarding unreadable compiled component %s", cached)
+            # The image's read-only prebuilt code first, then our own cache directory: deserialize
+            # trusts its bytes, so only the image build and this agent write either. Code made for
+            # another CPU or Wasmtime fails to load and is compiled again (into the writable cache).
+            for candidate in (prebuilt_compiled(key), cached):
+                if component is None and candidate is not None and candidate.is_file():
+                    try:
+                        component = Component.deserialize_file(self.engine, str(candidate))
+                    except WasmtimeError:
+                        log.warning("discarding unreadable compiled component %s", candidate)
             if component is None:
                 component = Component(self.engine, data)
                 cache.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,96 @@
+"""Builds every builtin guest and its compiled code into a directory, for the container image.
+
+``python -m tars_agent.prebuild --out DIR`` writes ``DIR/guests/<source digest>.wasm`` (what
+``tars_guests.build.build_guest`` would build) and ``DIR/compiled/<key>.cwasm`` (Wasmtime's
+serialized code for this Wasmtime version and the agent's engine settings), plus ``manifest.json``.
+An agent started with ``TARS_PREBUILT_DIR=DIR`` finds both under the keys it computes anyway, so it
+loads a builtin model without componentize-py or Cranelift; anything else still builds on demand
+into the writable cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from wasmtime.component import Component
+
+from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend, compiled_cache_key, wasmtime_version
+
+MANIFEST = "manifest.json"
+
+
+def builtin_guests(names: Sequence[str] | None = None) -> dict[str, Path]:
+    """The guests builtin models run (all: the TARS apps and the echo test guest), built or cached."""
+    from tars_guests.apps import APPS, build_app
+    from tars_guests.build import build_guest
+    from tars_guests.testapps import ECHO_APP
+
+    builders: dict[str, Callable[[], Path]] = {name: functools.partial(build_app, name) for name in APPS}
+    builders["echo"] = functools.partial(build_guest, ECHO_APP)
+    if names is not None:
+        builders = {name: builders[name] for name in names}
+    # componentize-py is single-threaded and CPU-bound: one build per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {name: pool.submit(build) for name, build in builders.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _write_atomic(path: Path, data: bytes | bytearray) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]:
+    """Fills ``out`` and returns the manifest written to ``out/manifest.json``."""
+    from tars_guests.build import componentize_py_version
+
+    (out / "guests").mkdir(parents=True, exist_ok=True)
+    (out / "compiled").mkdir(parents=True, exist_ok=True)
+    backend = WasmtimeBackend()  # its engine: the settings the agent deserializes with
+    entries: dict[str, dict[str, object]] = {}
+    try:
+        for name, built in sorted(builtin_guests(names).items()):
+            data = built.read_bytes()
+            component_path = out / "guests" / built.name
+            if component_path.resolve() != built.resolve():
+                shutil.copyfile(built, component_path)
+            compiled_path = out / "compiled" / f"{compiled_cache_key(data)}.cwasm"
+            started = time.perf_counter()
+            _write_atomic(compiled_path, Component(backend.engine, data).serialize())
+            entries[name] = {
+                "component": component_path.relative_to(out).as_posix(),
+                "compiled": compiled_path.relative_to(out).as_posix(),
+                "componentBytes": len(data),
+                "compiledBytes": compiled_path.stat().st_size,
+                "compileSeconds": round(time.perf_counter() - started, 2),
+            }
+    finally:
+        backend.close()
+    manifest: dict[str, object] = {
+        "wasmtime": wasmtime_version(),
+        "componentizePy": componentize_py_version(),
+        "guests": entries,
+    }
+    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prebuild every builtin guest and its Wasmtime code into a directory.")
+    parser.add_argument("--out", type=Path, required=True, help="directory to fill (TARS_PREBUILT_DIR at run time)")
+    args = parser.parse_args(argv)
+    manifest = prebuild(args.out)
+    print(json.dumps(manifest))
+
+
+if __name__ == "__main__":
+    main()

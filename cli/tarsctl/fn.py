@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tars_api.functions import FunctionCode, InvalidFunction, check_code
 from tars_api.meta import API_VERSION
 from tars_api.tarsmodel import HostCapability, TarsModel
-from tars_operator.functions import FunctionCode, InvalidFunction, check_code
 
 FIELD_MANAGER = "tarsctl"
 # The API server refuses objects over about 1.5 MiB and etcd values over 1 MiB; leave room for the rest.
@@ -85,18 +85,10 @@ def _payload_size(code: FunctionCode) -> int:
 
 
 def _kube() -> Any:
-    from tars_operator.kube import Kube, load_client_config
+    from tars_common.kube import load_client_config
+    from tars_operator.kube import Kube
 
     return Kube(load_client_config())
-
-
-def _apply(kube: Any, obj: dict[str, Any]) -> Any:
-    from tars_operator.kube import resource_path
-
-    meta = obj["metadata"]
-    path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-    query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
-    return kube._call("PATCH", path, obj, "application/apply-patch+yaml", query)
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -105,12 +97,11 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def wait_for_verdict(kube: Any, namespace: str, name: str, timeout_s: float) -> tuple[bool, str]:
     """(ok, message) once the TarsModel is Ready or Degraded for the current generation."""
-    from tars_operator.kube import resource_path
-
-    path = resource_path(API_VERSION, "TarsModel", namespace, name)
     deadline = time.monotonic() + timeout_s
     while True:
-        obj = kube._call("GET", path)
+        obj = kube.get_sync(API_VERSION, "TarsModel", namespace, name)
+        if obj is None:
+            return False, "deleted while waiting"
         generation = obj["metadata"].get("generation")
         ready, degraded = _condition(obj, "Ready"), _condition(obj, "Degraded")
         if (obj.get("status") or {}).get("observedGeneration") == generation:
@@ -156,7 +147,7 @@ def deploy(args: argparse.Namespace) -> int:
         return 0
     kube = _kube()
     for obj in manifests:
-        _apply(kube, obj)
+        kube.apply_sync(obj, field_manager=FIELD_MANAGER)
         print(f"{obj['kind'].lower()}/{args.name} applied in namespace {args.namespace}")
     if args.wait > 0:
         ok, message = wait_for_verdict(kube, args.namespace, args.name, args.wait)

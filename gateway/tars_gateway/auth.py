@@ -1,4 +1,4 @@
-"""Access control at the gateway: the agent's checks (``tars_agent.auth``), fed with TarsModels read
+"""Access control at the gateway: the agent's checks (``tars_common.auth``), fed with TarsModels read
 from the API server.
 
 The gateway refuses early (401/403 before any agent is picked or woken from zero) and still forwards
@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from tars_agent.auth import AccessGuard, AuthConfig, ModelPolicy, auth_middleware
 from tars_api import GROUP, VERSION
 from tars_api.access import ModelAccess
+from tars_common.auth import AccessGuard, ApiKeySecrets, AuthConfig, ModelPolicy, TokenReviewer, auth_middleware
 
 POLICY_TTL_S = 5.0
 DECISIONS = Counter(
@@ -78,6 +78,4 @@ def gateway_middleware(guard: AccessGuard, policies: ModelPolicies) -> Any:
 
 def gateway_guard(config: AuthConfig, api: Any) -> AccessGuard:
     """The agent's guard, counting into tars_gateway_auth_decisions_total (the gateway's registry)."""
-    from tars_agent.auth import ApiKeySecrets, TokenReviewer
-
     return AccessGuard(config, TokenReviewer(api, config), ApiKeySecrets(api, config), decisions=DECISIONS)

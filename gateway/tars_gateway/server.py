@@ -25,8 +25,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tars_agent.auth import AccessGuard, AuthConfig
 from tars_api.access import DefaultAccess
+from tars_common.auth import AccessGuard, AuthConfig
 from tars_gateway.routes import Endpoint, RouteTable
 
 log = logging.getLogger("tars_gateway")
@@ -182,10 +182,10 @@ def auth_config(settings: argparse.Namespace) -> AuthConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tars_agent import tls
+    from tars_common import tls
+    from tars_common.kube import load_client_config
     from tars_gateway.auth import ModelPolicies, gateway_guard, gateway_middleware
     from tars_gateway.discovery import Discovery
-    from tars_operator.kube import load_client_config
 
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

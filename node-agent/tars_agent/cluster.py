@@ -114,13 +114,11 @@ def operator_requests(agent: Agent) -> list[dict[str, Any]]:
 
 class ClusterAgent:
     def __init__(self, agent: Agent, node: str, address: str, tarsnode: str | None = None) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.ApiClient()
+        from tars_common.kube import load_client_config
+
+        self.api = load_client_config()
         self.coordination = client.CoordinationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.agent = agent

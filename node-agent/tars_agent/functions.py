@@ -11,9 +11,9 @@ Where a function's code comes from (a TarsModel of kind ``function``):
                                any language (guests/examples/rust builds one from Rust)
 ============================== ======================================================================
 
-Every one passes :mod:`tars_operator.functions`' checks (size, Python syntax, the component's type
+Every one passes :mod:`tars_api.functions`' checks (size, Python syntax, the component's type
 against the WIT world) before it is built or compiled; a failure raises
-:class:`~tars_operator.functions.InvalidFunction`, which the repository records as the model's load
+:class:`~tars_api.functions.InvalidFunction`, which the repository records as the model's load
 error (reported in the Lease, so the TarsModel turns Degraded). Nothing of the user's code runs on the
 host: Python's top level runs at build time inside componentize-py's own Wasm sandbox (no files, and
 bounded here by :data:`BUILD_TIMEOUT_S`), then every request runs in a fresh sandbox under the model's
@@ -41,8 +41,7 @@ from typing import Any
 
 from tars_agent.catalog import Catalog, ModelBundle, ModelFactory, SourceRequest, UnknownSource, inline_function_app
 from tars_agent.sandbox.base import GuestSource
-from tars_api.tarsmodel import ModelKind
-from tars_operator.functions import (
+from tars_api.functions import (
     MAX_COMPONENT_BYTES,
     MAX_PYTHON_BYTES,
     ConfigMapReader,
@@ -53,6 +52,7 @@ from tars_operator.functions import (
     check_wasm_preamble,
     code_from_configmap,
 )
+from tars_api.tarsmodel import ModelKind
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Sandbox limits and warm-pool size come from ``--node-config`` (a TarsNode YAML, 
 the operator's ConfigMap) or the defaults. On SIGTERM the agent turns unready, finishes in-flight
 work, releases its Lease and exits.
 
-Access control (``tars_agent.auth``): ``--auth auto`` (the default) is off in standalone mode and on in
+Access control (``tars_common.auth``): ``--auth auto`` (the default) is off in standalone mode and on in
 cluster mode; then models with ``spec.access`` admit only what it lists, and models without it follow
 ``--default-access`` (``open``, or ``namespace``: ServiceAccounts of the model's namespace).
 ``--tls-cert``/``--tls-key`` serve HTTPS.
@@ -30,15 +30,16 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from tars_agent import tls
 from tars_agent.agent import Agent, AgentConfig
-from tars_agent.auth import AccessGuard, AuthConfig, kubernetes_api
 from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
 from tars_agent.server import create_app
 from tars_agent.tenancy import FairAdmission
 from tars_api.access import DefaultAccess
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits, TarsNode
+from tars_common import tls
+from tars_common.auth import AccessGuard, AuthConfig
+from tars_common.kube import load_client_config
 
 log = logging.getLogger("tars_agent")
 
@@ -181,7 +182,7 @@ def access_guard(args: argparse.Namespace, agent: Agent) -> AccessGuard | None:
     config = auth_config(args)
     if not config.enabled:
         return None
-    return AccessGuard.from_api(config, kubernetes_api(args.kubeconfig), agent.metrics.registry)
+    return AccessGuard.from_api(config, load_client_config(args.kubeconfig), agent.metrics.registry)
 
 
 def ssl_context(args: argparse.Namespace) -> Any:

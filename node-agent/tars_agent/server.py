@@ -19,7 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from tars_agent.agent import Agent
-from tars_agent.auth import AccessGuard, ModelPolicy, auth_middleware
 from tars_agent.pool import Overloaded, Unavailable
 from tars_agent.protocol import (
     ErrorResponse,
@@ -38,6 +37,7 @@ from tars_agent.protocol import (
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure
 from tars_agent.tenancy import FairAdmission
+from tars_common.auth import AccessGuard, ModelPolicy, auth_middleware
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tars_api.labels import BACKEND_LABEL
 from tars_api.lease import LABEL_NODE, LABEL_TARSNODE, lease_expired, parse_agent_annotations
-from tars_operator.labels import BACKEND_LABEL
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"

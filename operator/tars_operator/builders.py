@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tars_api import API_VERSION, TarsNode
-from tars_operator.labels import KVM_LABEL, NAMESPACE_LABEL, agent_selector, node_labels
+from tars_api.labels import KVM_LABEL, NAMESPACE_LABEL, agent_selector, node_labels
 
 AGENT_CONFIG_KEY = "agent.yaml"
 AGENT_CONFIG_DIR = "/etc/tars"

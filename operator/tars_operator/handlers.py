@@ -12,11 +12,12 @@ from typing import Any
 import kopf
 
 from tars_api import GROUP, VERSION
+from tars_api.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
 from tars_api.lease import LABEL_APP, LABEL_APP_VALUE
+from tars_common.kube import load_client_config
 from tars_operator import builders
 from tars_operator.agents import lease_record, node_record
-from tars_operator.kube import API_CONCURRENCY, Kube, load_client_config
-from tars_operator.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
+from tars_operator.kube import API_CONCURRENCY, Kube
 from tars_operator.metrics import MANAGED
 from tars_operator.reconciler import Observed, Reconciler, observed_from
 

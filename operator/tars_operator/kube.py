@@ -11,25 +11,15 @@ import json
 import logging
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tars_operator.labels import FIELD_MANAGER
+from tars_api.labels import FIELD_MANAGER
+from tars_common.kube import CONNECTION_POOL_SIZE
 
 log = logging.getLogger(__name__)
-API_CONCURRENCY = 32
-
-
-def load_client_config() -> client.ApiClient:
-    """In-cluster credentials when running as a pod, otherwise KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
-    # Reconciles run concurrently in worker threads; let each have a connection.
-    configuration.connection_pool_maxsize = API_CONCURRENCY
-    return client.ApiClient(configuration)
+# Reconciles run concurrently in worker threads, each with its own pooled connection.
+API_CONCURRENCY = CONNECTION_POOL_SIZE
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -66,13 +56,23 @@ class Kube:
             raise ApiException(http_resp=response)
         return json.loads(response.data) if response.data else None
 
-    def apply_sync(self, obj: dict[str, Any]) -> Any:
+    def apply_sync(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER) -> Any:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-        # force: the operator owns these objects; a hand edit to a field it sets is drift to undo.
+        # force: the manager owns these objects; a hand edit to a field it sets is drift to undo.
         return self._call(
-            "PATCH", path, obj, "application/apply-patch+yaml", [("fieldManager", FIELD_MANAGER), ("force", "true")]
+            "PATCH", path, obj, "application/apply-patch+yaml", [("fieldManager", field_manager), ("force", "true")]
         )
+
+    def get_sync(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (blocking: call it from a worker thread)."""
+        try:
+            found: dict[str, Any] = self._call("GET", resource_path(api_version, kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
 
     async def apply(self, obj: dict[str, Any]) -> Any:
         return await asyncio.to_thread(self.apply_sync, obj)

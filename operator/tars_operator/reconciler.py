@@ -9,6 +9,7 @@ bursts of triggers for one object collapse into at most one extra run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -22,13 +23,8 @@ import kopf
 from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
-from tars_api.lease import lease_expired, parse_agent_annotations
-from tars_operator import builders, functions, metrics, requests, routing
-from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
-from tars_operator.autoscaler import Decision, History, Policy, decide
-from tars_operator.conditions import Cond, merge_conditions, transitions
-from tars_operator.kube import Kube
-from tars_operator.labels import (
+from tars_api.functions import validate_function
+from tars_api.labels import (
     MANAGED_BY,
     MODEL_LABEL,
     NAMESPACE_LABEL,
@@ -36,8 +32,14 @@ from tars_operator.labels import (
     SLICE_MANAGED_BY,
     TARSNODE_LABEL,
 )
+from tars_api.lease import lease_expired, parse_agent_annotations
+from tars_operator import builders, metrics, requests, routing
+from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
+from tars_operator.autoscaler import Decision, History, Policy, decide
+from tars_operator.conditions import Cond, merge_conditions, transitions
+from tars_operator.kube import Kube
 from tars_operator.placement import AgentView, place
-from tars_operator.status import ModelObservation, tarsmodel_status, tarsnode_status
+from tars_operator.status import ModelObservation, invalid_function_status, tarsmodel_status, tarsnode_status
 
 log = logging.getLogger("tars_operator")
 # After an operator start, how long placements on Ready nodes whose agents have not reported yet
@@ -203,12 +205,12 @@ class Reconciler:
             await self._write_status(body, body["metadata"].get("generation", 0), {}, invalid)
             return
         node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
-        read_configmap = functions.configmap_reader(self.kube)
-        problem = await asyncio.to_thread(functions.validate_function, tm.spec, tm.metadata.namespace, read_configmap)
+        read_configmap = functools.partial(self.kube.get_sync, "v1", "ConfigMap")
+        problem = await asyncio.to_thread(validate_function, tm.spec, tm.metadata.namespace, read_configmap)
         if problem is not None:  # a bad function is placed nowhere, so no agent loads it
             self._placed.get(node_key, {}).pop(routing.model_key(tm), None)
             await self._prune_slices(tm, set())
-            await self._write_status(body, tm.metadata.generation, *functions.invalid_function_status(tm, problem))
+            await self._write_status(body, tm.metadata.generation, *invalid_function_status(tm, problem))
             return
         lock = self._placement_locks.setdefault(node_key, asyncio.Lock())
         async with lock:

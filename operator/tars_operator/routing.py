@@ -9,14 +9,14 @@ from collections import defaultdict
 from typing import Any
 
 from tars_api import TarsModel
-from tars_operator.builders import owner_reference
-from tars_operator.labels import (
+from tars_api.labels import (
     MODEL_LABEL,
     OPERATOR,
     SERVICE_NAME_LABEL,
     SLICE_MANAGED_BY,
     model_labels,
 )
+from tars_operator.builders import owner_reference
 from tars_operator.placement import AgentView
 
 SERVICE_PORT = 80

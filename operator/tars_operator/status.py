@@ -138,3 +138,21 @@ def memory_used_by_others(models: list[TarsModel], exclude_key: str) -> dict[str
         for placement in other.status.placements:
             used[placement.node] += placement.replicas * other.spec.memory_mi_b
     return dict(used)
+
+
+def invalid_function_status(tm: TarsModel, problem: str) -> tuple[dict[str, Any], list[Cond]]:
+    """Status of a function that failed validation: placed nowhere, Degraded with InvalidFunction."""
+    message = problem[:1000]
+    fields = {
+        "selector": selector(tm),
+        "endpoint": endpoint_url(tm),
+        "replicas": 0,
+        "readyReplicas": 0,
+        "unplacedReplicas": tm.spec.replicas,
+        "placements": [],
+    }
+    return fields, [
+        Cond("Ready", False, "InvalidFunction", message),
+        Cond("Progressing", False, "InvalidFunction", "not placed until the function is fixed"),
+        Cond("Degraded", True, "InvalidFunction", message),
+    ]

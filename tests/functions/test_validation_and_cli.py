@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tars_api import TarsModel
-from tars_operator.functions import (
+from tars_api.functions import (
     FunctionCode,
     InvalidFunction,
     check_code,

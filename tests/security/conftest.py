@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tars_agent.agent import Agent
-from tars_agent.auth import AccessGuard, AuthConfig
 from tars_agent.server import create_app
 from tars_agent.tenancy import FairAdmission
+from tars_common.auth import AccessGuard, AuthConfig
 from tests.agent.conftest import backend, guests, make_agent, tars_model  # fixtures, re-exported
 from tests.fixtures import ControlPlane
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from tars_agent.auth import credential_from, looks_like_jwt, matching_key, token_expiry
 from tars_agent.main import auth_config, parse_args
 from tars_api import TarsModel
 from tars_api.access import ANONYMOUS, DefaultAccess, Identity, ModelAccess, Outcome, authorize, identity_from_username
+from tars_common.auth import credential_from, looks_like_jwt, matching_key, token_expiry
 
 SA = Identity("serviceaccount", name="app", namespace="team-a")
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tars_agent.agent import Agent
-from tars_agent.auth import AccessGuard
+from tars_common.auth import AccessGuard
 from tests.fixtures import ControlPlane
 from tests.security.conftest import Tokens, guard_for, make_agent, serve, tars_model
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tars_agent import tls
 from tars_agent.server import create_app
+from tars_common import tls
 from tars_gateway.routes import Endpoint, RouteTable
 from tars_gateway.server import create_app as gateway_app
 from tarsctl.localcluster import free_port

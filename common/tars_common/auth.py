@@ -11,8 +11,8 @@ Credentials, checked at the edge, turn into an :class:`~tars_api.access.Identity
 
 The decision itself is :func:`tars_api.access.authorize` (pure); :class:`AccessGuard` feeds it and
 :func:`auth_middleware` turns a refusal into 401/403 with a body that says nothing about the model.
-Every decision is logged (logger ``tars_agent.auth``) and counted in
-``tars_agent_auth_decisions_total{model,outcome}``.
+Every decision is logged (logger ``tars_common.auth``) and counted in
+``tars_agent_auth_decisions_total{model,outcome}`` (the gateway counts into its own metric).
 
 Switch: authentication is off in standalone mode and on in cluster mode unless told otherwise
 (``--auth``); health routes, ``/v2`` and ``/openapi.json`` stay open; ``/metrics`` needs a valid
@@ -47,7 +47,7 @@ from tars_api.access import (
     identity_from_username,
 )
 
-log = logging.getLogger("tars_agent.auth")
+log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
 
@@ -322,16 +322,3 @@ def auth_middleware(guard: AccessGuard, policy_for: PolicyLookup) -> Any:
         return await handler(request)
 
     return middleware
-
-
-def kubernetes_api(kubeconfig: str | None = None) -> Any:
-    """An API client from the pod's ServiceAccount, or a kubeconfig outside a cluster."""
-    from kubernetes import client, config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()

@@ -1,4 +1,5 @@
-"""Validation of users' guest functions, before any of them reaches a sandbox.
+"""Validation of users' guest functions, before any of them reaches a sandbox: part of the API's contract,
+so the operator, the node-agent and tarsctl run the very same checks.
 
 The operator runs it on every TarsModel of kind ``function`` whose code it can see (inline
 ``spec.function.code`` and ``configmap://`` sources) and marks a bad one Degraded with reason
@@ -25,14 +26,9 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tars_api.tarsmodel import MAX_FUNCTION_CODE, ModelKind, TarsModel, TarsModelSpec
-from tars_operator.conditions import Cond
-from tars_operator.routing import endpoint_url, selector
-
-if TYPE_CHECKING:
-    from tars_operator.kube import Kube
+from tars_api.tarsmodel import MAX_FUNCTION_CODE, ModelKind, TarsModelSpec
 
 MAX_PYTHON_BYTES = MAX_FUNCTION_CODE
 # A componentize-py build of a Python guest is about 18 MiB; leave room, refuse anything absurd.
@@ -276,41 +272,3 @@ def validate_function(spec: TarsModelSpec, namespace: str, read_configmap: Confi
         return str(exc)
     return None
 
-
-# --- the operator's side ----------------------------------------------------------------------------
-
-
-def configmap_reader(kube: Kube) -> ConfigMapReader:
-    """Reads ConfigMaps through the operator's client (blocking: call it from a worker thread)."""
-    from kubernetes.client.exceptions import ApiException
-
-    from tars_operator.kube import resource_path
-
-    def read(namespace: str, name: str) -> Mapping[str, Any] | None:
-        try:
-            found: Mapping[str, Any] = kube._call("GET", resource_path("v1", "ConfigMap", namespace, name))
-            return found
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    return read
-
-
-def invalid_function_status(tm: TarsModel, problem: str) -> tuple[dict[str, Any], list[Cond]]:
-    """Status of a function that failed validation: placed nowhere, Degraded with InvalidFunction."""
-    message = problem[:1000]
-    fields = {
-        "selector": selector(tm),
-        "endpoint": endpoint_url(tm),
-        "replicas": 0,
-        "readyReplicas": 0,
-        "unplacedReplicas": tm.spec.replicas,
-        "placements": [],
-    }
-    return fields, [
-        Cond("Ready", False, "InvalidFunction", message),
-        Cond("Progressing", False, "InvalidFunction", "not placed until the function is fixed"),
-        Cond("Degraded", True, "InvalidFunction", message),
-    ]

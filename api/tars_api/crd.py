@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from tars_api.labels import GENERATED_BY_ANNOTATION, PART_OF
 from tars_api.meta import GROUP, QUALIFIED_NAME_PATTERN, VERSION
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import TarsNode
@@ -139,8 +140,8 @@ def crd_for(resource: type[TarsNode] | type[TarsModel]) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{resource.plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "tars"},
-            "annotations": {"tars.hyperlight.dev/generated-by": "tarsctl crds generate"},
+            "labels": {PART_OF: "tars"},
+            "annotations": {GENERATED_BY_ANNOTATION: "tarsctl crds generate"},
         },
         "spec": {
             "group": GROUP,
@@ -187,7 +188,7 @@ def _peering_crd(kind: str, scope: str) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.kopf.dev", "labels": {"app.kubernetes.io/part-of": "tars"}},
+        "metadata": {"name": f"{plural}.kopf.dev", "labels": {PART_OF: "tars"}},
         "spec": {
             "group": "kopf.dev",
             "scope": scope,

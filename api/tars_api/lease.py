@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tars_api.labels import AGENT_APP, NAME, NODE_LABEL, PREFIX, TARSNODE_LABEL
+
 __all__ = [
     "ANNOTATION_ADDRESS",
     "ANNOTATION_BACKEND",
@@ -43,12 +45,7 @@ __all__ = [
     "ANNOTATION_LOAD",
     "ANNOTATION_MODELS",
     "ANNOTATION_READY",
-    "LABEL_APP",
-    "LABEL_APP_VALUE",
-    "LABEL_NODE",
-    "LABEL_TARSNODE",
     "LEASE_DURATION_S",
-    "PREFIX",
     "RENEW_INTERVAL_S",
     "AgentReport",
     "ModelState",
@@ -60,7 +57,6 @@ __all__ = [
     "parse_agent_annotations",
 ]
 
-PREFIX = "tars.hyperlight.dev/"
 ANNOTATION_ADDRESS = PREFIX + "address"
 ANNOTATION_BACKEND = PREFIX + "backend"
 ANNOTATION_BACKEND_REASON = PREFIX + "backend-reason"
@@ -72,11 +68,6 @@ ANNOTATION_REQUESTS = PREFIX + "operator-requests"
 ANNOTATION_DRAINING = PREFIX + "draining"
 # Requests guests made through operator.request, newest last; the operator acts on each once.
 MAX_PUBLISHED_REQUESTS = 20
-
-LABEL_APP = "app.kubernetes.io/name"
-LABEL_APP_VALUE = "tars-agent"
-LABEL_NODE = PREFIX + "node"
-LABEL_TARSNODE = PREFIX + "tarsnode"
 
 # An agent that stops renewing is declared lost after this; the operator then re-places its models.
 # Renewing every 2 s tolerates three missed renewals; detection plus re-placement fits in 10 s.
@@ -193,9 +184,9 @@ def lease_body(
     tarsnode: str | None = None,
     acquire_time: datetime | None = None,
 ) -> dict[str, Any]:
-    labels = {LABEL_APP: LABEL_APP_VALUE, LABEL_NODE: node}
+    labels = {NAME: AGENT_APP, NODE_LABEL: node}
     if tarsnode:
-        labels[LABEL_TARSNODE] = tarsnode
+        labels[TARSNODE_LABEL] = tarsnode
     spec: dict[str, Any] = {
         "holderIdentity": holder,
         "leaseDurationSeconds": LEASE_DURATION_S,

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tars_api.labels import AGENT_CONFIG_KEY
 from tarsctl import localcluster
-
-AGENT_CONFIG_KEY = "agent.yaml"
 
 
 class FleetError(RuntimeError):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tars_api.functions import FunctionCode, InvalidFunction, check_code
+from tars_api.labels import PREFIX
 from tars_api.meta import API_VERSION
 from tars_api.tarsmodel import HostCapability, TarsModel
 
@@ -59,7 +60,7 @@ def function_manifests(
     configmap: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"tars.hyperlight.dev/function": name}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {PREFIX + "function": name}},
     }
     if code.language == "wasm":
         configmap["binaryData"] = {key: base64.b64encode(code.wasm).decode("ascii")}

@@ -24,13 +24,13 @@ from typing import Any
 
 import yaml
 
+from tars_api.labels import KVM_LABEL, PREFIX
 from tarsctl import pki
 
 K8S_VERSION = "v1.37.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-KVM_LABEL = "tars.hyperlight.dev/kvm"
-SIMULATED_LABEL = "tars.hyperlight.dev/simulated"
+SIMULATED_LABEL = PREFIX + "simulated"  # Node objects without a kubelet (kwok)
 SERVICE_CIDR = "10.96.0.0/16"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 BINARIES = (

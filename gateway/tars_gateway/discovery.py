@@ -13,11 +13,10 @@ from typing import Any
 from kubernetes import client, watch
 
 from tars_api import GROUP, VERSION
+from tars_api.labels import MODEL_LABEL, OPERATOR_SLICES
 from tars_gateway.routes import Endpoint, RouteTable
 
 log = logging.getLogger(__name__)
-SLICE_SELECTOR = "endpointslice.kubernetes.io/managed-by=tars-operator"
-MODEL_LABEL = "tars.hyperlight.dev/model"
 
 
 def apply_slice(table: RouteTable, event_type: str, obj: dict[str, Any]) -> None:
@@ -68,7 +67,7 @@ class Discovery:
             (
                 "endpointslices",
                 discovery.list_namespaced_endpoint_slice,
-                {"namespace": namespace, "label_selector": SLICE_SELECTOR},
+                {"namespace": namespace, "label_selector": OPERATOR_SLICES},
                 apply_slice,
             ),
             (

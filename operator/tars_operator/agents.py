@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tars_api.labels import BACKEND_LABEL
-from tars_api.lease import LABEL_NODE, LABEL_TARSNODE, lease_expired, parse_agent_annotations
+from tars_api.labels import BACKEND_LABEL, NODE_LABEL, TARSNODE_LABEL
+from tars_api.lease import lease_expired, parse_agent_annotations
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -46,12 +46,12 @@ def _parse_time(text: str | None) -> datetime | None:
 def lease_record(body: Any) -> LeaseRecord | None:
     labels = body.get("metadata", {}).get("labels", {}) or {}
     spec = body.get("spec", {}) or {}
-    if not labels.get(LABEL_TARSNODE) or not labels.get(LABEL_NODE):
+    if not labels.get(TARSNODE_LABEL) or not labels.get(NODE_LABEL):
         return None
     return LeaseRecord(
         namespace=body["metadata"]["namespace"],
-        tarsnode=labels[LABEL_TARSNODE],
-        node=labels[LABEL_NODE],
+        tarsnode=labels[TARSNODE_LABEL],
+        node=labels[NODE_LABEL],
         renew_time=_parse_time(spec.get("renewTime")),
         duration_s=spec.get("leaseDurationSeconds"),
         annotations=dict(body.get("metadata", {}).get("annotations", {}) or {}),

@@ -12,10 +12,16 @@ from typing import Any
 
 import yaml
 
-from tars_api import API_VERSION, TarsNode
-from tars_api.labels import KVM_LABEL, NAMESPACE_LABEL, agent_selector, node_labels
+from tars_api import API_VERSION, GROUP, TarsNode
+from tars_api.labels import (
+    AGENT_CONFIG_KEY,
+    CONFIG_HASH_ANNOTATION,
+    KVM_LABEL,
+    NAMESPACE_LABEL,
+    agent_selector,
+    node_labels,
+)
 
-AGENT_CONFIG_KEY = "agent.yaml"
 AGENT_CONFIG_DIR = "/etc/tars"
 MODELS_HOST_PATH = "/var/lib/tars/models"
 AGENT_UID = 65532
@@ -97,7 +103,7 @@ AGENT_RULES: list[dict[str, Any]] = [
         "resources": ["leases"],
         "verbs": ["get", "create", "update", "patch", "delete"],
     },
-    {"apiGroups": ["tars.hyperlight.dev"], "resources": ["tarsmodels"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [GROUP], "resources": ["tarsmodels"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
@@ -236,7 +242,7 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(port),
                         "prometheus.io/path": "/metrics",
-                        "tars.hyperlight.dev/config-hash": config_hash(tn),
+                        CONFIG_HASH_ANNOTATION: config_hash(tn),
                     },
                 },
                 "spec": {

@@ -12,8 +12,7 @@ from typing import Any
 import kopf
 
 from tars_api import GROUP, VERSION
-from tars_api.labels import MANAGED_BY, OPERATOR, TARSNODE_LABEL
-from tars_api.lease import LABEL_APP, LABEL_APP_VALUE
+from tars_api.labels import AGENT_APP, MANAGED_BY, NAME, OPERATOR, TARSNODE_LABEL
 from tars_common.kube import load_client_config
 from tars_operator import builders
 from tars_operator.agents import lease_record, node_record
@@ -98,7 +97,7 @@ def models_index(namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> 
     return {(namespace, spec.get("nodeRef", {}).get("name", "")): dict(body)}
 
 
-@kopf.index("coordination.k8s.io", "v1", "leases", labels={LABEL_APP: LABEL_APP_VALUE})
+@kopf.index("coordination.k8s.io", "v1", "leases", labels={NAME: AGENT_APP})
 def leases_index(body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
     record = lease_record(body)
     return {(record.namespace, record.tarsnode): record} if record else None
@@ -173,7 +172,7 @@ async def _reconcile_models_of(node_key: tuple[str, str], kwargs: dict[str, Any]
 # --- agents and nodes -------------------------------------------------------------------------------
 
 
-@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={LABEL_APP: LABEL_APP_VALUE})
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={NAME: AGENT_APP})
 async def agent_lease_changed(body: kopf.Body, **kwargs: Any) -> None:
     record = lease_record(body)
     if record is None:

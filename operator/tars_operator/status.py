@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tars_api import TarsModel, TarsNode
+from tars_api.labels import KVM_LABEL
 from tars_operator.conditions import Cond
 from tars_operator.placement import AgentView, PlacementResult
 from tars_operator.routing import endpoint_url, model_key, selector
@@ -41,7 +42,7 @@ def tarsnode_status(
     if daemonset_status is None:
         ready = Cond("Ready", False, "DaemonSetPending", "the node-agent DaemonSet has no status yet")
     elif desired == 0:
-        ready = Cond("Ready", False, "NoKVMNodes", "no node matches tars.hyperlight.dev/kvm=true and the nodeSelector")
+        ready = Cond("Ready", False, "NoKVMNodes", f"no node matches {KVM_LABEL}=true and the nodeSelector")
     elif not ready_agents:
         ready = Cond("Ready", False, "NoAgentsReady", f"0 of {desired} agents report ready")
     else:

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tars_api import API_VERSION
 from tarsctl import localcluster
 from tarsctl.demo import loadgen, system
 from tarsctl.demo.plan import SecurityPlan
@@ -202,7 +203,7 @@ def exfiltration_blocked(status: int, body: Any, denied_delta: float, secret_in_
 
 def hostile_model(name: str, tarsnode: str, replicas: int, granted: list[str], limits: SecurityPlan) -> dict[str, Any]:
     return {
-        "apiVersion": system.TARS_API,
+        "apiVersion": API_VERSION,
         "kind": "TarsModel",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tars-security-check"}},
         "spec": {
@@ -343,7 +344,7 @@ class SecurityCheck:
             self.neighbour = NEIGHBOUR_FALLBACK
             docs.append(
                 {
-                    "apiVersion": system.TARS_API,
+                    "apiVersion": API_VERSION,
                     "kind": "TarsModel",
                     "metadata": {"name": self.neighbour},
                     "spec": {

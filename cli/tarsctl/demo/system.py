@@ -16,10 +16,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tars_api.labels import NODE_LABEL, TARSNODE_LABEL
 from tars_api.lease import ANNOTATION_ADDRESS, ANNOTATION_BACKEND, ANNOTATION_BACKEND_REASON, ANNOTATION_MODELS
 from tarsctl import localcluster
 
-TARS_API = "tars.hyperlight.dev/v1alpha1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -80,7 +80,7 @@ class AgentInfo:
 
 def agents(state: localcluster.ClusterState, namespace: str, tarsnode: str) -> list[AgentInfo]:
     """The agents of a TarsNode, from their Leases (what the operator itself reads)."""
-    leases = kubectl_json(state, "leases", "-n", namespace, "-l", f"tars.hyperlight.dev/tarsnode={tarsnode}")
+    leases = kubectl_json(state, "leases", "-n", namespace, "-l", f"{TARSNODE_LABEL}={tarsnode}")
     found = []
     for lease in leases.get("items", []):
         notes = lease["metadata"].get("annotations") or {}
@@ -88,7 +88,7 @@ def agents(state: localcluster.ClusterState, namespace: str, tarsnode: str) -> l
             continue
         found.append(
             AgentInfo(
-                node=lease["metadata"].get("labels", {}).get("tars.hyperlight.dev/node", ""),
+                node=lease["metadata"].get("labels", {}).get(NODE_LABEL, ""),
                 address=notes[ANNOTATION_ADDRESS],
                 backend=notes.get(ANNOTATION_BACKEND, ""),
                 backend_reason=notes.get(ANNOTATION_BACKEND_REASON, ""),

@@ -42,9 +42,13 @@ class RouteTable:
             return ready
         return list(self.node_agents.get(self.model_nodes.get(model, ""), []))
 
-    def pick(self, model: str, exclude: Collection[str] = ()) -> Endpoint | None:
-        """Least outstanding requests; ties broken by rotation so equal agents share the load."""
+    def pick(self, model: str, exclude: Collection[str] = (), avoid: Collection[str] = ()) -> Endpoint | None:
+        """Least outstanding requests; ties broken by rotation so equal agents share the load.
+
+        ``avoid`` (ejected agents) are taken only when nothing else is left: a model whose every agent
+        was ejected is still tried, as Envoy's panic threshold does, rather than refused outright."""
         options = [ep for ep in self.candidates(model) if ep.address not in exclude]
+        options = [ep for ep in options if ep.address not in avoid] or options
         if not options:
             return None
         turn = next(self._ticket) % len(options)

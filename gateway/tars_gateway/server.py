@@ -1,9 +1,11 @@
 """tars-gateway: one address for every model of a namespace, in front of the agents.
 
 Least outstanding requests over the agents that hold a model; an inference that fails on one agent
-(connection refused, reset, 502/503) is retried on another — a request runs in a fresh sandbox, so
-repeating it is safe; a request for a model at zero replicas goes to any ready agent of its TarsNode,
-and waits (bounded) while none is ready.
+(connection refused, reset, 502/503, no answer in time, a hung agent: ``tars_gateway.upstream``) is
+retried on another — a request runs in a fresh sandbox, so repeating it is safe; an agent that fails
+several attempts in a row is ejected for a while (``tars_gateway.outliers``); a request for a model
+at zero replicas goes to any ready agent of its TarsNode, and waits (bounded) while none is ready.
+Slow clients and too many connections are cut off by ``tars_common.http_limits``.
 
 With ``--auth on`` callers are checked against the model's ``spec.access`` (``tars_gateway.auth``)
 before an agent is picked; ``--tls-cert``/``--tls-key`` serve HTTPS and ``--upstream-ca`` reaches the
@@ -23,22 +25,34 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from tars_api.access import DefaultAccess
+from tars_api.access import DEFAULT_ACCESS, DefaultAccess
 from tars_common.auth import AccessGuard, AuthConfig
+from tars_common.http_limits import CLIENT_CLOSED_REQUEST, ConnectionGuard, HttpLimits
+from tars_gateway.outliers import EjectionPolicy, Outliers
 from tars_gateway.routes import Endpoint, RouteTable
+from tars_gateway.upstream import AttemptBounds, AttemptFailed, attempt
 
 log = logging.getLogger("tars_gateway")
 REQUESTS = Counter("tars_gateway_requests_total", "Requests by model and status", ["model", "status"])
 RETRIES = Counter("tars_gateway_retries_total", "Requests retried on another agent", ["model"])
 LATENCY = Histogram("tars_gateway_request_duration_seconds", "End-to-end latency at the gateway", ["model"])
+ATTEMPTS = Counter(
+    "tars_gateway_upstream_attempts_total",
+    "Attempts at agents by model and outcome (answered, unreachable, timeout, hung, or the retried status)",
+    ["model", "outcome"],
+)
+EJECTIONS = Counter("tars_gateway_ejections_total", "Agents ejected after failing attempts in a row", ["agent"])
+EJECTED = Gauge("tars_gateway_ejected_agents", "Agents ejected right now")
 RETRYABLE_STATUS = {502, 503}
 MAX_BODY = 8 * 1024 * 1024
 TABLE: web.AppKey[RouteTable] = web.AppKey("table", RouteTable)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 SETTINGS: web.AppKey[argparse.Namespace] = web.AppKey("settings", argparse.Namespace)
 SCHEME: web.AppKey[str] = web.AppKey("scheme", str)
+OUTLIERS: web.AppKey[Outliers] = web.AppKey("outliers", Outliers)
+GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
 # Forwarded to the agent, which checks the caller again.
 FORWARDED_HEADERS = ("content-type", "authorization", "x-api-key")
 
@@ -48,54 +62,66 @@ def _json_error(status: int, error: str, retry_after: int | None = None) -> web.
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
-async def _wait_for_endpoint(table: RouteTable, model: str, tried: set[str], wait_s: float) -> Endpoint | None:
+async def _wait_for_endpoint(
+    table: RouteTable, outliers: Outliers, model: str, tried: set[str], wait_s: float
+) -> Endpoint | None:
     deadline = time.monotonic() + wait_s
     while True:
-        endpoint = table.pick(model, tried)
+        endpoint = table.pick(model, tried, avoid=outliers.ejected(time.monotonic()))
         if endpoint is not None or time.monotonic() >= deadline:
             return endpoint
         await asyncio.sleep(0.02)
 
 
+def _failed(request: web.Request, model: str, endpoint: Endpoint, outcome: str, error: str) -> None:
+    ATTEMPTS.labels(model, outcome).inc()
+    RETRIES.labels(model).inc()
+    if request.app[OUTLIERS].failure(endpoint.address, time.monotonic()):
+        EJECTIONS.labels(endpoint.address).inc()
+        log.warning("agent %s ejected after failing attempts in a row (last: %s)", endpoint.address, error)
+    log.info("model %s: %s at %s; trying another agent", model, error, endpoint.address)
+
+
 async def forward(request: web.Request) -> web.StreamResponse:
     table, session, settings = request.app[TABLE], request.app[SESSION], request.app[SETTINGS]
-    scheme = request.app[SCHEME]
+    scheme, outliers = request.app[SCHEME], request.app[OUTLIERS]
     model = request.match_info["name"]
     if not table.knows(model):
         REQUESTS.labels(model, "404").inc()
         return _json_error(404, f"model {model!r} not found")
     body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+    bounds = AttemptBounds(answer_s=settings.upstream_timeout, probe_after_s=settings.probe_after)
     started = time.perf_counter()
     tried: set[str] = set()
     last_error = "no agent is ready for this model"
-    for attempt in range(settings.attempts):
-        endpoint = await _wait_for_endpoint(table, model, tried, settings.wake_timeout if attempt == 0 else 1.0)
+    for attempt_no in range(settings.attempts):
+        wait_s = settings.wake_timeout if attempt_no == 0 else 1.0
+        endpoint = await _wait_for_endpoint(table, outliers, model, tried, wait_s)
         if endpoint is None:
             break
         tried.add(endpoint.address)
         table.started(endpoint)
+        base = f"{scheme}://{endpoint.address}"
         try:
-            async with session.request(
-                request.method,
-                f"{scheme}://{endpoint.address}{request.rel_url}",
-                data=body,
-                headers={k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS},
-            ) as upstream:
-                payload = await upstream.read()
-                if upstream.status in RETRYABLE_STATUS and attempt + 1 < settings.attempts:
-                    RETRIES.labels(model).inc()
-                    last_error = f"agent answered {upstream.status}"
-                    continue
-                REQUESTS.labels(model, str(upstream.status)).inc()
-                LATENCY.labels(model).observe(time.perf_counter() - started)
-                headers = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "retry-after")}
-                return web.Response(status=upstream.status, body=payload, headers=headers)
+            response = await attempt(session, base, request.method, str(request.rel_url), body, headers, bounds)
+        except AttemptFailed as exc:
+            outcome, last_error = exc.outcome, exc.detail
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            RETRIES.labels(model).inc()
-            last_error = f"agent unreachable ({type(exc).__name__})"
-            log.info("model %s: %s at %s; trying another agent", model, last_error, endpoint.address)
+            outcome, last_error = "unreachable", f"agent unreachable ({type(exc).__name__})"
+        else:
+            last_try = attempt_no + 1 == settings.attempts
+            if response.status not in RETRYABLE_STATUS or last_try:
+                if response.status not in RETRYABLE_STATUS:
+                    outliers.success(endpoint.address)
+                ATTEMPTS.labels(model, "answered").inc()
+                REQUESTS.labels(model, str(response.status)).inc()
+                LATENCY.labels(model).observe(time.perf_counter() - started)
+                return response
+            outcome, last_error = str(response.status), f"agent answered {response.status}"
         finally:
             table.finished(endpoint)
+        _failed(request, model, endpoint, outcome, last_error)
     REQUESTS.labels(model, "503").inc()
     return _json_error(503, last_error, retry_after=1)
 
@@ -115,14 +141,27 @@ def create_app(
     upstream_ssl: ssl.SSLContext | None = None,
 ) -> web.Application:
     """``auth`` is a middleware from ``tars_gateway.auth.gateway_middleware``; ``upstream_ssl`` makes
-    the gateway reach agents over HTTPS."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[auth] if auth is not None else [])
+    the gateway reach agents over HTTPS. ``settings`` may name only some options (tests): the others
+    take the command line's defaults. Serve it with ``app[GUARD].serve(runner, ...)``."""
+    settings = argparse.Namespace(**{**vars(parse_args([])), **vars(settings)})
+    guard = ConnectionGuard(
+        HttpLimits(settings.max_connections, settings.header_timeout, settings.body_timeout),
+        on_client_gone=lambda request: REQUESTS.labels(
+            request.match_info.get("name", ""), str(CLIENT_CLOSED_REQUEST)
+        ).inc(),
+    )
+    # The guard goes first: it times the body and sees a client leave whatever the handler is.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware, *([auth] if auth else [])])
     app[TABLE] = table
     app[SETTINGS] = settings
     app[SCHEME] = "https" if upstream_ssl is not None else "http"
+    app[GUARD] = guard
+    outliers = app[OUTLIERS] = Outliers(EjectionPolicy(settings.eject_after, settings.ejection_time))
+    EJECTED.set_function(lambda: len(outliers.ejected(time.monotonic())))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=1.0)
+        # Each attempt bounds its own answer (tars_gateway.upstream); the session bounds the connect.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout)
         connector = aiohttp.TCPConnector(limit=0, ssl=upstream_ssl if upstream_ssl is not None else True)
         app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector)
         yield
@@ -149,7 +188,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="seconds a request waits for a ready agent (a model waking from zero)",
     )
-    parser.add_argument("--upstream-timeout", type=float, default=30.0)
+    bounds = parser.add_argument_group("upstream attempts and slow clients")
+    bounds.add_argument("--connect-timeout", type=float, default=1.0, help="seconds to connect to an agent")
+    bounds.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=15.0,
+        help="seconds an agent has to answer one attempt (well below clients' timeouts, so a retry fits)",
+    )
+    bounds.add_argument(
+        "--probe-after",
+        type=float,
+        default=1.0,
+        help="an answer slower than this gets the agent's liveness checked, as often; a hung agent is left",
+    )
+    bounds.add_argument("--eject-after", type=int, default=3, help="failed attempts in a row that eject an agent")
+    bounds.add_argument(
+        "--ejection-time", type=float, default=10.0, help="seconds of a first ejection; each next one lasts longer"
+    )
+    bounds.add_argument("--max-connections", type=int, default=1024, help="open client connections at most")
+    bounds.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send headers")
+    bounds.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client has to send its body")
     parser.add_argument(
         "--auth",
         choices=("on", "off"),
@@ -159,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--default-access",
         choices=[d.value for d in DefaultAccess],
-        default=os.environ.get("TARS_DEFAULT_ACCESS", DefaultAccess.OPEN.value),
+        default=os.environ.get("TARS_DEFAULT_ACCESS", DEFAULT_ACCESS.value),
         help="who may call a model without spec.access when auth is on",
     )
     parser.add_argument("--metrics-auth", action="store_true", help="/metrics needs a ServiceAccount token")
@@ -201,10 +260,11 @@ def main(argv: list[str] | None = None) -> None:
         guard: AccessGuard | None = gateway_guard(config, api) if config.enabled else None
         middleware = gateway_middleware(guard, ModelPolicies(api, settings.namespace)) if guard else None
         upstream = tls.upstream_context(settings.upstream_ca) if settings.upstream_ca else None
-        runner = web.AppRunner(create_app(table, settings, middleware, upstream))
+        app = create_app(table, settings, middleware, upstream)
+        runner = web.AppRunner(app)
         await runner.setup()
         served = tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-        await web.TCPSite(runner, "0.0.0.0", settings.port, ssl_context=served).start()
+        await app[GUARD].serve(runner, "0.0.0.0", settings.port, served)
         log.info("tars-gateway serving namespace %s on :%d", settings.namespace, settings.port)
         await asyncio.Event().wait()
 

@@ -132,6 +132,42 @@ async def test_a_request_at_zero_waits_for_an_agent_to_appear() -> None:
         await upstream.close()
 
 
+async def test_an_agents_405_keeps_its_allow_header() -> None:
+    upstream = await _upstream("a")
+    client = await _gateway(table_with("m", [(f"127.0.0.1:{upstream.port}", True)]))
+    try:
+        response = await client.get("/v2/models/m/infer")
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+    finally:
+        await client.close()
+        await upstream.close()
+
+
+def test_an_agent_failing_in_a_row_is_ejected_for_longer_each_time() -> None:
+    from tars_gateway.outliers import EjectionPolicy, Outliers
+
+    outliers = Outliers(EjectionPolicy(consecutive_failures=2, base_ejection_s=10, max_ejection_s=25))
+    assert not outliers.failure("a", now=0)
+    outliers.success("a")  # an answer breaks the run
+    assert not outliers.failure("a", now=1)
+    assert outliers.failure("a", now=2)
+    assert outliers.ejected(now=11.9) == {"a"}
+    assert outliers.ejected(now=12.1) == set()
+    assert not outliers.failure("a", now=13)
+    assert outliers.failure("a", now=14)
+    assert outliers.ejected(now=33.9) == {"a"}  # second ejection: twice as long
+    for now in (40, 41):
+        outliers.failure("a", now=now)
+    assert outliers.ejected(now=65.9) == {"a"} and outliers.ejected(now=66.1) == set()  # capped at 25 s
+
+
+def test_ejected_agents_are_picked_only_when_nothing_else_is_left() -> None:
+    table = table_with("m", [("a:1", True), ("b:1", True)])
+    assert {table.pick("m", avoid={"a:1"}).address for _ in range(4)} == {"b:1"}  # type: ignore[union-attr]
+    assert table.pick("m", exclude={"b:1"}, avoid={"a:1"}) == Endpoint("a:1")
+
+
 def test_discovery_reads_what_the_operator_writes() -> None:
     from tars_api import TarsModel
     from tars_gateway.discovery import apply_model, apply_node, apply_slice

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from tars_api.access import (
     ANONYMOUS,
+    DEFAULT_ACCESS,
     Decision,
     DefaultAccess,
     Identity,
@@ -61,7 +62,7 @@ _MAX_CACHE_ENTRIES = 10000
 @dataclass
 class AuthConfig:
     enabled: bool = False
-    default_access: DefaultAccess = DefaultAccess.OPEN
+    default_access: DefaultAccess = DEFAULT_ACCESS
     metrics_require_token: bool = False
     token_cache_ttl_s: float = 30.0
     # Failed reviews are cached too, shorter, so a client hammering with a bad token does not turn

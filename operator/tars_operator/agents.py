@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tars_api.labels import BACKEND_LABEL, NODE_LABEL, TARSNODE_LABEL
-from tars_api.lease import lease_expired, parse_agent_annotations
+from tars_api.lease import AgentReport, lease_expired, parse_agent_annotations
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -15,14 +15,14 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 
 @dataclass(frozen=True)
 class LeaseRecord:
-    """The parts of an agent Lease the operator keeps in its index."""
+    """The parts of an agent Lease the operator keeps in its index, its report parsed once here."""
 
     namespace: str
     tarsnode: str
     node: str
     renew_time: datetime | None
     duration_s: int | None
-    annotations: dict[str, str]
+    report: AgentReport
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def lease_record(body: Any) -> LeaseRecord | None:
         node=labels[NODE_LABEL],
         renew_time=_parse_time(spec.get("renewTime")),
         duration_s=spec.get("leaseDurationSeconds"),
-        annotations=dict(body.get("metadata", {}).get("annotations", {}) or {}),
+        report=parse_agent_annotations(dict(body.get("metadata", {}).get("annotations", {}) or {})),
     )
 
 
@@ -94,7 +94,7 @@ def agent_views(
     now = now or datetime.now(UTC)
     views = []
     for lease in sorted(leases, key=lambda item: item.node):
-        report = parse_agent_annotations(lease.annotations)
+        report = lease.report
         node = nodes.get(lease.node)
         alive = not lease_expired(lease.renew_time, lease.duration_s, now)
         healthy_node = node is None or (node.ready and node.schedulable)
@@ -123,6 +123,6 @@ def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime)
         return f"node {lease.node} is NotReady"
     if node is not None and not node.schedulable:
         return f"node {lease.node} is cordoned"
-    if parse_agent_annotations(lease.annotations).draining:
+    if lease.report.draining:
         return f"agent on {lease.node} is draining"
     return None

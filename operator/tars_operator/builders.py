@@ -68,6 +68,8 @@ def agent_config(tn: TarsNode) -> dict[str, Any]:
         "logLevel": spec.agent.log_level,
         "capabilities": list(spec.capabilities),
         "sandbox": spec.sandbox.wire(),
+        # Where file:// sources may load from; the agent refuses every other path (none by default).
+        "modelRoots": list(spec.model_roots),
         "auth": {"mode": "auto", "defaultAccess": spec.agent.default_access},
         **(
             {"tls": {"certFile": f"{TLS_DIR}/tls.crt", "keyFile": f"{TLS_DIR}/tls.key"}}
@@ -199,6 +201,8 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
         "name": "agent",
         "image": spec.agent.image,
         "imagePullPolicy": spec.agent.image_pull_policy,
+        # The image carries every TARS program (operator, agent, gateway); this pod runs the agent.
+        "command": ["tars-agent"],
         "args": ["--config", f"{AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"],
         "env": [
             _field_env("NODE_NAME", "spec.nodeName"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
+import random
 
 import kopf
 from prometheus_client import start_http_server
 
+from tars_common.kube import load_client_config
 from tars_operator import handlers
+from tars_operator.kube import Kube
+from tars_operator.reconciler import Reconciler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,8 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.log_level != "debug":
         # kopf logs every handler and timer run at INFO; at the default level that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.priority is not None:
-        os.environ["TARS_OPERATOR_PRIORITY"] = str(args.priority)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     assert handlers  # imported for its kopf registrations
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
             namespaces=args.namespace or [],
             standalone=args.standalone,
             peering_name=handlers.PEERING_NAME,
+            memo=handlers.OperatorMemo(reconciler=Reconciler(Kube(load_client_config()))),
+            # Equal priorities would pause both replicas, so each draws its own unless told.
+            priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
         )
     )

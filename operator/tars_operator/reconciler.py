@@ -14,39 +14,32 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
-from pydantic import ValidationError
 
 from tars_api import API_VERSION, TarsModel, TarsNode
 from tars_api.functions import validate_function
-from tars_api.labels import (
-    MANAGED_BY,
-    MODEL_LABEL,
-    NAMESPACE_LABEL,
-    OPERATOR,
-    SLICE_MANAGED_BY,
-    TARSNODE_LABEL,
-)
-from tars_api.lease import lease_expired, parse_agent_annotations
+from tars_api.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
+from tars_api.lease import lease_expired
 from tars_operator import builders, metrics, requests, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
-from tars_operator.autoscaler import Decision, History, Policy, decide
-from tars_operator.conditions import Cond, merge_conditions, transitions
+from tars_operator.autoscaler import Decision, Policy, decide
+from tars_operator.conditions import merge_conditions, transitions
+from tars_operator.decide import ModelFacts, ModelPlan, decide_model
 from tars_operator.kube import Kube
-from tars_operator.placement import AgentView, place
-from tars_operator.status import ModelObservation, invalid_function_status, tarsmodel_status, tarsnode_status
+from tars_operator.placement import AgentView
+from tars_operator.records import Key, Records, Slot, TarsModelRecord, TarsNodeRecord
+from tars_operator.status import failure_conditions, tarsnode_status
 
 log = logging.getLogger("tars_operator")
 # After an operator start, how long placements on Ready nodes whose agents have not reported yet
 # are kept: a whole-cluster restart brings agents back over tens of seconds, not all at once.
 STARTUP_GRACE_S = 60.0
 REAPPLY_AFTER_S = 25.0
-Key = tuple[str, str]
 
 
 @dataclass
@@ -71,14 +64,24 @@ def _first(store: Iterable[Any] | None) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
-def observed_from(indexes: dict[str, Any]) -> Observed:
-    return Observed(
-        tarsnodes={k: _first(v) for k, v in indexes["tarsnodes_index"].items()},
-        models={k: list(v) for k, v in indexes["models_index"].items()},
-        leases={k: list(v) for k, v in indexes["leases_index"].items()},
-        nodes={k: _first(v) for k, v in indexes["nodes_index"].items()},
-        daemonsets={k: _first(v) for k, v in indexes["daemonsets_index"].items()},
-    )
+@dataclass(frozen=True)
+class Indexes:
+    """kopf's live indexes, as handlers receive them; a reconcile snapshots them when it starts."""
+
+    tarsnodes: Mapping[Key, Collection[dict[str, Any]]]
+    models: Mapping[Key, Collection[dict[str, Any]]]
+    leases: Mapping[Key, Collection[LeaseRecord]]
+    nodes: Mapping[str, Collection[NodeRecord]]
+    daemonsets: Mapping[Key, Collection[dict[str, Any]]]
+
+    def snapshot(self) -> Observed:
+        return Observed(
+            tarsnodes={k: _first(v) for k, v in self.tarsnodes.items()},
+            models={k: list(v) for k, v in self.models.items()},
+            leases={k: list(v) for k, v in self.leases.items()},
+            nodes={k: _first(v) for k, v in self.nodes.items()},
+            daemonsets={k: _first(v) for k, v in self.daemonsets.items()},
+        )
 
 
 def observed_load(tm: TarsModel, seen: Observed) -> float:
@@ -90,43 +93,34 @@ def observed_load(tm: TarsModel, seen: Observed) -> float:
     for lease in seen.leases.get((tm.metadata.namespace, tm.spec.node_ref.name), []):
         if lease_expired(lease.renew_time, lease.duration_s, now):
             continue
-        state = parse_agent_annotations(lease.annotations).models.get(key)
+        state = lease.report.models.get(key)
         if state is not None:
             total += state.rps if tm.spec.scaling.metric == "rps" else state.in_flight
     return total
+
+
+def _key_of(body: dict[str, Any]) -> Key:
+    return body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
 
 
-@dataclass
-class _Slot:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    dirty: bool = False
-
-
 class Reconciler:
+    """Reconciles TarsNodes and TarsModels; what it remembers about each object is in its record."""
+
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self._slots: dict[tuple[str, Key], _Slot] = {}
-        self._placement_locks: dict[Key, asyncio.Lock] = {}
-        # Placements decided by this process and not yet seen back through the watch, per TarsNode.
-        self._placed: dict[Key, dict[str, tuple[dict[str, int], int]]] = {}
-        self._agent_fingerprints: dict[Key, Any] = {}
-        self._histories: dict[Key, History] = {}
-        self._known_tarsnodes: set[Key] = set()
+        self.records = Records()
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
-        self._children_stale: set[Key] = set()  # a child changed: apply all children again
-        self._applied_specs: dict[Key, str] = {}  # TarsNode spec last applied, per TarsNode
-        self._applied_objects: dict[tuple[Any, ...], tuple[str, float]] = {}  # digest, when
-        self._slices: dict[Key, set[str]] = {}  # slice names applied last time, per model
 
-    async def _coalesced(self, kind: str, key: Key, run: Callable[[], Awaitable[None]], settle_s: float = 0.0) -> None:
+    async def _coalesced(
+        self, kind: str, key: Key, slot: Slot, run: Callable[[], Awaitable[None]], settle_s: float = 0.0
+    ) -> None:
         """Runs ``run`` for the object, folding triggers that arrive meanwhile into one more run.
         ``settle_s`` waits first, so a burst (a TarsNode's children all created at once) is one run."""
-        slot = self._slots.setdefault((kind, key), _Slot())
         if slot.lock.locked():
             slot.dirty = True
             return
@@ -141,12 +135,26 @@ class Reconciler:
                 try:
                     await run()
                 except Exception:
+                    # Already shown on the object (_contained); raising would stop the caller's loop
+                    # over the other objects. The safety-net timer tries this one again.
                     result = "error"
                     log.exception("reconciling %s %s/%s failed", kind, *key)
-                    raise
                 finally:
                     metrics.RECONCILIATIONS.labels(kind, result).inc()
                     metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+    async def _contained(self, body: dict[str, Any], run: Callable[[], Awaitable[None]]) -> None:
+        """Runs one object's reconcile. A failure (a spec the schema should have refused, a change the
+        API server refuses) is shown on that object, as status conditions and an Event, and stops
+        nothing else: the other models of a TarsNode are still reconciled."""
+        try:
+            await run()
+        except Exception as exc:
+            try:
+                await self._write_status(body, body["metadata"].get("generation", 0), {}, failure_conditions(exc))
+            except Exception:
+                log.exception("reporting the failure on %s/%s failed too", *_key_of(body))
+            raise
 
     # --- TarsNode -------------------------------------------------------------------------------
 
@@ -155,23 +163,30 @@ class Reconciler:
     ) -> None:
         """Reconciles a TarsNode. ``children=False`` when only its status can have changed (agents,
         its own status write): applying the children again would be a no-op costing eight requests."""
-        if children:
-            self._children_stale.add(key)
-        await self._coalesced("TarsNode", key, lambda: self._reconcile_tarsnode(key, seen_fn()), settle_s)
+        record = self.records.tarsnode(key)
+        record.children_stale |= children
+        await self._coalesced(
+            "TarsNode", key, record.slot, lambda: self._reconcile_tarsnode(key, record, seen_fn()), settle_s
+        )
 
-    async def _reconcile_tarsnode(self, key: Key, seen: Observed) -> None:
+    async def _reconcile_tarsnode(self, key: Key, record: TarsNodeRecord, seen: Observed) -> None:
         body = seen.tarsnodes.get(key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
+        await self._contained(body, lambda: self._reconcile_tarsnode_body(key, record, body, seen))
+
+    async def _reconcile_tarsnode_body(
+        self, key: Key, record: TarsNodeRecord, body: dict[str, Any], seen: Observed
+    ) -> None:
         tn = TarsNode.model_validate(body)
         spec_hash = builders.config_hash(tn) + str(tn.metadata.generation)
-        if key in self._children_stale or self._applied_specs.get(key) != spec_hash:
-            self._children_stale.discard(key)
+        if record.children_stale or record.applied_spec != spec_hash:
+            record.children_stale = False
             *supporting, daemonset = builders.desired_children(tn)
             # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
             await asyncio.gather(*(self.kube.apply(child) for child in supporting))
             await self.kube.apply(daemonset)
-            self._applied_specs[key] = spec_hash
+            record.applied_spec = spec_hash
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
             await self.kube.patch("v1", "Node", None, node, patch)
@@ -180,88 +195,99 @@ class Reconciler:
             metrics.AGENTS.labels(tn.metadata.name, state).set(count)
         await self._write_status(body, tn.metadata.generation, fields, conds)
 
-    # --- TarsModel ------------------------------------------------------------------------------
+    async def models_of(self, node_key: Key, indexes: Indexes) -> None:
+        """Reconciles every model of a TarsNode; an error of one stays with it (_contained)."""
+        for body in list(indexes.models.get(node_key, [])):
+            await self.tarsmodel(body, indexes.snapshot)
+
+    async def agents_moved(self, key: Key, indexes: Indexes) -> None:
+        """Brings a TarsNode's status and its models up to date when its usable agents, or what they
+        hold, changed since the last look."""
+        if self.agents_changed(key, indexes.snapshot()):
+            await self.tarsnode(key, indexes.snapshot, children=False)
+            await self.models_of(key, indexes)
+
+    def agents_changed(self, key: Key, seen: Observed) -> bool:
+        """True when the set of usable agents, or what they hold, differs from last time asked."""
+        fingerprint = tuple(
+            (a.node, a.ready, a.address, a.capacity_mib, tuple(sorted(a.loaded))) for a in seen.agents(key)
+        )
+        record = self.records.tarsnode(key)
+        changed = record.agents_fingerprint != fingerprint
+        record.agents_fingerprint = fingerprint
+        return changed
+
+    def first_sight(self, key: Key) -> bool:
+        record = self.records.tarsnode(key)
+        first, record.seen = not record.seen, True
+        return first
+
+    def forget_tarsnode(self, key: Key) -> None:
+        self.records.forget_tarsnode(key)
+
+    # --- TarsModel: observe -> decide (decide.py, pure) -> act -----------------------------------
 
     async def tarsmodel(self, body: dict[str, Any], seen_fn: Callable[[], Observed]) -> None:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        await self._coalesced("TarsModel", key, lambda: self._reconcile_tarsmodel(key, seen_fn()))
+        key = _key_of(body)
+        record = self.records.model(key)
+        await self._coalesced("TarsModel", key, record.slot, lambda: self._reconcile_tarsmodel(key, record, seen_fn()))
 
     def _model_body(self, key: Key, seen: Observed) -> dict[str, Any] | None:
         for bodies in seen.models.values():
             for body in bodies:
-                if (body["metadata"]["namespace"], body["metadata"]["name"]) == key:
+                if _key_of(body) == key:
                     return body
         return None
 
-    async def _reconcile_tarsmodel(self, key: Key, seen: Observed) -> None:
+    async def _reconcile_tarsmodel(self, key: Key, record: TarsModelRecord, seen: Observed) -> None:
         body = self._model_body(key, seen)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
-        try:
-            tm = TarsModel.model_validate(body)
-        except ValidationError as exc:  # the schema should have stopped it; say so, do not crash-loop
-            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())[:1000]
-            invalid = [Cond("Ready", False, "InvalidSpec", message), Cond("Degraded", True, "InvalidSpec", message)]
-            await self._write_status(body, body["metadata"].get("generation", 0), {}, invalid)
-            return
-        node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        await self._contained(body, lambda: self._reconcile_tarsmodel_body(record, body, seen))
+
+    async def _reconcile_tarsmodel_body(self, record: TarsModelRecord, body: dict[str, Any], seen: Observed) -> None:
+        tm = TarsModel.model_validate(body)
         read_configmap = functools.partial(self.kube.get_sync, "v1", "ConfigMap")
         problem = await asyncio.to_thread(validate_function, tm.spec, tm.metadata.namespace, read_configmap)
-        if problem is not None:  # a bad function is placed nowhere, so no agent loads it
-            self._placed.get(node_key, {}).pop(routing.model_key(tm), None)
-            await self._prune_slices(tm, set())
-            await self._write_status(body, tm.metadata.generation, *invalid_function_status(tm, problem))
-            return
-        lock = self._placement_locks.setdefault(node_key, asyncio.Lock())
-        async with lock:
-            observation = self._observe_model(tm, node_key, seen)
-            if observation.result is not None:
-                placed = self._placed.setdefault(node_key, {})
-                placed[routing.model_key(tm)] = (observation.result.placements, tm.spec.memory_mi_b)
-        slices = routing.desired_endpointslices(
-            tm, observation.result.placements if observation.result else {}, observation.agents
-        )
-        await asyncio.gather(*(self._apply_if_changed(obj) for obj in (routing.desired_model_service(tm), *slices)))
-        await self._prune_slices(tm, {s["metadata"]["name"] for s in slices})
-        fields, conds = tarsmodel_status(tm, observation)
-        if observation.result and observation.result.unplaced:
-            metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
-        previous = {p.node for p in tm.status.placements} if tm.status else set()
-        now_on = set(observation.result.placements) if observation.result else set()
-        if previous and now_on != previous:
-            post_event(body, "Normal", "Placed", f"placements {sorted(previous)} -> {sorted(now_on)}")
-        await self._write_status(body, tm.metadata.generation, fields, conds)
+        node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        # No record for a TarsNode that does not exist: nothing would ever forget it.
+        node = self.records.tarsnode(node_key) if node_key in seen.tarsnodes else TarsNodeRecord()
+        # One model of a TarsNode at a time from observing to recording its placements, so each
+        # sees the memory the others were just given.
+        async with node.placement_lock:
+            plan = decide_model(tm, self._observe_model(tm, node, seen, problem))
+            if plan.placements is not None:
+                node.placed[routing.model_key(tm)] = (plan.placements, tm.spec.memory_mi_b)
+        await self._act_on_model(tm, record, body, plan)
 
-    def _observe_model(self, tm: TarsModel, node_key: Key, seen: Observed) -> ModelObservation:
-        if seen.tarsnodes.get(node_key) is None:
-            return ModelObservation(False, [], None, {})
-        agents = seen.agents(node_key)
-        mine = routing.model_key(tm)
+    def _observe_model(self, tm: TarsModel, node: TarsNodeRecord, seen: Observed, problem: str | None) -> ModelFacts:
+        node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
         current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
+        if problem is not None or seen.tarsnodes.get(node_key) is None:
+            return ModelFacts(tarsnode_found=seen.tarsnodes.get(node_key) is not None, current=current, problem=problem)
+        agents = seen.agents(node_key)
         agents += self._awaited_agents(current, agents, seen)
+        mine = routing.model_key(tm)
         used: dict[str, int] = {}
-        placed_here = self._placed.get(node_key, {})
         for other in seen.models.get(node_key, []):
-            other_key = f"{other['metadata']['namespace']}/{other['metadata']['name']}"
+            other_key = "/".join(_key_of(other))
             if other_key == mine:
                 continue
-            if other_key in placed_here:
-                placements, memory = placed_here[other_key]
+            if other_key in node.placed:
+                placements, memory = node.placed[other_key]
             else:
                 placements = {
                     p["node"]: p.get("replicas", 1) for p in (other.get("status") or {}).get("placements", [])
                 }
                 memory = (other.get("spec") or {}).get("memoryMiB", 0)
-            for node, count in placements.items():
-                used[node] = used.get(node, 0) + count * memory
-        warm = frozenset(a.node for a in agents if mine in a.loaded)
-        result = place(tm.spec.replicas, tm.spec.memory_mi_b, current, agents, used, warm)
-        errors = {}
-        for lease in seen.leases.get(node_key, []):
-            state = parse_agent_annotations(lease.annotations).models.get(mine)
-            if state is not None and state.error:
-                errors[lease.node] = state.error
-        return ModelObservation(True, agents, result, errors)
+            for name, count in placements.items():
+                used[name] = used.get(name, 0) + count * memory
+        errors = {
+            lease.node: state.error
+            for lease in seen.leases.get(node_key, [])
+            if (state := lease.report.models.get(mine)) is not None and state.error
+        }
+        return ModelFacts(True, agents, current, used, errors)
 
     def _awaited_agents(self, current: dict[str, int], agents: list[AgentView], seen: Observed) -> list[AgentView]:
         """Agents this operator process has not heard from yet, on Ready nodes holding placements.
@@ -278,7 +304,18 @@ class Reconciler:
             if node not in reported and (record := seen.nodes.get(node)) is not None and record.ready
         ]
 
-    async def _apply_if_changed(self, obj: dict[str, Any]) -> None:
+    async def _act_on_model(
+        self, tm: TarsModel, record: TarsModelRecord, body: dict[str, Any], plan: ModelPlan
+    ) -> None:
+        await asyncio.gather(*(self._apply_if_changed(record, obj) for obj in plan.children))
+        await self._prune_slices(tm, record, plan.slice_names)
+        if plan.unplaced:
+            metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
+        for type_, reason, message in plan.events:
+            post_event(body, type_, reason, message)
+        await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions)
+
+    async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any]) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than
         REAPPLY_AFTER_S ago. A model is reconciled on every status change of its own; re-sending
         unchanged children each time cost more requests than anything else. Drift on them is
@@ -287,54 +324,27 @@ class Reconciler:
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         now = time.monotonic()
-        last = self._applied_objects.get(key)
+        last = record.applied.get(key)
         if last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
             return
         await self.kube.apply(obj)
-        self._applied_objects[key] = (digest, now)
+        record.applied[key] = (digest, now)
 
-    async def _prune_slices(self, tm: TarsModel, keep: set[str]) -> None:
+    async def _prune_slices(self, tm: TarsModel, record: TarsModelRecord, keep: set[str]) -> None:
         """Deletes slices no longer wanted. The API is asked once per model per operator process
         (slices a previous process left); after that, what this process applied is known."""
-        key = (tm.metadata.namespace, tm.metadata.name)
-        if key not in self._slices:
+        namespace = tm.metadata.namespace
+        if record.slices is None:
             selector = f"{MODEL_LABEL}={tm.metadata.name},{SLICE_MANAGED_BY}={OPERATOR}"
-            existing = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, selector)
-            self._slices[key] = {item["metadata"]["name"] for item in existing}
-        for name in self._slices[key] - keep:
-            await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name)
-            self._applied_objects.pop(("discovery.k8s.io/v1", "EndpointSlice", tm.metadata.namespace, name), None)
-        self._slices[key] = set(keep)
-
-    async def sweep_orphan_bindings(self) -> None:
-        rbac, kind = "rbac.authorization.k8s.io/v1", "ClusterRoleBinding"
-        selector = f"{MANAGED_BY}={OPERATOR},{TARSNODE_LABEL}"
-        bindings = await self.kube.list(rbac, kind, None, selector)
-        alive = {
-            (t["metadata"]["namespace"], t["metadata"]["name"])
-            for t in await self.kube.list(API_VERSION, "TarsNode", None)
-        }
-        for binding in bindings:
-            labels = binding["metadata"].get("labels") or {}
-            if (labels.get(NAMESPACE_LABEL), labels.get(TARSNODE_LABEL)) not in alive:
-                log.info("removing %s: its TarsNode is gone", binding["metadata"]["name"])
-                await self.kube.delete(rbac, kind, None, binding["metadata"]["name"])
-
-    def first_sight(self, key: Key) -> bool:
-        if key in self._known_tarsnodes:
-            return False
-        self._known_tarsnodes.add(key)
-        return True
-
-    def forget_tarsnode(self, key: Key) -> None:
-        self._known_tarsnodes.discard(key)
-        self._applied_specs.pop(key, None)
-        self._agent_fingerprints.pop(key, None)
+            existing = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace, selector)
+            record.slices = {item["metadata"]["name"] for item in existing}
+        for name in record.slices - keep:
+            await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", namespace, name)
+            record.applied.pop(("discovery.k8s.io/v1", "EndpointSlice", namespace, name), None)
+        record.slices = set(keep)
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
-        self._placed.get((namespace, tarsnode), {}).pop(f"{namespace}/{name}", None)
-        self._histories.pop((namespace, name), None)
-        self._slices.pop((namespace, name), None)
+        self.records.forget_model((namespace, name), tarsnode)
 
     # --- autoscaling ----------------------------------------------------------------------------
 
@@ -343,7 +353,7 @@ class Reconciler:
         key = (tm.metadata.namespace, tm.metadata.name)
         policy = Policy.from_spec(tm.spec.scaling)
         now = time.monotonic() if now is None else now
-        history = self._histories.setdefault(key, History())
+        history = self.records.model(key).history
         history.add(now, observed_load(tm, seen), keep_s=policy.stable_window_s)
         decision = decide(history, now, tm.spec.replicas, policy)
         report = {
@@ -363,7 +373,7 @@ class Reconciler:
 
     async def operator_requests(self, lease: LeaseRecord, seen: Observed) -> None:
         now = time.time()
-        for request in parse_agent_annotations(lease.annotations).requests:
+        for request in lease.report.requests:
             handled = (lease.namespace, lease.node, request.get("id"), request.get("at"))
             if handled in self._handled_requests or now - float(request.get("at") or 0) > requests.MAX_AGE_S:
                 continue
@@ -404,12 +414,3 @@ class Reconciler:
                 post_event(body, "Warning" if bad else "Normal", cond["reason"], message)
         meta = body["metadata"]
         await self.kube.patch_status(API_VERSION, body["kind"], meta["namespace"], meta["name"], status)
-
-    def agents_changed(self, key: Key, seen: Observed) -> bool:
-        """True when the set of usable agents, or what they hold, differs from last time asked."""
-        fingerprint = tuple(
-            (a.node, a.ready, a.address, a.capacity_mib, tuple(sorted(a.loaded))) for a in seen.agents(key)
-        )
-        changed = self._agent_fingerprints.get(key) != fingerprint
-        self._agent_fingerprints[key] = fingerprint
-        return changed

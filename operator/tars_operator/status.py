@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from tars_api import TarsModel, TarsNode
 from tars_api.labels import KVM_LABEL
@@ -157,3 +161,22 @@ def invalid_function_status(tm: TarsModel, problem: str) -> tuple[dict[str, Any]
         Cond("Progressing", False, "InvalidFunction", "not placed until the function is fixed"),
         Cond("Degraded", True, "InvalidFunction", message),
     ]
+
+
+def failure_conditions(error: Exception) -> list[Cond]:
+    """Conditions of an object whose reconcile failed: the error is shown on that object only."""
+    if isinstance(error, ValidationError):
+        reason = "InvalidSpec"
+        message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in error.errors())
+    elif isinstance(error, ApiException):
+        reason, message = "ApplyFailed", f"the API server refused a change: {_api_message(error)}"
+    else:
+        reason, message = "ReconcileFailed", f"{type(error).__name__}: {error}"
+    return [Cond("Ready", False, reason, message[:1000]), Cond("Degraded", True, reason, message[:1000])]
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{error.status} {error.reason}"

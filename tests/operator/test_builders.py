@@ -176,3 +176,11 @@ def test_tls_secret_is_mounted_and_probes_use_https() -> None:
     config = yaml.safe_load(builders.desired_configmap(tn)["data"]["agent.yaml"])
     assert config["tls"] == {"certFile": f"{builders.TLS_DIR}/tls.crt", "keyFile": f"{builders.TLS_DIR}/tls.key"}
     assert config["auth"]["defaultAccess"] == "namespace"
+
+
+def test_model_roots_reach_the_agent_config_and_default_to_none() -> None:
+    def roots(tn: TarsNode) -> list[str]:
+        return yaml.safe_load(builders.desired_configmap(tn)["data"]["agent.yaml"])["modelRoots"]
+
+    assert roots(tarsnode()) == []
+    assert roots(tarsnode(modelRoots=["/var/lib/tars/models"])) == ["/var/lib/tars/models"]

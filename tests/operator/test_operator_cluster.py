@@ -366,12 +366,6 @@ def test_guest_requests_reach_the_operator(
 
 def test_orphaned_auth_bindings_are_swept(control_plane: ControlPlane, namespace: str) -> None:
     """A TarsNode deleted while no operator ran leaves its cluster-scoped binding; the sweep finds it."""
-    import asyncio
-
-    from tars_operator.kube import Kube
-    from tars_operator.reconciler import Reconciler
-    from tarsctl.localcluster import load_api_client
-
     apply(control_plane, namespace, tarsnode("kept"))
     eventually(lambda: control_plane.get_json("clusterrolebinding", f"tars-agent-auth.{namespace}.kept"))
     orphan = {
@@ -389,6 +383,96 @@ def test_orphaned_auth_bindings_are_swept(control_plane: ControlPlane, namespace
         "subjects": [{"kind": "ServiceAccount", "name": "gone-agent", "namespace": namespace}],
     }
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(orphan))
-    asyncio.run(Reconciler(Kube(load_api_client(control_plane.state))).sweep_orphan_bindings())
-    assert control_plane.kubectl("get", "clusterrolebinding", orphan["metadata"]["name"], check=False).returncode != 0
+    eventually(
+        lambda: control_plane.kubectl("get", "clusterrolebinding", orphan["metadata"]["name"], check=False).returncode
+        != 0,
+        timeout=30,
+        what="the orphaned binding swept",
+    )
     control_plane.get_json("clusterrolebinding", f"tars-agent-auth.{namespace}.kept")
+
+
+def _deny_service(control_plane: ControlPlane, namespace: str, service: str) -> None:
+    """A ValidatingAdmissionPolicy refusing one Service in the namespace: a failure the CRD cannot see."""
+    name = f"deny-{namespace}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["services"],
+                    }
+                ]
+            },
+            "validations": [
+                {"expression": f"object.metadata.name != '{service}'", "message": f"{service} is not allowed here"}
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+        },
+    }
+    for obj in (policy, binding):
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    # Policies take effect once the API server has loaded them: wait until a probe Service is refused.
+    probe = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service}, "spec": {"ports": [{"port": 80}]}}
+    eventually(
+        lambda: control_plane.kubectl(
+            "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(probe), check=False
+        ).returncode
+        != 0,
+        what="the admission policy in force",
+    )
+
+
+def test_a_failing_model_shows_its_error_and_blocks_no_other(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    """One model whose Service the API server refuses gets that error in its status and an Event;
+    the models beside it on the same TarsNode are still placed and become ready."""
+    _deny_service(control_plane, namespace, "tars-model-refused")
+    try:
+        apply(control_plane, namespace, tarsnode())
+        names = ("first", "refused", "last")
+        loaded = {f"{namespace}/{name}": True for name in names}
+        for port, node in enumerate(simulated_nodes, start=9101):
+            put_lease(control_plane, namespace, lease_for(namespace, node, port, loaded))
+        for name in names:
+            apply(control_plane, namespace, tarsmodel(name))
+        for name in ("first", "last"):
+            eventually(
+                lambda name=name: condition(_model(control_plane, namespace, name), "Ready").get("status") == "True",
+                what=f"{name} ready",
+            )
+        degraded = eventually(
+            lambda: (c := condition(_model(control_plane, namespace, "refused"), "Degraded")).get("status") == "True"
+            and c,
+            what="the refused model degraded",
+        )
+        assert degraded["reason"] == "ApplyFailed"
+        assert "tars-model-refused is not allowed here" in degraded["message"]
+        assert condition(_model(control_plane, namespace, "refused"), "Ready")["status"] == "False"
+        events = eventually(
+            lambda: control_plane.kubectl(
+                "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=refused,reason=ApplyFailed"
+            ).stdout.strip(),
+            what="an ApplyFailed Event on the refused model",
+        )
+        assert "Warning" in events
+    finally:
+        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+            control_plane.kubectl("delete", kind, f"deny-{namespace}")

@@ -56,3 +56,30 @@ def test_only_the_highest_priority_replica_acts(
                 replica.process.terminate()
                 replica.process.wait(timeout=15)
     eventually(lambda: "Resuming operations" in operator.log_text(), timeout=40, what="the session operator resuming")
+
+
+def _peers(control_plane: ControlPlane) -> dict[str, object]:
+    return dict(control_plane.get_json("clusterkopfpeering", "tars").get("status") or {})
+
+
+def test_a_replica_joining_an_active_one_never_acts(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """kopf paused a new replica only after its first peering event, so for about 100 ms it reconciled
+    everything alongside the active one; now it starts paused and stays so."""
+    names = ("one", "two", "three")
+    for name in names:
+        apply(control_plane, namespace, tarsnode(name))
+    for name in names:
+        eventually(lambda name=name: control_plane.get_json("daemonset", f"{name}-agent", "-n", namespace), what=name)
+    before = set(_peers(control_plane))
+    low = start_operator(control_plane, tmp_path / "low.log", priority=50, lifetime=5)
+    try:
+        # Joined: its keep-alive is in the peering object, so it has run its peering for a while.
+        eventually(lambda: set(_peers(control_plane)) - before, timeout=30, what="the new replica's keep-alive")
+        time.sleep(3)
+        assert tarsnode_reconciles(low) == 0, low.log_text()[-3000:]
+        assert "Resuming operations" not in low.log_text()
+    finally:
+        low.process.terminate()
+        low.process.wait(timeout=15)

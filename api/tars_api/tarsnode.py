@@ -135,7 +135,7 @@ class AgentSpec(ApiModel):
     """How the node-agent pods run."""
 
     image: str = Field(
-        default="ghcr.io/tars-hyperlight/tars-agent:0.1.0",
+        default="ghcr.io/tars-hyperlight/tars:0.1.0",
         description="The node-agent container image: [registry[:port]/]path[:tag][@sha256:digest].",
         min_length=1,
         max_length=512,

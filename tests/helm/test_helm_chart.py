@@ -72,7 +72,7 @@ def test_operator_deployment_defaults(default_manifests: list[dict[str, Any]]) -
     assert pod["serviceAccountName"] == FULLNAME
 
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/tars-hyperlight/tars-operator:0.1.0"
+    assert container["image"] == "ghcr.io/tars-hyperlight/tars:0.1.0"
     assert container["command"] == ["tars-operator"]
     assert container["args"] == [
         "--all-namespaces",
@@ -166,7 +166,7 @@ def test_everything_enabled(full_manifests: list[dict[str, Any]]) -> None:
     assert deployment["metadata"]["labels"]["team"] == "ml-platform"
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["image"] == "ghcr.io/tars-hyperlight/tars-operator@" + FULL_VALUES["image"]["digest"]
+    assert container["image"] == "ghcr.io/tars-hyperlight/tars@" + FULL_VALUES["image"]["digest"]
     assert container["args"] == [
         "--namespace=team-a",
         "--namespace=team-b",
@@ -319,7 +319,8 @@ def test_gateway(full_manifests: list[dict[str, Any]], default_manifests: list[d
     deployment = find(full_manifests, "Deployment", f"{FULLNAME}-gateway")
     assert deployment["spec"]["replicas"] == 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "ghcr.io/tars-hyperlight/tars-gateway:0.1.0"
+    assert container["image"] == "ghcr.io/tars-hyperlight/tars:0.1.0"
+    assert container["command"] == ["tars-gateway"]
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = find(full_manifests, "Service", f"{FULLNAME}-gateway")

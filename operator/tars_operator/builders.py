@@ -203,8 +203,6 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
         "imagePullPolicy": spec.agent.image_pull_policy,
         # The image carries every TARS program (operator, agent, gateway); this pod runs the agent.
         "command": ["tars-agent"],
-        # The image carries every TARS program (operator, agent, gateway); this pod runs the agent.
-        "command": ["tars-agent"],
         "args": ["--config", f"{AGENT_CONFIG_DIR}/{AGENT_CONFIG_KEY}"],
         "env": [
             _field_env("NODE_NAME", "spec.nodeName"),

@@ -250,7 +250,7 @@ def pause_archive() -> Path:
 
 
 def image_archives() -> list[Path]:
-    return [pause_archive(), *sorted(images_dir().glob("*.tar"))]
+    return [pause_archive(), *sorted(images_dir().glob("*.oci.tar"))]
 
 
 def import_images(paths: NodePaths, archives: list[Path], log: Callable[[str], None]) -> None:

@@ -19,7 +19,7 @@ def tars_images() -> list[str]:
     """Builds the images (make images: cached, so fast when nothing changed) and names the archives."""
     result = subprocess.run(["make", "-C", str(REPO), "images"], capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, f"make images failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    archives = sorted(p.name for p in realnode.images_dir().glob("*.tar"))
+    archives = sorted(p.name for p in realnode.images_dir().glob("*.oci.tar"))
     assert archives, f"make images wrote no archive into {realnode.images_dir()}"
     return archives
 

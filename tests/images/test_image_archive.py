@@ -1,0 +1,96 @@
+"""The OCI archive `make images` wrote: what a registry or a container runtime would see in it.
+
+Marked ``images``: `make test` builds the archive first (`make images`); these tests read it with the
+standard library (index.json -> manifest -> config and layers), no container tools.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tars_agent.runtimes.services import BUILTIN_GUESTS
+from tars_api.tarsnode import AgentSpec
+
+from .image_support import ROOT, OciArchive, images_script
+
+pytestmark = pytest.mark.images
+
+COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "ld", "as", "make", "x86_64-linux-gnu-gcc-12")
+
+
+@pytest.fixture(scope="module")
+def archive() -> OciArchive:
+    path = Path(images_script("archive"))
+    assert path.is_file(), f"{path} is missing: run `make images` first"
+    return OciArchive(path)
+
+
+@pytest.fixture(scope="module")
+def record(archive: OciArchive) -> dict[str, Any]:
+    return json.loads(archive.path.with_name(archive.path.name.replace(".oci.tar", ".json")).read_text())
+
+
+@pytest.fixture(scope="module")
+def files(archive: OciArchive) -> dict[str, Any]:
+    return archive.files()
+
+
+def test_reference_is_the_charts_default(archive: OciArchive, record: dict[str, Any]) -> None:
+    descriptor, _ = archive.manifest()
+    reference = descriptor["annotations"]["org.opencontainers.image.ref.name"]
+    assert reference == record["reference"] == AgentSpec().image  # the TarsNode's default agent image
+    values = (ROOT / "charts/tars-operator/values.yaml").read_text()
+    repository, _, tag = reference.rpartition(":")
+    assert values.count(f"repository: {repository}\n") == 2  # operator and gateway
+    assert f'appVersion: "{tag}"' in (ROOT / "charts/tars-operator/Chart.yaml").read_text()
+
+
+def test_labels_user_and_environment(archive: OciArchive, record: dict[str, Any]) -> None:
+    config = archive.config()["config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert labels["org.opencontainers.image.version"] == record["reference"].rpartition(":")[2]
+    assert labels["org.opencontainers.image.revision"] == record["revision"] != "unknown"
+    assert config["User"] == "65532:65532"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["TARS_PREBUILT_DIR"] == "/opt/tars/prebuilt" and env["TARS_CACHE_DIR"] == "/var/cache/tars"
+
+
+def test_entrypoints_are_installed(files: dict[str, Any]) -> None:
+    for program in ("tars-operator", "tars-agent", "tars-gateway", "tarsctl"):
+        info = files[f"/opt/tars/venv/bin/{program}"]
+        assert info.isfile() and info.mode & 0o111, program
+
+
+def test_no_compilers_in_the_image(files: dict[str, Any]) -> None:
+    present = [f"{d}/{c}" for d in ("/usr/bin", "/usr/local/bin") for c in COMPILERS if f"{d}/{c}" in files]
+    assert present == []
+
+
+def test_cache_directory_belongs_to_the_runtime_user(files: dict[str, Any]) -> None:
+    info = files["/var/cache/tars"]
+    assert info.isdir() and (info.uid, info.gid) == (65532, 65532)
+
+
+def test_every_builtin_guest_is_prebuilt(archive: OciArchive, files: dict[str, Any]) -> None:
+    manifest = json.loads(archive.read("/opt/tars/prebuilt/manifest.json"))
+    apps = {app for app, _inputs, _outputs in BUILTIN_GUESTS.values()} | {"echo"}
+    assert set(manifest["guests"]) == apps
+    for entry in manifest["guests"].values():
+        for kind in ("component", "compiled"):
+            info = files[f"/opt/tars/prebuilt/{entry[kind]}"]
+            assert info.size == entry[f"{kind}Bytes"] > 0
+
+
+def test_size_and_sbom_are_recorded(archive: OciArchive, record: dict[str, Any]) -> None:
+    assert record["archiveBytes"] == archive.path.stat().st_size
+    assert record["imageBytes"] > record["archiveBytes"] > 10_000_000
+    sbom = json.loads(Path(record["sbom"]).read_text())
+    assert sbom["spdxVersion"].startswith("SPDX-")
+    names = {package["name"] for package in sbom["packages"]}
+    # Debian packages of the base and Python packages of the virtual environment, both.
+    assert {"python3.11", "wasmtime", "kopf", "tars-k8s"} <= names

@@ -143,6 +143,36 @@ def test_security_verdicts() -> None:
         security.security_score([])
 
 
+def test_platform_verdicts() -> None:
+    assert security.api_refused(True) and not security.api_refused(False)
+    # file:// outside the roots: refused by the API, or by the agent without echoing the file.
+    assert security.escape_blocked(True, False, False, False)
+    assert security.escape_blocked(False, False, True, False)
+    assert not security.escape_blocked(False, True, False, False)  # loaded: escaped
+    assert not security.escape_blocked(False, False, True, True)  # refused, but the content came back
+    assert not security.escape_blocked(False, False, False, False)  # no verdict from the agent at all
+    assert security.build_write_blocked([], [])
+    assert not security.build_write_blocked(["/usr/lib/python3/site-packages"], [])
+    assert not security.build_write_blocked([], ["/host/site-packages/tars-build-probe-x.txt"])
+    assert security.blocking_contained([500, 500], 12.0, 120.0, [200] * 5, True)
+    assert not security.blocking_contained([500, 0], 150.0, 120.0, [200] * 5, True)  # one was never stopped
+    assert not security.blocking_contained([500, 500], 12.0, 120.0, [200, 0, 0, 0, 0], True)  # agents wedged
+
+
+def test_probe_functions_pass_the_agents_checks() -> None:
+    from tars_api import TarsModel
+    from tars_api.functions import check_python
+    from tarsctl.demo.security.hostile import BUILD_PROBE_CODE, probe_model
+
+    code = BUILD_PROBE_CODE.replace("{token}", "abc")
+    check_python(code)
+    TarsModel.model_validate(probe_model("p", "tars", code=code))
+    assert TarsModel.model_validate(probe_model("p", "tars", source="file:///tmp/x/stolen.py")).spec.kind == "function"
+    assert TarsModel.model_validate(probe_model("p", "tars", source="builtin://sentiment-vader")).spec.kind == (
+        "sentiment"
+    )
+
+
 def test_hostile_model_is_a_valid_tarsmodel() -> None:
     from tars_api import TarsModel
     from tarsctl.demo.plan import SecurityPlan

@@ -135,6 +135,9 @@ class Demo:
             d for d in yaml.safe_load_all(self.plan.tarsnode.read_text()) if d and d.get("kind") == "TarsNode"
         )
         self.tarsnode = self.tarsnode_doc["metadata"]["name"]
+        # The synthetic checkpoints are written under the workdir: let the agents load from there.
+        spec = self.tarsnode_doc.setdefault("spec", {})
+        spec["modelRoots"] = [*spec.get("modelRoots", []), str(self.workdir / "models")]
         self.state: localcluster.ClusterState | None = None
         self.fleet: Fleet | None = None
         self.nodes: list[str] = []

@@ -72,6 +72,9 @@ class SecurityPlan(_Model):
     cpu_time_ms: int = Field(default=1000, ge=10)
     output_bytes: int = Field(default=65536, ge=1024)
     prompt_injection_model: str | None = "tars-reasoning"
+    # Guests that sleep in the host, sent at once: more than the agents have workers.
+    blocking_requests: int = Field(default=12, ge=1, le=256)
+    blocking_sleep_s: float = Field(default=120.0, gt=0)
 
 
 class CostPlan(_Model):

@@ -1,0 +1,215 @@
+"""Attacks on the platform around the sandbox (issue 17): a guest that blocks in the host, user code
+that writes the host while its function is built, objects the API cannot realise, and file://
+sources that step outside the TarsNode's modelRoots. Each is judged from what the system did."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tars_api import API_VERSION
+from tarsctl import localcluster
+from tarsctl.demo import system
+from tarsctl.demo.security.base import CheckBase
+from tarsctl.demo.security.hostile import BUILD_PROBE_CODE, probe_model
+from tarsctl.demo.security.verdicts import (
+    Attempt,
+    _short,
+    api_refused,
+    blocking_contained,
+    build_write_blocked,
+    escape_blocked,
+)
+
+PASSWD_MARKER = "root:x:0:0"
+
+
+class PlatformProbes(CheckBase):
+    # -- the API ------------------------------------------------------------------------------
+    def _dry_run(self, doc: dict[str, Any]) -> tuple[bool, str]:
+        """(refused, the API server's words) for creating ``doc``, validated but never stored."""
+        result = localcluster.kubectl(
+            self.t.state,
+            "create",
+            "--dry-run=server",
+            "-n",
+            self.t.namespace,
+            "-f",
+            "-",
+            input=json.dumps(doc),
+            check=False,
+        )
+        return result.returncode != 0, (result.stderr or result.stdout).strip()[-300:]
+
+    def _refused(self, name: str, attack: str, doc: dict[str, Any]) -> Attempt:
+        refused, said = self._dry_run(doc)
+        return Attempt(name, attack, api_refused(refused), {"api_server_refused": refused, "api_server_said": said})
+
+    def bad_names(self) -> list[Attempt]:
+        """Names the operator cannot turn into a Service or a label value, and a negative quantity:
+        accepted, such an object never gets a status and stalls the models reconciled after it."""
+        model = lambda name: probe_model(name, self.t.tarsnode, source="builtin://sentiment-vader")  # noqa: E731
+        node = {
+            "apiVersion": API_VERSION,
+            "kind": "TarsNode",
+            "metadata": {"name": "tars-probe-bad-resources"},
+            "spec": {"agent": {"resources": {"limits": {"memory": "-1Gi"}}}},
+        }
+        return [
+            self._refused("bad-name-53", "a TarsModel named with 53 characters", model("m" * 53)),
+            self._refused("bad-name-253", "a TarsModel named with 253 characters", model("m" * 253)),
+            self._refused("bad-name-dots", "a TarsModel named with dots", model("tars.probe.dots")),
+            self._refused("bad-node-resources", "a TarsNode whose agents ask for memory -1Gi", node),
+        ]
+
+    # -- file:// ------------------------------------------------------------------------------
+    def _settle(self, name: str, timeout: float) -> dict[str, Any]:
+        """The model once Ready or Degraded (or as it is at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            obj: dict[str, Any] = system.kubectl_json(self.t.state, "tarsmodel", name, "-n", self.t.namespace)
+            degraded = (system.condition(obj, "Degraded") or {}).get("status") == "True"
+            if system.is_ready(obj) or degraded or time.monotonic() > deadline:
+                return obj
+            time.sleep(1.0)
+
+    def _escape(self, name: str, attack: str, path: str, markers: list[str], timeout: float) -> Attempt:
+        doc = probe_model(name, self.t.tarsnode, source=f"file://{path}")
+        refused, said = self._dry_run(doc)
+        evidence: dict[str, Any] = {"api_server_refused": refused, "api_server_said": said}
+        ready = degraded = False
+        texts = [said]
+        if not refused:
+            self.created.append(name)
+            system.apply_docs(self.t.state, self.t.namespace, [doc])
+            obj = self._settle(name, timeout)
+            ready = system.is_ready(obj)
+            degraded = (system.condition(obj, "Degraded") or {}).get("status") == "True"
+            status_text = json.dumps(obj.get("status") or {})
+            texts.append(status_text)
+            evidence.update(ready=ready, degraded=degraded, status=_short(obj.get("status") or {}))
+            if ready:
+                code, answer = system.post_json(system.model_url(self.t.gateway, name, "invoke"), {}, timeout=30)
+                texts.append(json.dumps(answer))
+                evidence.update(invoke_status=code, invoke_answer=_short(answer))
+        leaked = [m for m in markers if any(m in text for text in texts)]
+        evidence["content_echoed"] = bool(leaked)
+        return Attempt(name, attack, escape_blocked(refused, ready, degraded, bool(leaked)), evidence)
+
+    def file_escapes(self, timeout: float = 120) -> list[Attempt]:
+        roots = (system.kubectl_json(self.t.state, "tarsnode", self.t.tarsnode, "-n", self.t.namespace)["spec"]).get(
+            "modelRoots"
+        ) or []
+        secret = f"tars-secret-{secrets.token_hex(8)}"
+        outside = Path(tempfile.mkdtemp(prefix="tars-escape-"))
+        if any(outside.is_relative_to(Path(root)) for root in roots):
+            raise RuntimeError(f"{outside} lies under the TarsNode's modelRoots {roots}: no outside left to try")
+        stolen = outside / "stolen.py"
+        # Valid Python: if the agent loads it, the function answers with the secret.
+        stolen.write_text(f'SECRET = "{secret}"\n\n\ndef handle(input):\n    return {{"secret": SECRET}}\n')
+        try:
+            return [
+                self._escape(
+                    "tars-probe-file-outside",
+                    f"a function loaded from {stolen}, outside the TarsNode's modelRoots {roots}",
+                    str(stolen),
+                    [secret],
+                    timeout,
+                ),
+                self._escape(
+                    "tars-probe-file-passwd",
+                    "a function loaded from /etc/passwd (its content must not come back in an error)",
+                    "/etc/passwd",
+                    [PASSWD_MARKER],
+                    timeout,
+                ),
+                self._escape(
+                    "tars-probe-file-dotdot",
+                    "a function loaded from file:///../../etc/passwd",
+                    "/../../etc/passwd",
+                    [PASSWD_MARKER],
+                    timeout,
+                ),
+                self._refused(
+                    "tars-probe-configmap-dotdot",
+                    "a function from ConfigMap key '..'",
+                    probe_model("tars-probe-configmap-dotdot", self.t.tarsnode, source="configmap://fns/.."),
+                ),
+            ]
+        finally:
+            stolen.unlink(missing_ok=True)
+            outside.rmdir()
+
+    # -- build time ---------------------------------------------------------------------------
+    def build_time_write(self, timeout: float = 300) -> Attempt:
+        """A function whose top level, run by componentize-py at build time, writes a file into every
+        directory on its sys.path (the host's site-packages among them, where a .pth file would run
+        code in every later Python process) and reports what it managed."""
+        token = secrets.token_hex(8)
+        name = "tars-probe-build-write"
+        doc = probe_model(name, self.t.tarsnode, code=BUILD_PROBE_CODE.replace("{token}", token))
+        self.created.append(name)
+        system.apply_docs(self.t.state, self.t.namespace, [doc])
+        obj = self._settle(name, timeout)
+        guest: Any = None
+        if system.is_ready(obj):
+            _, guest = system.post_json(system.model_url(self.t.gateway, name, "invoke"), {}, timeout=30)
+        wrote = guest.get("wrote", []) if isinstance(guest, dict) else []
+        found = _host_files(f"tars-build-probe-{token}.txt")
+        for path in found:
+            path.unlink(missing_ok=True)
+        return Attempt(
+            "build-time-write",
+            "write beside the host's site-packages from a function's top level while it is built",
+            build_write_blocked(wrote, [str(p) for p in found]),
+            {
+                "model_ready": system.is_ready(obj),
+                "guest_wrote_into": wrote,
+                "found_on_host": [str(p) for p in found],
+                "guest_read": guest.get("read", []) if isinstance(guest, dict) else _short(obj.get("status") or {}),
+            },
+        )
+
+    # -- blocking in the host -----------------------------------------------------------------
+    def blocking_guest(self) -> Attempt:
+        """Guests that sleep in the host (a WASI poll), more at once than the agents have workers:
+        they must be stopped at the wall-clock limit and leave the agents serving."""
+        count, sleep_s = self.limits.blocking_requests, self.limits.blocking_sleep_s
+        started = time.perf_counter()
+        with ThreadPoolExecutor(count) as pool:
+            blocked = list(
+                pool.map(lambda _: self._invoke({"do": "sleep", "s": sleep_s}, timeout=sleep_s + 30), range(count))
+            )
+        held_s = time.perf_counter() - started
+        neighbour_url = system.model_url(self.t.gateway, self.neighbour, self.limits.neighbour_route)
+        after = []
+        for _ in range(5):
+            began = time.perf_counter()
+            status, _ = system.post_json(neighbour_url, self.limits.neighbour_body, timeout=15)
+            after.append((status, (time.perf_counter() - began) * 1000))
+        alive = self._alive()
+        return Attempt(
+            "blocking-guest",
+            f"{count} guests sleeping {sleep_s:g} s in the host at once, then the neighbour {self.neighbour}",
+            blocking_contained([s for s, _, _ in blocked], held_s, sleep_s, [s for s, _ in after], alive),
+            {
+                "blocking_statuses": sorted({s for s, _, _ in blocked}),
+                "blocking_answered_within_s": round(held_s, 1),
+                "neighbour_after": [{"status": s, "ms": round(ms, 1)} for s, ms in after],
+                "agents_alive": alive,
+            },
+        )
+
+
+def _host_files(name: str) -> list[Path]:
+    """Files called ``name`` in any directory this host's Python imports from."""
+    import site
+
+    directories = {Path(p) for p in [*sys.path, *site.getsitepackages(), site.getusersitepackages()] if p}
+    return [d / name for d in directories if (d / name).exists()]

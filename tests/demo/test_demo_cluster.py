@@ -131,7 +131,7 @@ def test_security_check_reports_a_disabled_protection(demo_run: DemoRun) -> None
     )
     check.deploy(timeout=120)
     try:
-        result = check.run()
+        result = check.run([step for step in check.steps() if step[0].startswith("exfiltration")])
     finally:
         check.cleanup()
     attempts = {a.name: a for a in result.attempts}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import re
@@ -28,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tarsctl import localcluster
-from tarsctl.demo import cost, loadgen, recommend, report, security, system
+from tarsctl.demo import cost, loadgen, recommend, report, security, system, tables
 from tarsctl.demo.plan import Plan
 from tarsctl.demo.stats import summarize
 from tarsctl.fleet import Fleet
@@ -87,10 +86,6 @@ def phase(console: Console, title: str, total: int) -> Iterator[Any]:
 
         yield advance
         bar.update(task, completed=total, step="done")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
 def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -189,88 +184,20 @@ class Demo:
         return times
 
     # -- phases -------------------------------------------------------------------------------
-    def init(self) -> None:
-        c = self.console
-        with phase(c, "1. init", 6 + self.agent_count) as step:
+    def init(self) -> dict[str, Any]:
+        with phase(self.console, "1. init", 6 + self.agent_count) as step:
             step("control plane")
             self.state, started_here = system.connect(self.o.local, log=lambda line: None)
-            cluster = "external (KUBECONFIG)" if isinstance(self.state, system.ExternalCluster) else "local"
-            step("namespace", done=True)
-            if not self.o.existing_namespace:
-                if self._kubectl("get", "namespace", self.namespace, check=False).returncode == 0:
-                    raise SystemExit(f"namespace {self.namespace} exists (a kept demo?); delete it or pass --namespace")
-                self._kubectl("create", "namespace", self.namespace)
-                self.created_namespace = True
-            step("CRDs", done=True)
-            crds = str(REPO / "crds")
-            self._kubectl("apply", "--server-side", "--force-conflicts", "-f", crds)
-            self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
+            step("namespace and CRDs", done=True)
+            self._prepare_namespace()
             step("simulated nodes", done=True)
-            self.nodes = self.o.nodes or [f"{self.plan.node_prefix}-{i + 1}" for i in range(self.agent_count)]
-            for node in self.nodes:
-                if self.o.nodes:
-                    continue
-                if self._kubectl("get", "node", node, check=False).returncode != 0:
-                    self.created_nodes.append(node)
-                localcluster.add_node(self.state, node, kvm=True)
-            self._kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in self.nodes])
+            self._register_nodes()
             step("operator", done=True)
-            self.fleet = Fleet(self.state, self.namespace, self.workdir)
-            started = time.perf_counter()
-            self.fleet.start_operator(priority=self.plan.operator_priority)
-            operator_s = time.perf_counter() - started
-            system.apply_docs(self.state, self.namespace, [self.tarsnode_doc])
-            agent_start: dict[str, float] = {}
-            for node in self.nodes:
-                step(f"agent on {node}", done=True)
-                started = time.perf_counter()
-                self.fleet.start_agent(node, self.tarsnode)
-                agent_start[node] = time.perf_counter() - started
-            step("gateway", done=True)
-            self.fleet.start_gateway()
-            agents = system.wait_for(
-                lambda: (
-                    (a := system.agents(self.state, self.namespace, self.tarsnode)) and len(a) == len(self.nodes) and a
-                ),
-                timeout=60,
-            )
-            status = (
-                system.wait_for(
-                    lambda: (
-                        (s := self._get("tarsnode", self.tarsnode).get("status") or {}).get("agents")
-                        and len(s["agents"]) == len(self.nodes)
-                        and s
-                    ),
-                    timeout=60,
-                )
-                or {}
-            )
+            operator_s, agent_start = self._start_fleet(step)
+            agents, status = self._wait_for_agents()
             base_rss = self._agent_rss()
-        probe_lines = {}
-        assert self.fleet is not None
-        for node in self.nodes:
-            log = self.fleet.processes[f"agent-{node}"].log.read_text(errors="replace")
-            probe_lines[node] = next(
-                (ln.split("KVM probe: ", 1)[1] for ln in log.splitlines() if "KVM probe:" in ln), ""
-            )
-        by_node = {a.node: a for a in agents or []}
-        status_by_node = {a.get("node"): a for a in status.get("agents", [])}
-        rows = []
-        for node in self.nodes:
-            lease = by_node.get(node)
-            rows.append(
-                {
-                    "node": node,
-                    "backend": lease.backend if lease else "",
-                    "backend_reason": lease.backend_reason if lease else "",
-                    "probe": probe_lines[node],
-                    "tarsnode_status_backend": status_by_node.get(node, {}).get("backend", ""),
-                    "ready": status_by_node.get(node, {}).get("ready", False),
-                    "start_s": agent_start[node],
-                    "base_rss_mib": base_rss[node],
-                }
-            )
-        self.run.data["init"] = {
+        cluster = "external (KUBECONFIG)" if isinstance(self.state, system.ExternalCluster) else "local"
+        return {
             "cluster": cluster,
             "cluster_started_here": started_here,
             "namespace": self.namespace,
@@ -278,23 +205,93 @@ class Demo:
             "tarsnode_backend": status.get("backend", ""),
             "nodes": self.nodes,
             "operator_start_s": operator_s,
-            "agents": rows,
+            "agents": self._agent_rows(agents, status, agent_start, base_rss),
         }
-        table = Table(title=f"agents of TarsNode {self.tarsnode} ({cluster} cluster, namespace {self.namespace})")
-        for col in ("node", "backend", "why (Lease backend-reason)", "TarsNode status", "start s", "base RSS MiB"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(
-                r["node"],
-                r["backend"],
-                r["backend_reason"],
-                f"{r['tarsnode_status_backend']} ready={r['ready']}",
-                f"{r['start_s']:.1f}",
-                f"{r['base_rss_mib']:.0f}",
-            )
-        c.print(table)
 
-    def load(self) -> None:
+    def _prepare_namespace(self) -> None:
+        if not self.o.existing_namespace:
+            if self._kubectl("get", "namespace", self.namespace, check=False).returncode == 0:
+                raise SystemExit(f"namespace {self.namespace} exists (a kept demo?); delete it or pass --namespace")
+            self._kubectl("create", "namespace", self.namespace)
+            self.created_namespace = True
+        crds = str(REPO / "crds")
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", crds)
+        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
+
+    def _register_nodes(self) -> None:
+        assert self.state is not None
+        self.nodes = self.o.nodes or [f"{self.plan.node_prefix}-{i + 1}" for i in range(self.agent_count)]
+        for node in [] if self.o.nodes else self.nodes:
+            if self._kubectl("get", "node", node, check=False).returncode != 0:
+                self.created_nodes.append(node)
+            localcluster.add_node(self.state, node, kvm=True)
+        self._kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in self.nodes])
+
+    def _start_fleet(self, step: Any) -> tuple[float, dict[str, float]]:
+        """The operator, the TarsNode, one agent per node, the gateway: (operator start s, agent start s)."""
+        assert self.state is not None
+        self.fleet = Fleet(self.state, self.namespace, self.workdir)
+        started = time.perf_counter()
+        self.fleet.start_operator(priority=self.plan.operator_priority)
+        operator_s = time.perf_counter() - started
+        system.apply_docs(self.state, self.namespace, [self.tarsnode_doc])
+        agent_start: dict[str, float] = {}
+        for node in self.nodes:
+            step(f"agent on {node}", done=True)
+            started = time.perf_counter()
+            self.fleet.start_agent(node, self.tarsnode)
+            agent_start[node] = time.perf_counter() - started
+        step("gateway", done=True)
+        self.fleet.start_gateway()
+        return operator_s, agent_start
+
+    def _wait_for_agents(self) -> tuple[list[system.AgentInfo], dict[str, Any]]:
+        """Every agent's Lease, and the TarsNode's status once it lists every agent."""
+        state, count = self.state, len(self.nodes)
+        assert state is not None
+        leases = system.wait_for(
+            lambda: (a := system.agents(state, self.namespace, self.tarsnode)) and len(a) == count and a,
+            timeout=60,
+        )
+        status = system.wait_for(
+            lambda: (
+                (s := self._get("tarsnode", self.tarsnode).get("status") or {}).get("agents")
+                and len(s["agents"]) == count
+                and s
+            ),
+            timeout=60,
+        )
+        return leases or [], status or {}
+
+    def _agent_rows(
+        self,
+        leases: list[system.AgentInfo],
+        status: dict[str, Any],
+        agent_start: dict[str, float],
+        base_rss: dict[str, float],
+    ) -> list[dict[str, Any]]:
+        assert self.fleet is not None
+        by_node = {a.node: a for a in leases}
+        status_by_node = {a.get("node"): a for a in status.get("agents", [])}
+        rows = []
+        for node in self.nodes:
+            log = self.fleet.processes[f"agent-{node}"].log.read_text(errors="replace")
+            lease = by_node.get(node)
+            rows.append(
+                {
+                    "node": node,
+                    "backend": lease.backend if lease else "",
+                    "backend_reason": lease.backend_reason if lease else "",
+                    "probe": next((ln.split("KVM probe: ", 1)[1] for ln in log.splitlines() if "KVM probe:" in ln), ""),
+                    "tarsnode_status_backend": status_by_node.get(node, {}).get("backend", ""),
+                    "ready": status_by_node.get(node, {}).get("ready", False),
+                    "start_s": agent_start[node],
+                    "base_rss_mib": base_rss[node],
+                }
+            )
+        return rows
+
+    def load(self) -> dict[str, Any]:
         c = self.console
         checkpoints = self.workdir / "models"
         docs = model_documents(self.plan, checkpoints)
@@ -332,36 +329,7 @@ class Demo:
             step(f"{len(functions)} functions")
             fn_rows = self._load_functions(functions)
         self.models = docs
-        self.run.data["load"] = {"synthetic_checkpoints": synth, "models": rows, "functions": fn_rows}
-        c.print(
-            f"[yellow]Weights of {', '.join(sorted(used)) or 'no model'} are synthetic (randomly initialised by "
-            "tarsctl models make-synthetic; no GPT-2 weights ship with any installable package): their text is "
-            "noise, their timing and memory are real."
-        )
-        table = Table(title="models: apply -> Ready (each applied alone, so memory is attributable)")
-        for col in (
-            "model",
-            "kind",
-            "source",
-            "replicas",
-            "apply->loaded ms (agent log)",
-            "apply->Ready s",
-            "RSS per replica MiB",
-            "declared MiB",
-        ):
-            table.add_column(col)
-        for r in rows + fn_rows:
-            table.add_row(
-                r["model"],
-                r["kind"],
-                r["source"],
-                str(r["replicas"]),
-                ", ".join(f"{v:.0f}" for v in r["apply_to_loaded_ms"].values()) or "-",
-                f"{r['apply_to_ready_s']:.2f}",
-                _ms(r.get("rss_per_replica_mib")),
-                str(r["declared_mib"]),
-            )
-        c.print(table)
+        return {"synthetic_checkpoints": synth, "models": rows, "functions": fn_rows}
 
     def _load_one(self, doc: dict[str, Any]) -> dict[str, Any]:
         assert self.state is not None
@@ -438,7 +406,7 @@ class Demo:
             )
         return rows
 
-    def benchmark(self) -> None:
+    def benchmark(self) -> list[dict[str, Any]]:
         c = self.console
         cases = self.plan.benchmark
         results = []
@@ -473,38 +441,7 @@ class Demo:
                     }
                 )
                 step(case.model, done=True)
-        self.run.data["benchmark"] = results
-        self.run.data["sandbox_start"] = self._sandbox_starts()
-        table = Table(title="latency through the gateway (ours, measured now) beside the seed's claims")
-        for col in (
-            "model",
-            "requests",
-            "errors",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "req/s",
-            "seed p50 ms",
-            "seed p99 ms",
-            "seed req/s",
-        ):
-            table.add_column(col)
-        for r in results:
-            s, seed = r["summary"], r["seed"] or {}
-            table.add_row(
-                r["model"],
-                str(r["requests_sent"]),
-                str(s["errors"]),
-                _ms(s["p50_ms"]),
-                _ms(s["p95_ms"]),
-                _ms(s["p99_ms"]),
-                f"{s['rps']:.1f}",
-                _ms(seed.get("p50_ms")),
-                _ms(seed.get("p99_ms")),
-                _ms(seed.get("rps")),
-            )
-        c.print(table)
-        c.print("seed columns: figures the seed project claimed (from the plan), not measured here.")
+        return results
 
     def _sandbox_starts(self) -> dict[str, Any]:
         """Per model: sandbox start count, mean and histogram buckets summed over agents."""
@@ -527,15 +464,13 @@ class Demo:
             entry["mean_ms"] = entry["sum_s"] / entry["count"] * 1000 if entry["count"] else float("nan")
         return out
 
-    def security(self, granted: list[str] | None = None) -> None:
-        c = self.console
+    def security(self, granted: list[str] | None = None) -> dict[str, Any] | None:
         assert self.state is not None
         if not self.plan.security.enabled:
-            self.run.data["security"] = None
-            return
+            return None
         target = security.Target(self.state, self.namespace, self.tarsnode, self.gateway, self._agent_logs())
         check = security.SecurityCheck(target, self.plan.security, granted, workdir=self.workdir)
-        with phase(c, "4. security", 12) as step:
+        with phase(self.console, "4. security", len(check.steps()) + 1) as step:
             check.progress = lambda label: step(label, done=True)
             step("deploying the hostile function")
             check.deploy(self.plan.ready_timeout_s)
@@ -543,12 +478,10 @@ class Demo:
                 result = check.run()
             finally:
                 check.cleanup()
-        self.run.data["security"] = result.to_json()
-        print_security(c, result)
+        return result.to_json()
 
-    def costs(self) -> None:
-        c = self.console
-        data = self.run.data
+    def costs(self, data: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The cost table and the deployment recommendations, from what the other phases measured."""
         loads = {r["model"]: r for r in data["load"]["models"]}
         base = [a["base_rss_mib"] for a in data["init"]["agents"]]
         inputs = cost.CostInputs(agent_base_rss_mib=sum(base) / len(base), machine_vcpus=os.cpu_count() or 1)
@@ -558,7 +491,7 @@ class Demo:
             if rss is None or math.isnan(rss):
                 continue
             measured[r["model"]] = (rss, r["summary"]["rps"])
-        with phase(c, "5. cost", 1) as step:
+        with phase(self.console, "5. cost", 1) as step:
             step("pricing")
             table_data = cost.cost_table(measured, self.plan.cost, inputs)
             usable = self.plan.cost.node_memory_mib - inputs.agent_base_rss_mib
@@ -575,44 +508,11 @@ class Demo:
             ]
             recs = recommend.recommendations(self.plan.scenarios, rec_inputs, usable)
             step("pricing", done=True)
-        data["cost"] = table_data
-        data["recommendations"] = recs
-        table = Table(title=f"cost on a {self.plan.cost.node_label} (TARS beside one container per model)")
-        for col in (
-            "model",
-            "RSS MiB",
-            "req/s",
-            "TARS models/node",
-            "TARS $/model-h",
-            "TARS $/M req",
-            "baseline models/node",
-            "baseline $/model-h",
-            "baseline $/M req",
-            "x cheaper /model-h",
-        ):
-            table.add_column(col)
-        for r in table_data["rows"]:
-            table.add_row(
-                r["model"],
-                f"{r['rss_mib']:.0f}",
-                f"{r['rps']:.1f}",
-                str(r["tars_models_per_node"]),
-                f"{r['tars_per_model_hour']:.5f}",
-                _money(r["tars_per_million_requests"]),
-                str(r["baseline_models_per_node"]),
-                f"{r['baseline_per_model_hour']:.5f}",
-                _money(r["baseline_per_million_requests"]),
-                f"{r['saving_per_model_hour']:.1f}",
-            )
-        c.print(table)
-        for line in table_data["assumptions"]:
-            c.print(f"  assumption: {line}")
-        rec_table = Table(title="deployment recommendations (rules applied to the numbers above)")
-        for col in ("scenario", "model", "replicas", "nodes", "why"):
-            rec_table.add_column(col)
-        for r in recs:
-            rec_table.add_row(r["scenario"], r["model"] or "-", str(r["replicas"]), str(r["nodes"]), r["why"])
-        c.print(rec_table)
+        return table_data, recs
+
+    def show(self, phase_name: str) -> None:
+        """The tables of what a phase measured: the same sections report.md and report.html hold."""
+        show_sections(self.console, tables.for_phase(phase_name, self.run.data))
 
     def write_report(self) -> Path:
         c = self.console
@@ -640,14 +540,22 @@ class Demo:
             self._kubectl("delete", "node", node, "--wait=false", check=False)
 
     def execute(self) -> dict[str, Any]:
+        """Measures once (each phase returns its data), shows each phase's tables, writes the report."""
         started = time.perf_counter()
+        data = self.run.data
         try:
-            self.init()
-            self.load()
-            self.benchmark()
-            self.security()
-            self.costs()
-            self.run.data["total_s"] = time.perf_counter() - started
+            data["init"] = self.init()
+            self.show("init")
+            data["load"] = self.load()
+            self.show("load")
+            data["benchmark"] = self.benchmark()
+            data["sandbox_start"] = self._sandbox_starts()
+            self.show("benchmark")
+            data["security"] = self.security()
+            self.show("security")
+            data["cost"], data["recommendations"] = self.costs(data)
+            self.show("cost")
+            data["total_s"] = time.perf_counter() - started
             self.write_report()
         finally:
             if self.o.keep:
@@ -658,18 +566,29 @@ class Demo:
                 )
             else:
                 self.cleanup()
-        return self.run.data
+        return data
 
 
-def print_security(c: Console, result: security.SecurityReport) -> None:
-    table = Table(title=f"security: hostile function {result.hostile_model} (granted: {result.granted or 'nothing'})")
-    for col in ("attempt", "what", "blocked", "evidence"):
-        table.add_column(col)
-    for a in result.attempts:
-        table.add_row(a.name, a.attack, "[green]yes" if a.blocked else "[red]NO", json.dumps(a.evidence)[:400])
-    c.print(table)
-    blocked = sum(a.blocked for a in result.attempts)
-    c.print(f"[bold]security score: {blocked}/{len(result.attempts)} blocked = {result.score:.0%}")
+def show_sections(console: Console, sections: list[tables.Section]) -> None:
+    for section in sections:
+        table = Table(title=section.title)
+        for column in section.header:
+            table.add_column(column)
+        for row in section.rows:
+            table.add_row(*(_console_cell(cell) for cell in row))
+        console.print(table)
+        for note in section.notes:
+            console.print(f"  {note}")
+
+
+def _console_cell(value: Any) -> str:
+    text = tables.fmt(value)
+    return {"NO": "[red]NO", "yes": "[green]yes"}.get(text, text)
+
+
+def print_security(console: Console, result: security.SecurityReport) -> None:
+    section = tables.security({"security": result.to_json()})
+    show_sections(console, [section] if section else [])
 
 
 def _count(values: list[int]) -> dict[str, int]:
@@ -677,10 +596,6 @@ def _count(values: list[int]) -> dict[str, int]:
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1
     return out
-
-
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def unique_namespace(prefix: str) -> str:

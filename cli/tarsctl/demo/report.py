@@ -1,7 +1,8 @@
 """report/: report.json (every measured number), report.md, and report.html with embedded plots.
 
-The Markdown and HTML are rendered from the same dict that is written to report.json, so the
-documents cannot show a figure the data does not hold.
+The Markdown and HTML render the tables of :mod:`tarsctl.demo.tables`, built from the same dict that
+is written to report.json (the console shows the same tables), so the documents cannot show a
+figure the data does not hold.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from tarsctl.demo.tables import fmt, sections
 
 
 def clean(value: Any) -> Any:
@@ -26,185 +29,10 @@ def clean(value: Any) -> Any:
     return value
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def sections(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]], list[str]]]:
-    """(title, header, rows, notes) for every table of the report."""
-    out = []
-    init = data["init"]
-    out.append(
-        (
-            "Agents and their sandbox backend",
-            ["node", "backend", "why (agent's probe, from its Lease)", "start s", "base RSS MiB"],
-            [[a["node"], a["backend"], a["backend_reason"], a["start_s"], a["base_rss_mib"]] for a in init["agents"]],
-            [
-                f"cluster: {init['cluster']}, namespace {init['namespace']}, TarsNode {init['tarsnode']} "
-                f"(status backend: {init['tarsnode_backend'] or '-'}); "
-                f"operator started in {init['operator_start_s']:.1f} s"
-            ],
-        )
-    )
-    load = data["load"]
-    synth = load["synthetic_checkpoints"]
-    out.append(
-        (
-            "Models: apply to Ready",
-            [
-                "model",
-                "kind",
-                "replicas",
-                "apply->loaded ms (per agent)",
-                "apply->Ready s",
-                "RSS/replica MiB",
-                "declared MiB",
-            ],
-            [
-                [
-                    r["model"],
-                    r["kind"],
-                    r["replicas"],
-                    ", ".join(f"{v:.0f}" for v in r["apply_to_loaded_ms"].values()),
-                    r["apply_to_ready_s"],
-                    r["rss_per_replica_mib"],
-                    r["declared_mib"],
-                ]
-                for r in load["models"] + load["functions"]
-            ],
-            [
-                "synthetic weights (random, not trained; timing and memory are real): "
-                + (", ".join(f"{k} ({v['preset']}, {v['size_mib']:.0f} MiB)" for k, v in synth.items()) or "none"),
-                "functions are applied together, so their memory is not attributed one by one",
-            ],
-        )
-    )
-    out.append(
-        (
-            "Latency and throughput through the gateway",
-            [
-                "model",
-                "requests sent",
-                "errors",
-                "concurrency",
-                "replicas",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "req/s",
-                "seed p50 ms",
-                "seed p99 ms",
-                "seed req/s",
-            ],
-            [
-                [
-                    b["model"],
-                    b["requests_sent"],
-                    b["summary"]["errors"],
-                    b["concurrency"],
-                    b["replicas"],
-                    b["summary"]["p50_ms"],
-                    b["summary"]["p95_ms"],
-                    b["summary"]["p99_ms"],
-                    b["summary"]["rps"],
-                    (b["seed"] or {}).get("p50_ms"),
-                    (b["seed"] or {}).get("p99_ms"),
-                    (b["seed"] or {}).get("rps"),
-                ]
-                for b in data["benchmark"]
-            ],
-            ["seed columns are the seed project's claims (from the plan), not measured here"],
-        )
-    )
-    starts = data.get("sandbox_start") or {}
-    out.append(
-        (
-            "Sandbox starts (agents' tars_agent_sandbox_start_seconds)",
-            ["model", "sandboxes started", "mean ms"],
-            [[m, int(s["count"]), s["mean_ms"]] for m, s in sorted(starts.items())],
-            [],
-        )
-    )
-    sec = data.get("security")
-    if sec:
-        out.append(
-            (
-                "Security",
-                ["attempt", "what", "blocked", "evidence"],
-                [
-                    [a["name"], a["attack"], "yes" if a["blocked"] else "NO", json.dumps(a["evidence"])[:300]]
-                    for a in sec["attempts"]
-                ],
-                [
-                    f"score: {sec['blocked']}/{sec['attempted']} blocked = {sec['score']:.0%} "
-                    f"(granted to the hostile function: {', '.join(sec['granted_capabilities']) or 'nothing'})"
-                ],
-            )
-        )
-    cost = data["cost"]
-    out.append(
-        (
-            "Cost",
-            [
-                "model",
-                "RSS MiB",
-                "req/s",
-                "TARS models/node",
-                "TARS per model-hour",
-                "TARS per M requests",
-                "baseline models/node",
-                "baseline per model-hour",
-                "baseline per M requests",
-                "x cheaper per model-hour",
-            ],
-            [
-                [
-                    r["model"],
-                    r["rss_mib"],
-                    r["rps"],
-                    r["tars_models_per_node"],
-                    f"{r['tars_per_model_hour']:.5f}",
-                    _fmt(r["tars_per_million_requests"], 4),
-                    r["baseline_models_per_node"],
-                    f"{r['baseline_per_model_hour']:.5f}",
-                    _fmt(r["baseline_per_million_requests"], 4),
-                    r["saving_per_model_hour"],
-                ]
-                for r in cost["rows"]
-            ],
-            [f"assumption: {a}" for a in cost["assumptions"]],
-        )
-    )
-    out.append(
-        (
-            "Deployment recommendations",
-            ["scenario", "model", "meets budget", "replicas", "nodes", "why", "rule"],
-            [
-                [
-                    r["scenario"],
-                    r["model"] or "-",
-                    "yes" if r["meets_budget"] else "no",
-                    r["replicas"],
-                    r["nodes"],
-                    r["why"],
-                    r["rule"],
-                ]
-                for r in data["recommendations"]
-            ],
-            [],
-        )
-    )
-    return out
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -215,9 +43,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"on {data['meta']['machine_vcpus']} vCPUs. Every figure below was measured in this run.",
         "",
     ]
-    for title, header, rows, notes in sections(data):
-        parts += [f"## {title}", "", _md_table(header, rows), ""]
-        parts += [f"- {n}" for n in notes]
+    for section in sections(data):
+        parts += [f"## {section.title}", "", _md_table(section.header, section.rows), ""]
+        parts += [f"- {n}" for n in section.notes]
         parts.append("")
     return "\n".join(parts)
 
@@ -295,11 +123,11 @@ def html_report(data: dict[str, Any], images: dict[str, str]) -> str:
             body.append(f'<img alt="{name}" src="data:image/png;base64,{images[name]}">')
     if not images:
         body.append("<p>(matplotlib is not installed: no plots; the tables hold the same data)</p>")
-    for title, header, rows, notes in sections(data):
-        body.append(f"<h2>{e(title)}</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>")
-        body += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows]
+    for section in sections(data):
+        body.append(f"<h2>{e(section.title)}</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in section.header)}</tr>")
+        body += ["<tr>" + "".join(f"<td>{e(fmt(c))}</td>" for c in row) + "</tr>" for row in section.rows]
         body.append("</table>")
-        body += [f"<p class=note>{e(n)}</p>" for n in notes]
+        body += [f"<p class=note>{e(n)}</p>" for n in section.notes]
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:8px 0}"
         "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}.note{color:#555}"

@@ -26,7 +26,6 @@ class Target:
     agent_logs: list[Path] = field(default_factory=list)
 
 
-
 class CheckBase:
     def __init__(
         self,
@@ -101,10 +100,8 @@ class CheckBase:
         )
         return result.returncode == 0
 
-
     def _failure_counts(self, before: system.Samples, after: system.Samples, reason: str) -> float:
         name = "tars_agent_guest_failures_total"
         return system.metric_sum(after, name, model=self.model_key, reason=reason) - system.metric_sum(
             before, name, model=self.model_key, reason=reason
         )
-

@@ -14,6 +14,9 @@ from tarsctl.demo.security.platform_probes import PlatformProbes
 from tarsctl.demo.security.sandbox_probes import SandboxProbes
 from tarsctl.demo.security.verdicts import Attempt, SecurityReport
 
+# A progress label and the probe it names.
+Step = tuple[str, Callable[[], Attempt | list[Attempt] | None]]
+
 
 class SecurityCheck(SandboxProbes, PlatformProbes):
     ready_timeout: float = 300
@@ -61,8 +64,8 @@ class SecurityCheck(SandboxProbes, PlatformProbes):
                 self.t.state, "delete", "tarsmodel", name, "-n", self.t.namespace, "--wait=false", check=False
             )
 
-    def run(self) -> SecurityReport:
-        steps: list[tuple[str, Callable[[], Attempt | list[Attempt] | None]]] = [
+    def steps(self) -> list[Step]:
+        return [
             ("reading a host file", self.host_file),
             ("opening a socket", self.open_socket),
             ("allocating past the memory limit", self.memory),
@@ -82,8 +85,11 @@ class SecurityCheck(SandboxProbes, PlatformProbes):
             # Last: where guests are not stopped, it wedges the agents for the rest of the run.
             ("guests blocking in the host", self.blocking_guest),
         ]
+
+    def run(self, steps: list[Step] | None = None) -> SecurityReport:
+        """Every probe, or the ``steps`` given (a selection of :meth:`steps`)."""
         attempts: list[Attempt] = []
-        for label, step in steps:
+        for label, step in self.steps() if steps is None else steps:
             self.progress(label)
             outcome = step()
             if isinstance(outcome, list):
@@ -91,5 +97,3 @@ class SecurityCheck(SandboxProbes, PlatformProbes):
             elif outcome is not None:
                 attempts.append(outcome)
         return SecurityReport(attempts, self.model_key, self.granted, self.neighbour)
-
-

@@ -133,8 +133,6 @@ class Listener:
         self.sock.close()
 
 
-
-
 # Runs its top level at build time, under componentize-py: whatever it could write then, it wrote on
 # the machine that built it. The snapshot keeps its findings for handle() to report.
 BUILD_PROBE_CODE = """

@@ -103,9 +103,12 @@ class PlatformProbes(CheckBase):
         return Attempt(name, attack, escape_blocked(refused, ready, degraded, bool(leaked)), evidence)
 
     def file_escapes(self, timeout: float = 120) -> list[Attempt]:
-        roots = (system.kubectl_json(self.t.state, "tarsnode", self.t.tarsnode, "-n", self.t.namespace)["spec"]).get(
-            "modelRoots"
-        ) or []
+        roots = (
+            (system.kubectl_json(self.t.state, "tarsnode", self.t.tarsnode, "-n", self.t.namespace)["spec"]).get(
+                "modelRoots"
+            )
+            or []
+        )
         secret = f"tars-secret-{secrets.token_hex(8)}"
         outside = Path(tempfile.mkdtemp(prefix="tars-escape-"))
         if any(outside.is_relative_to(Path(root)) for root in roots):

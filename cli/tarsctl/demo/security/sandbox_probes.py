@@ -257,4 +257,3 @@ class SandboxProbes(CheckBase):
                 "audit_log": self._audit_lines(capability, started),
             },
         )
-

@@ -113,6 +113,8 @@ class ClusterState:
     apiserver_port: int
     etcd_port: int
     pids: dict[str, int] = field(default_factory=dict)
+    # Kept, like the other ports, so a restarted etcd finds its member where its data says it is.
+    etcd_peer_port: int = field(default_factory=free_port)
 
     @property
     def path(self) -> Path:
@@ -195,7 +197,7 @@ def write_pki(directory: Path, server: str) -> None:
 def _commands(state: ClusterState) -> dict[str, list[str]]:
     d, b = state.path, bin_dir()
     p = d / "pki"
-    etcd_peer = free_port()
+    etcd_peer = state.etcd_peer_port
     auth_flags = lambda kubeconfig: [  # noqa: E731
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
@@ -362,7 +364,10 @@ def kubectl(
 
 
 def up(log: Callable[[str], None] = print) -> ClusterState:
-    """Starts the control plane, or returns the one already running."""
+    """Starts the control plane, or returns the one already running. If one was started before and
+    some of its components have died since, those are started again on the same ports, with the same
+    CA and the same etcd data: a kubeconfig handed out earlier keeps working and no object is lost.
+    Only `down` removes the state."""
     existing = running()
     if existing:
         log(f"reusing the control plane at {existing.server}")
@@ -370,6 +375,34 @@ def up(log: Callable[[str], None] = print) -> ClusterState:
     if missing_binaries():
         log(f"building missing binaries: {', '.join(missing_binaries())}")
         build_binaries(log)
+    previous = ClusterState.load(state_dir())
+    if previous is not None and _restartable(previous):
+        return _restart(previous, log)
+    return _fresh(log)
+
+
+def _restartable(state: ClusterState) -> bool:
+    return (state.path / "pki" / "ca.crt").is_file() and state.kubeconfig.is_file()
+
+
+def _component_alive(state: ClusterState, name: str) -> bool:
+    return _alive(state.pids.get(name, -1), str(bin_dir() / name))
+
+
+def _restart(state: ClusterState, log: Callable[[str], None]) -> ClusterState:
+    dead = [name for name in COMPONENTS if not _component_alive(state, name)]
+    log(f"restarting {', '.join(dead) or 'nothing (waiting for the API)'}; keeping the state in {state.path}")
+    state.pids = {name: pid for name, pid in state.pids.items() if name not in dead}
+    try:
+        _start_components(state, log)
+    except ClusterError as error:
+        raise ClusterError(
+            f"{error}\nthe control plane's state is kept in {state.path}; `tarsctl cluster down` removes it"
+        ) from error
+    return state
+
+
+def _fresh(log: Callable[[str], None]) -> ClusterState:
     for attempt in (1, 2):
         down(quiet=True)
         directory = state_dir()
@@ -393,14 +426,17 @@ def up(log: Callable[[str], None] = print) -> ClusterState:
 
 
 def _start_components(state: ClusterState, log: Callable[[str], None]) -> None:
+    """Starts every component that is not running (all of them, on a fresh state)."""
     commands = _commands(state)
     started = time.monotonic()
-    _start("etcd", commands["etcd"], state)
-    _start("kube-apiserver", commands["kube-apiserver"], state)
+    for name in ("etcd", "kube-apiserver"):
+        if not _component_alive(state, name):
+            _start(name, commands[name], state)
     _wait(lambda: api_ready(state), "kube-apiserver /readyz", state, timeout=90)
     log(f"kube-apiserver ready at {state.server} after {time.monotonic() - started:.1f}s")
     for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
-        _start(name, commands[name], state)
+        if not _component_alive(state, name):
+            _start(name, commands[name], state)
     _wait(lambda: _default_service_account_exists(state), "the controller-manager", state, timeout=60)
     log(f"control plane up in {time.monotonic() - started:.1f}s; KUBECONFIG={state.kubeconfig}")
 

@@ -154,7 +154,8 @@ def test_platform_verdicts() -> None:
     assert security.build_write_blocked([], [])
     assert not security.build_write_blocked(["/usr/lib/python3/site-packages"], [])
     assert not security.build_write_blocked([], ["/host/site-packages/tars-build-probe-x.txt"])
-    assert security.blocking_contained([500, 500], 12.0, 120.0, [200] * 5, True)
+    assert security.blocking_contained([500, 500, 429], 12.0, 120.0, [200] * 5, True)
+    assert not security.blocking_contained([500, 200], 119.0, 120.0, [200] * 5, True)  # one slept it out
     assert not security.blocking_contained([500, 0], 150.0, 120.0, [200] * 5, True)  # one was never stopped
     assert not security.blocking_contained([500, 500], 12.0, 120.0, [200, 0, 0, 0, 0], True)  # agents wedged
 

@@ -141,15 +141,17 @@ import sys
 
 WROTE = []
 READ = []
-for _dir in list(sys.path):
+# Its own directory may be a scratch copy the build owns; every other one belongs to the host.
+_OWN = os.path.dirname(os.path.abspath(globals().get("__file__", ".")))
+for _dir in [d for d in sys.path if d and d != "." and os.path.abspath(d) != _OWN]:
     try:
-        with open(os.path.join(_dir or ".", "tars-build-probe-{token}.txt"), "w") as _f:
+        with open(os.path.join(_dir, "tars-build-probe-{token}.txt"), "w") as _f:
             _f.write("{token}")
         WROTE.append(_dir)
     except Exception:
         pass
     try:
-        for _name in os.listdir(_dir or "."):
+        for _name in os.listdir(_dir):
             if _name.endswith(".pth"):
                 with open(os.path.join(_dir, _name)) as _f:
                     READ.append(_name + ": " + _f.read(80))

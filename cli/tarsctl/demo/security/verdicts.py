@@ -134,9 +134,10 @@ def build_write_blocked(guest_wrote: list[str], found_on_host: list[str]) -> boo
 def blocking_contained(
     statuses: list[int], held_s: float, sleep_s: float, neighbour_after: list[int], agents_alive: bool
 ) -> bool:
-    """Guests blocked in the host are contained when every one was stopped (an error answer, well
-    before it would have woken up) and the agents still serve the neighbour promptly afterwards."""
-    stopped = all(status >= 500 for status in statuses) and held_s < sleep_s
+    """Guests blocked in the host are contained when every one was stopped or refused (an answer
+    came, and not a success, well before the guest would have woken up) and the agents still serve
+    the neighbour promptly afterwards."""
+    stopped = all(status not in (0, 200) for status in statuses) and held_s < sleep_s
     return stopped and agents_alive and all(status == 200 for status in neighbour_after)
 
 

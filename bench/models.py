@@ -38,7 +38,6 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from tars_agent import runtimes
 from tars_agent.agent import Agent, AgentConfig
 from tars_agent.capabilities import ModelKey
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
@@ -177,7 +176,6 @@ def measure_loads(selected: list[Case]) -> None:
     """Load time and RSS growth per model, loaded one after another through the agent's repository."""
     backend = WasmtimeBackend()
     agent = Agent(AgentConfig(warm_pool_size=2), backend)
-    runtimes.attach(agent.capabilities, agent.repository)
     loop = asyncio.new_event_loop()
     try:
         for case in selected:

@@ -9,12 +9,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tars_agent import runtimes
+from tars_agent.assembly import default_catalog
 from tars_agent.capabilities import CapabilityRegistry, ModelKey, default_registry
-from tars_agent.catalog import Catalog, default_catalog
+from tars_agent.catalog import Catalog
 from tars_agent.metrics import AgentMetrics
 from tars_agent.pool import GuestExecutor
 from tars_agent.repository import ModelRepository
+from tars_agent.runtimes.services import ModelServices
 from tars_agent.sandbox.base import SandboxBackend
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits
@@ -107,6 +108,7 @@ class Agent:
         backend_reason: str = "",
         capabilities: CapabilityRegistry | None = None,
         catalog: Catalog | None = None,
+        services: ModelServices | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -114,7 +116,10 @@ class Agent:
         self.metrics = AgentMetrics()
         self.metrics.backend.info({"backend": backend.name, "reason": backend_reason[:200]})
         self.capabilities = capabilities if capabilities is not None else default_registry()
-        self.catalog = catalog if catalog is not None else default_catalog(self.capabilities)
+        # The agent owns its model services (shared runtimes, knowledge stores, operator requests);
+        # they serve models and capabilities only through the default catalog.
+        self.services = services if services is not None else ModelServices()
+        self.catalog = catalog if catalog is not None else default_catalog(self.services, self.capabilities)
         self.executor = GuestExecutor(config.workers, config.max_queue)
         self.repository = ModelRepository(
             backend,
@@ -132,7 +137,7 @@ class Agent:
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
         self.on_demand: Callable[[str], TarsModel | None] | None = None
         # functions.invoke reaches the other models loaded here.
-        runtimes.attach(self.capabilities, self.repository)
+        self.services.attach_repository(self.repository)
 
     @property
     def draining(self) -> bool:

@@ -106,10 +106,7 @@ def agent_report(agent: Agent, address: str) -> AgentReport:
 
 def operator_requests(agent: Agent) -> list[dict[str, Any]]:
     """What guests asked the operator for (operator.request), for the Lease; the operator acts."""
-    from tars_agent.runtimes.services import services_for
-
-    services = services_for(agent.capabilities)
-    return list(services.operator_requests) if services is not None else []
+    return list(agent.services.operator_requests)
 
 
 class ClusterAgent:

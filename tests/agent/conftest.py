@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from tars_agent.agent import Agent, AgentConfig
+from tars_agent.assembly import echo_bundle
 from tars_agent.capabilities import CallContext, default_registry
-from tars_agent.catalog import Catalog, ModelBundle, SourceRequest, echo_bundle
+from tars_agent.catalog import Catalog, ModelBundle, SourceRequest
+from tars_agent.functions import inline_function_bundle
 from tars_agent.sandbox.base import GuestSource
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_api import TarsModel
@@ -68,7 +70,7 @@ def make_agent(backend: WasmtimeBackend, **config: Any) -> Agent:
     capabilities = default_registry()
     # operator.request is an allowed-list name from the API enum; here it stands for a slow host call.
     capabilities.register("operator.request", slow_capability)
-    catalog = Catalog(builtins={"echo": echo_bundle, "hostile": hostile_bundle})
+    catalog = Catalog(builtins={"echo": echo_bundle, "hostile": hostile_bundle}, function=inline_function_bundle)
     settings = {"workers": 4, "max_queue": 16, "warm_pool_size": 2, "node_limits": TEST_LIMITS, **config}
     return Agent(AgentConfig(**settings), backend, "wasmtime requested by the tests", capabilities, catalog)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tars_agent.agent import Agent
-from tars_agent.catalog import Catalog, UnknownSource, inline_function_app, parse_source
+from tars_agent.catalog import Catalog, UnknownSource, parse_source
+from tars_agent.functions import inline_function_app
 from tars_agent.sandbox.probe import BackendUnavailable, KvmProbe, cpu_has_virtualization, probe_kvm, select_backend
 from tars_guests.build import GuestBuildError, build_guest, source_digest, wit_dir
 from tars_guests.testapps import ECHO_APP
@@ -96,6 +97,8 @@ def test_catalog_refuses_unknown_entries() -> None:
         catalog.factory_for(tars_model("x", "builtin://nope").spec)
     with pytest.raises(UnknownSource, match="cannot load file://"):
         catalog.factory_for(tars_model("x", "file:///models/x").spec)
+    with pytest.raises(UnknownSource, match="cannot build inline functions"):
+        catalog.factory_for(tars_model("x", None, function={"code": "def handle(x):\n    return x\n"}).spec)  # type: ignore[arg-type]
 
 
 def test_inline_function_template_compiles() -> None:

@@ -1,7 +1,7 @@
 """Fixtures for the model and TARS-function tests: real weights, real guests, a real agent.
 
-Everything goes through the agent's own pieces: ``tars_agent.catalog.default_catalog`` (which calls
-``tars_agent.runtimes.install``), the capability allowlist and the Wasmtime backend. Guest builds and
+Everything goes through the agent's own pieces: ``tars_agent.assembly.default_catalog`` (with the
+agent's own ``ModelServices``), the capability allowlist and the Wasmtime backend. Guest builds and
 compiled components are cached across runs by tars_guests.build and the backend; MiniLM is loaded
 once per session.
 """
@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from tars_agent import runtimes
 from tars_agent.agent import Agent, AgentConfig
 from tars_agent.capabilities import ModelKey
 from tars_agent.repository import LoadedModel
 from tars_agent.runtimes.minilm import MiniLMEmbedder
-from tars_agent.runtimes.services import ModelServices, services_for, shared_embedder
+from tars_agent.runtimes.services import ModelServices, shared_embedder
 from tars_agent.sandbox.base import GuestFailure
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_api import TarsModel
@@ -82,9 +81,7 @@ class ModelAgent:
 
     @property
     def services(self) -> ModelServices:
-        services = services_for(self.agent.capabilities)
-        assert services is not None
-        return services
+        return self.agent.services
 
     def load(self, model: TarsModel) -> LoadedModel:
         return self.loop.run_until_complete(self.agent.repository.load(model))
@@ -122,7 +119,6 @@ def model_agent(components: dict[str, Path], edge_tiny_dir: Path, embedder: Mini
         list(pool.map(backend.load_component, components.values()))
     loop = asyncio.new_event_loop()
     agent = Agent(AgentConfig(warm_pool_size=1, workers=4), backend)
-    runtimes.attach(agent.capabilities, agent.repository)
     harness = ModelAgent(agent, loop)
     for name, (source, kind, capabilities) in BUILTINS.items():
         harness.load(tars_model(name, source, kind, capabilities))

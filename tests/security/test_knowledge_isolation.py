@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 
 from tars_agent.agent import Agent, AgentConfig
-from tars_agent.capabilities import default_registry
-from tars_agent.catalog import default_catalog
 from tars_agent.runtimes.services import KNOWLEDGE_DIR_ENV
 from tests.agent.conftest import TEST_LIMITS, hostile_bundle
 from tests.security.conftest import tars_model
@@ -38,11 +36,9 @@ async def shared_agent(backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "team-a" / "kb").mkdir(parents=True)
     (tmp_path / "team-a" / "kb" / "runbook.md").write_text("Team A's on-call rota lives in the vault.")
     monkeypatch.setenv(KNOWLEDGE_DIR_ENV, str(tmp_path))
-    capabilities = default_registry()
-    catalog = default_catalog(capabilities)
-    catalog.builtins["hostile"] = hostile_bundle
     config = AgentConfig(workers=2, max_queue=8, warm_pool_size=1, node_limits=TEST_LIMITS)
-    agent = Agent(config, backend, "wasmtime requested by the tests", capabilities, catalog)
+    agent = Agent(config, backend, "wasmtime requested by the tests")
+    agent.catalog.builtins["hostile"] = hostile_bundle
     # The same model name in two namespaces: two tenants on one agent.
     for ns in ("team-a", "team-b"):
         assert await agent.ensure_loaded(tars_model("kb", "builtin://hostile", ns, capabilities=CAPS))

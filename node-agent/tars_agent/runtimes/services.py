@@ -1,7 +1,7 @@
 """The model runtimes offered to guests as host capabilities, and the catalog entries that use them.
 
-:func:`install` (called by ``tars_agent.catalog.default_catalog`` through ``tars_agent.runtimes``)
-adds builtin models and agent-wide capabilities:
+:meth:`ModelServices.install` (called by ``tars_agent.assembly.default_catalog``; each agent owns one
+ModelServices) adds builtin models and agent-wide capabilities:
 
 =============================== =========== ================================================
 source                          kind        guest / runtime
@@ -29,7 +29,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -421,19 +420,3 @@ class ModelServices:
             catalog.builtins[name] = self.builtin_bundle
         catalog.schemes["file"] = self.file_bundle
         self.register_capabilities(capabilities)
-
-
-_SERVICES: weakref.WeakKeyDictionary[CapabilityRegistry, ModelServices] = weakref.WeakKeyDictionary()
-
-
-def install(catalog: Catalog, capabilities: CapabilityRegistry) -> ModelServices:
-    """New services for one agent (its registry); heavy weights are still shared per process."""
-    services = ModelServices()
-    services.install(catalog, capabilities)
-    _SERVICES[capabilities] = services
-    return services
-
-
-def services_for(capabilities: CapabilityRegistry) -> ModelServices | None:
-    """The services :func:`install` bound to an agent's capability registry."""
-    return _SERVICES.get(capabilities)

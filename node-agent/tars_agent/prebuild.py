@@ -20,9 +20,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from wasmtime.component import Component
-
-from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend, compiled_cache_key, wasmtime_version
+from tars_agent.sandbox.wasmtime_backend import (
+    WasmtimeBackend,
+    compiled_cache_dir,
+    compiled_cache_key,
+    prebuilt_compiled,
+    wasmtime_version,
+)
 
 MANIFEST = "manifest.json"
 
@@ -43,7 +47,7 @@ def builtin_guests(names: Sequence[str] | None = None) -> dict[str, Path]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _write_atomic(path: Path, data: bytes | bytearray) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -63,9 +67,13 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
             component_path = out / "guests" / built.name
             if component_path.resolve() != built.resolve():
                 shutil.copyfile(built, component_path)
-            compiled_path = out / "compiled" / f"{compiled_cache_key(data)}.cwasm"
+            key = compiled_cache_key(data)
+            compiled_path = out / "compiled" / f"{key}.cwasm"
             started = time.perf_counter()
-            _write_atomic(compiled_path, Component(backend.engine, data).serialize())
+            if not compiled_path.is_file():
+                # Compiled now, or taken from the compiled cache a previous build left.
+                backend.load_component(built)
+                shutil.copyfile(prebuilt_compiled(key) or compiled_cache_dir() / f"{key}.cwasm", compiled_path)
             entries[name] = {
                 "component": component_path.relative_to(out).as_posix(),
                 "compiled": compiled_path.relative_to(out).as_posix(),

@@ -84,11 +84,23 @@ def test_agent_finds_the_prebuilt_guests_the_build_stage_made() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
 
 
-def test_build_context_keeps_what_the_build_copies() -> None:
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-    for copy in BUILD.args_of("COPY"):
-        *sources, _dest = copy.split()
-        for source in sources:
-            assert (ROOT / source).exists(), source
-            assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
+def _in_context(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics for a top-level path: the last matching pattern decides; ! re-includes."""
+    included = True
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatch(path, pattern.lstrip("!")):
+            included = negated
+    return included
+
+
+def test_build_context_is_the_package_sources_only() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    where = project["tool"]["setuptools"]["packages"]["find"]["where"]
+    needed = [*where, "pyproject.toml", project["project"]["readme"]]
+    assert [path for path in needed if not _in_context(path, patterns)] == []
+    for path in ("tests", "charts", ".git", "Makefile", "bench", "e2e", "hack", ".make"):
+        assert not _in_context(path, patterns), path
+    assert "COPY . ./" in [f"COPY {args}" for args in BUILD.args_of("COPY")]

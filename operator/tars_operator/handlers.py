@@ -22,6 +22,7 @@ from tars_operator import builders
 from tars_operator.agents import LeaseRecord, NodeRecord, lease_record, node_record
 from tars_operator.kube import API_CONCURRENCY
 from tars_operator.metrics import MANAGED
+from tars_operator.podfaults import pod_record
 from tars_operator.reconciler import Indexes, Reconciler
 from tars_operator.records import Key
 
@@ -205,6 +206,20 @@ async def agent_lease_changed(
     await memo.reconciler.operator_requests(record, indexes.snapshot())
     if (record.namespace, record.tarsnode) in tarsnodes_index:
         await memo.reconciler.agents_moved((record.namespace, record.tarsnode), indexes)
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: OPERATOR, TARSNODE_LABEL: kopf.PRESENT})
+async def agent_pod_changed(
+    type: str, name: str, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: OperatorMemo,
+    tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes, daemonsets_index: Bodies,
+    **_: Any,
+) -> None:  # fmt: skip
+    """Image pulls that fail and agents that crash show in the TarsNode's PodsHealthy condition."""
+    key = (namespace, labels[TARSNODE_LABEL])
+    record = None if type == "DELETED" else pod_record(dict(body))
+    if memo.reconciler.agent_pod_seen(key, name, record) and key in tarsnodes_index:
+        indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
+        await memo.reconciler.tarsnode(key, indexes.snapshot, children=False, settle_s=0.2)
 
 
 @kopf.on.event("", "v1", "nodes")

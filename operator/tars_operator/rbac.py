@@ -57,6 +57,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     },
     # Nodes: health and zones for placement; the operator labels each with its agent's backend.
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    # Agent pods' container states (image pulls, crash loops) for the TarsNode's PodsHealthy condition.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     # Events: kopf posts them, and so does the operator on meaningful changes.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf discovers served resources (and notices CRDs installed after it started).

@@ -32,6 +32,7 @@ from tars_operator.conditions import merge_conditions, transitions
 from tars_operator.decide import ModelFacts, ModelPlan, decide_model
 from tars_operator.kube import Kube
 from tars_operator.placement import AgentView
+from tars_operator.podfaults import PodRecord
 from tars_operator.records import Key, Records, Slot, TarsModelRecord, TarsNodeRecord
 from tars_operator.status import failure_conditions, tarsnode_status
 
@@ -115,6 +116,7 @@ class Reconciler:
         self.records = Records()
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
+        self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
 
     async def _coalesced(
         self, kind: str, key: Key, slot: Slot, run: Callable[[], Awaitable[None]], settle_s: float = 0.0
@@ -190,7 +192,10 @@ class Reconciler:
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
             await self.kube.patch("v1", "Node", None, node, patch)
-        fields, conds = tarsnode_status(tn, seen.daemonsets.get(key), agents, seen.lost(key))
+        pods = list(self.agent_pods.get(key, {}).values())
+        fields, conds = tarsnode_status(
+            tn, seen.daemonsets.get(key), agents, seen.lost(key), pods=pods, nodes_total=len(seen.nodes)
+        )
         for state, count in (("ready", sum(a.ready for a in agents)), ("lost", sum(not a.ready for a in agents))):
             metrics.AGENTS.labels(tn.metadata.name, state).set(count)
         await self._write_status(body, tn.metadata.generation, fields, conds)
@@ -224,6 +229,16 @@ class Reconciler:
 
     def forget_tarsnode(self, key: Key) -> None:
         self.records.forget_tarsnode(key)
+        self.agent_pods.pop(key, None)
+
+    def agent_pod_seen(self, key: Key, name: str, record: PodRecord | None) -> bool:
+        """Remembers an agent pod's container state (None: the pod is gone). True when it changed,
+        so the TarsNode's PodsHealthy condition should follow."""
+        pods = self.agent_pods.setdefault(key, {})
+        before = pods.pop(name, None)
+        if record is not None:
+            pods[name] = record
+        return before != record
 
     # --- TarsModel: observe -> decide (decide.py, pure) -> act -----------------------------------
 

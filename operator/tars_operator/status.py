@@ -14,12 +14,20 @@ from tars_api import TarsModel, TarsNode
 from tars_api.labels import KVM_LABEL
 from tars_operator.conditions import Cond
 from tars_operator.placement import AgentView, PlacementResult
+from tars_operator.podfaults import PodRecord, eligible_message, pods_condition
 from tars_operator.routing import endpoint_url, model_key, selector
 
 
 def tarsnode_status(
-    tn: TarsNode, daemonset_status: dict[str, Any] | None, agents: list[AgentView], lost: list[str]
+    tn: TarsNode,
+    daemonset_status: dict[str, Any] | None,
+    agents: list[AgentView],
+    lost: list[str],
+    pods: list[PodRecord] | None = None,
+    nodes_total: int | None = None,
 ) -> tuple[dict[str, Any], list[Cond]]:
+    """``pods`` (the agent pods' container states) adds the PodsHealthy condition; ``nodes_total``
+    puts "N of M nodes eligible" in the Ready message."""
     ds = daemonset_status or {}
     desired = int(ds.get("desiredNumberScheduled", 0))
     ready_pods = int(ds.get("numberReady", 0))
@@ -43,15 +51,19 @@ def tarsnode_status(
             for a in agents
         ],
     }
+    eligible = f"; {eligible_message(desired, nodes_total)}" if nodes_total is not None else ""
     if daemonset_status is None:
         ready = Cond("Ready", False, "DaemonSetPending", "the node-agent DaemonSet has no status yet")
     elif desired == 0:
-        ready = Cond("Ready", False, "NoKVMNodes", f"no node matches {KVM_LABEL}=true and the nodeSelector")
+        ready = Cond("Ready", False, "NoKVMNodes", f"no node matches {KVM_LABEL}=true and the nodeSelector{eligible}")
     elif not ready_agents:
-        ready = Cond("Ready", False, "NoAgentsReady", f"0 of {desired} agents report ready")
+        ready = Cond("Ready", False, "NoAgentsReady", f"0 of {desired} agents report ready{eligible}")
     else:
         ready = Cond(
-            "Ready", True, "AgentsReady", f"{len(ready_agents)} of {desired} agents ready ({fields['backend']})"
+            "Ready",
+            True,
+            "AgentsReady",
+            f"{len(ready_agents)} of {desired} agents ready ({fields['backend']}){eligible}",
         )
     progressing = (
         Cond("Progressing", True, "RollingOut", f"{updated} of {desired} agent pods updated, {ready_pods} ready")
@@ -61,7 +73,8 @@ def tarsnode_status(
     degraded = (
         Cond("Degraded", True, "AgentsLost", "; ".join(lost)) if lost else Cond("Degraded", False, "AsExpected", "")
     )
-    return fields, [ready, progressing, degraded]
+    health = [pods_condition(tn.metadata.namespace, pods)] if pods is not None else []
+    return fields, [ready, progressing, degraded, *health]
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def describe(tarsnodes: list[dict[str, Any]], models: list[dict[str, Any]]) -> l
             if kind == "TarsNode":
                 summary = (
                     f"{status.get('readyAgents', 0)}/{status.get('desiredAgents', 0)} agents ready, "
-                    f"{status.get('eligibleNodes', '?')} nodes eligible, backend {status.get('backend') or '-'}"
+                    f"backend {status.get('backend') or '-'}"
                 )
             else:
                 summary = f"{status.get('readyReplicas', 0)}/{obj.get('spec', {}).get('replicas', '?')} replicas ready"

@@ -172,10 +172,15 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def file_roots(selected: list[Case]) -> tuple[Path, ...]:
+    """The checkpoint directories the agent must allow (its model roots) for the file:// cases."""
+    return tuple(Path(c.source.removeprefix("file://")) for c in selected if c.source.startswith("file://"))
+
+
 def measure_loads(selected: list[Case]) -> None:
     """Load time and RSS growth per model, loaded one after another through the agent's repository."""
     backend = WasmtimeBackend()
-    agent = Agent(AgentConfig(warm_pool_size=2), backend)
+    agent = Agent(AgentConfig(warm_pool_size=2, model_roots=file_roots(selected)), backend)
     loop = asyncio.new_event_loop()
     try:
         for case in selected:
@@ -254,6 +259,8 @@ def start_agent(manifests: Path, selected: list[Case], port: int) -> subprocess.
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     for case in selected:
         command += ["--model", str(manifests / f"{case.name}.yaml")]
+    for root in file_roots(selected):
+        command += ["--model-root", str(root)]
     agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

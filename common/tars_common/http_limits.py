@@ -127,13 +127,23 @@ class ConnectionGuard:
         return lambda: _Guarded(self, factory())
 
     async def serve(
-        self, runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> asyncio.Server:
         """Listens with aiohttp's server behind the guard (in place of ``web.TCPSite``)."""
         assert runner.server is not None, "call runner.setup() first"
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            self.protocol_factory(runner.server), host, port, ssl=ssl_context, reuse_address=True
+            self.protocol_factory(runner.server),
+            host,
+            port,
+            ssl=ssl_context,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
 
     @web.middleware

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tars_agent.assembly import default_catalog
 from tars_agent.capabilities import CapabilityRegistry, ModelKey, default_registry
@@ -19,6 +20,7 @@ from tars_agent.runtimes.services import ModelServices
 from tars_agent.sandbox.base import SandboxBackend
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits
+from tars_common.http_limits import HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,13 @@ class AgentConfig:
     node_limits: SandboxLimits = field(default_factory=SandboxLimits)
     max_body_bytes: int = 8 * 1024 * 1024
     drain_timeout_s: float = 30.0
+    # Unready once every worker has been taken this long with none freed: guests that stopped never
+    # hold a worker past their wall-clock limit, so the agent is wedged and should get no traffic.
+    unready_after_saturated_s: float = 20.0
+    # The TarsNode's spec.modelRoots: the only directories file:// sources may load from.
+    model_roots: tuple[Path, ...] = ()
+    # Slow clients and open connections are bounded (header, body and idle deadlines, a cap).
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     capacity_mib: int = 4096
 
 
@@ -120,6 +129,7 @@ class Agent:
         # they serve models and capabilities only through the default catalog.
         self.services = services if services is not None else ModelServices()
         self.catalog = catalog if catalog is not None else default_catalog(self.services, self.capabilities)
+        self.catalog.model_roots = tuple(config.model_roots)
         self.executor = GuestExecutor(config.workers, config.max_queue)
         self.repository = ModelRepository(
             backend,
@@ -144,7 +154,8 @@ class Agent:
         return self.executor.draining
 
     def ready(self) -> bool:
-        return not self.draining and self.desired <= set(self.repository.models)
+        wedged = self.executor.saturated_for() > self.config.unready_after_saturated_s
+        return not self.draining and not wedged and self.desired <= set(self.repository.models)
 
     async def ensure_loaded(self, model: TarsModel) -> bool:
         """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded."""

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tars_agent.capabilities import CapabilityFn, ModelKey
+from tars_agent.model_roots import confine
 from tars_agent.sandbox.base import GuestSource
 from tars_api.tarsmodel import TarsModelSpec
 
@@ -73,6 +74,8 @@ class Catalog:
     builtins: dict[str, ModelFactory] = field(default_factory=dict)
     schemes: dict[str, ModelFactory] = field(default_factory=dict)
     function: ModelFactory | None = None  # inline spec.function.code
+    # Where file:// sources may load from (the TarsNode's spec.modelRoots); none refuses them all.
+    model_roots: tuple[Path, ...] = ()
 
     def factory_for(self, spec: TarsModelSpec) -> tuple[ModelFactory, str, str, Path | None]:
         if spec.source is None:
@@ -93,5 +96,7 @@ class Catalog:
     def resolve(self, key: ModelKey, spec: TarsModelSpec) -> ModelBundle:
         """Builds the bundle for a model (blocking: run it on a worker thread)."""
         factory, scheme, name, path = self.factory_for(spec)
+        if scheme == "file" and path is not None:
+            path = confine(path, self.model_roots)
         return factory(SourceRequest(key=key, spec=spec, scheme=scheme, name=name, path=path))
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from tars_agent import functions
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
+from tars_agent.outage import OutageLog
 from tars_api.lease import (
     RENEW_INTERVAL_S,
     AgentReport,
@@ -116,6 +117,8 @@ class ClusterAgent:
         from tars_common.kube import load_client_config
 
         self.api = load_client_config()
+        # urllib3 warns on each of its retries; every loop here logs its own outage once (OutageLog).
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.coordination = client.CoordinationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.agent = agent
@@ -165,11 +168,13 @@ class ClusterAgent:
         await asyncio.to_thread(self._renew_blocking)
 
     async def renew_forever(self) -> None:
+        outage = OutageLog(f"renewing Lease {self.lease}", log)
         while True:
             try:
                 await self.renew_once()
-            except Exception:
-                log.exception("renewing Lease %s failed", self.lease)
+                outage.succeeded()
+            except Exception as exc:
+                outage.failed(exc)
             await asyncio.sleep(RENEW_INTERVAL_S)
 
     async def release(self) -> None:
@@ -195,6 +200,7 @@ class ClusterAgent:
     def _watch_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
         from kubernetes import watch
 
+        outage = OutageLog("watching TarsModels", log)
         while not self._stop.is_set():
             try:
                 stream = watch.Watch().stream(
@@ -206,11 +212,12 @@ class ClusterAgent:
                     timeout_seconds=60,
                 )
                 for _event in stream:
+                    outage.succeeded()
                     loop.call_soon_threadsafe(self._wake.set)
                     if self._stop.is_set():
                         return
-            except Exception:
-                log.warning("TarsModel watch broke; retrying", exc_info=True)
+            except Exception as exc:
+                outage.failed(exc)
                 self._stop.wait(2)
 
     async def sync_once(self) -> None:
@@ -231,13 +238,15 @@ class ClusterAgent:
     async def sync_forever(self) -> None:
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._watch_blocking, args=(loop,), name="tarsmodel-watch", daemon=True).start()
+        outage = OutageLog("syncing TarsModels", log)
         while True:
             self._wake.clear()
             try:
                 await self.sync_once()
                 await self.renew_once()  # tell the operator promptly what is loaded now
-            except Exception:
-                log.exception("syncing TarsModels failed")
+                outage.succeeded()
+            except Exception as exc:
+                outage.failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESYNC_INTERVAL_S)
 

@@ -32,9 +32,9 @@ from pydantic import ValidationError
 
 from tars_agent.agent import Agent, AgentConfig
 from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
-from tars_agent.server import create_app
+from tars_agent.server import CONNECTIONS, create_app
 from tars_agent.tenancy import FairAdmission
-from tars_api.access import DefaultAccess
+from tars_api.access import DEFAULT_ACCESS, DefaultAccess
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits, TarsNode
 from tars_common import tls
@@ -90,6 +90,7 @@ def rendered_defaults(path: Path) -> dict[str, Any]:
         "warm_pool": rendered.get("warmPoolSize"),
         "capacity_mib": rendered.get("capacityMiB"),
         "sandbox": sandbox,
+        "model_root": [Path(root) for root in rendered.get("modelRoots") or []],
         "log_level": rendered.get("logLevel", "info"),
         # Optional sections the operator may render: auth {mode, defaultAccess, metricsRequireToken},
         # tls {certFile, keyFile}.
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait before 429")
     p.add_argument("--warm-pool", type=int, default=None, help="warm sandboxes per model")
     p.add_argument(
+        "--model-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="directory file:// sources may load from (repeatable; none by default refuses every file://)",
+    )
+    p.add_argument(
         "--reuse-port",
         action="store_true",
         help="share the port with other agent processes (one per core; the kernel spreads connections)",
@@ -148,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument(
         "--default-access",
         choices=[d.value for d in DefaultAccess],
-        default=os.environ.get("TARS_DEFAULT_ACCESS", DefaultAccess.OPEN.value),
+        default=os.environ.get("TARS_DEFAULT_ACCESS", DEFAULT_ACCESS.value),
         help="who may call a model without spec.access when auth is on",
     )
     security.add_argument(
@@ -202,6 +210,9 @@ def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig
         config.node_limits = node.spec.sandbox
         config.warm_pool_size = node.spec.warm_pool_size
         config.capacity_mib = node.spec.agent.model_memory_mi_b
+        config.model_roots = tuple(Path(root) for root in node.spec.model_roots)
+    if args.model_root:
+        config.model_roots = tuple(args.model_root)
     if args.sandbox is not None:
         config.node_limits = args.sandbox
     if args.capacity_mib is not None:
@@ -221,12 +232,11 @@ async def serve(
     ssl_context: Any = None,
     admission: FairAdmission | None = None,
 ) -> None:
-    runner = web.AppRunner(create_app(agent, guard, admission), access_log=None)
+    app = create_app(agent, guard, admission)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(
-        runner, agent.config.host, agent.config.port, reuse_port=reuse_port or None, ssl_context=ssl_context
-    )
-    await site.start()
+    # Behind the connection guard (tars_common.http_limits): slow clients and too many connections cut off.
+    listener = await app[CONNECTIONS].serve(runner, agent.config.host, agent.config.port, ssl_context, reuse_port)
     log.info(
         "serving on %s:%d with backend %s (%s)",
         agent.config.host,
@@ -268,6 +278,7 @@ async def serve(
             await cluster_agent.release()
         except Exception:
             log.exception("releasing the Lease failed; it will expire")
+    listener.close()
     await runner.cleanup()
     agent.close()
 
@@ -308,6 +319,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         models_loaded=lambda: len(agent.repository.models),
     )
     asyncio.run(serve(agent, models, not args.standalone, args.tarsnode, args.reuse_port, guard, context, admission))
+    stuck = agent.executor.guests_running()
+    if stuck:
+        # A thread cannot be killed and the interpreter would wait for it at exit: shutdown stays bounded.
+        log.error("%d guest calls still running after the drain; exiting without them", stuck)
+        logging.shutdown()
+        os._exit(1)
 
 
 if __name__ == "__main__":

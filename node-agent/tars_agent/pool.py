@@ -6,7 +6,9 @@ instance serves one request and is then closed, so no state crosses requests.
 
 :class:`GuestExecutor` is the agent-wide admission control: at most ``workers`` calls run at once
 (on threads, because a guest call blocks), at most ``max_queue`` wait; more get an Overloaded error
-(HTTP 429 with Retry-After) and, once draining, Unavailable (503).
+(HTTP 429 with Retry-After) and, once draining, Unavailable (503). A worker stays taken until its
+guest has really stopped, not until its client was told of a timeout, and the executor reports how
+long no worker has been freed while all are taken (the agent turns unready when that lasts).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tars_agent.metrics import AgentMetrics
 from tars_agent.sandbox.base import FailureReason, GuestFailure, GuestInstance, PreparedGuest
@@ -119,40 +121,71 @@ class GuestExecutor:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._saturated_since: float | None = None
+        self._calls: set[Future[Any]] = set()
 
-    async def run(self, fn: Callable[[], T], wall_timeout_s: float) -> T:
-        """Runs ``fn`` on a worker thread; a TIMEOUT GuestFailure after ``wall_timeout_s`` (queueing excluded)."""
-        if self.draining:
-            raise Unavailable()
-        if self.queued >= self.max_queue and self._slots.locked():
-            raise Overloaded()
-        self.queued += 1
+    async def run(
+        self, fn: Callable[[], T], wall_timeout_s: float, on_stopped: Callable[[], None] | None = None
+    ) -> T:
+        """Runs ``fn`` on a worker thread; a TIMEOUT GuestFailure after ``wall_timeout_s`` (queueing excluded).
+
+        ``on_stopped`` runs on the event loop exactly once, when ``fn`` has finished or will never run:
+        callers hold their own admission slots until then."""
+        submitted = False
         try:
-            await self._slots.acquire()
+            if self.draining:
+                raise Unavailable()
+            if self.queued >= self.max_queue and self._slots.locked():
+                raise Overloaded()
+            self.queued += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.queued -= 1
+            self.in_flight += 1
+            if self.in_flight >= self.workers and self._saturated_since is None:
+                self._saturated_since = time.monotonic()
+            self._idle.clear()
+            loop = asyncio.get_running_loop()
+            future: Future[T] = self._threads.submit(fn)
+            submitted = True
+            self._calls.add(future)
+            # The slot is released when the thread really finishes, not when the client gives up:
+            # a thread cannot be cancelled, and counting it as free would overcommit the workers.
+            future.add_done_callback(lambda f: self._release_from_thread(loop, f, on_stopped))
         finally:
-            self.queued -= 1
-        self.in_flight += 1
-        self._idle.clear()
-        loop = asyncio.get_running_loop()
-        future: Future[T] = self._threads.submit(fn)
-        # The slot is released when the thread really finishes, not when the client gives up:
-        # a thread cannot be cancelled, and counting it as free would overcommit the workers.
-        future.add_done_callback(lambda _f: self._release_from_thread(loop))
+            if not submitted and on_stopped is not None:
+                on_stopped()
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), wall_timeout_s)
         except TimeoutError:
             raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its wall-clock time limit") from None
 
-    def _release_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _release_from_thread(
+        self, loop: asyncio.AbstractEventLoop, future: Future[T], on_stopped: Callable[[], None] | None
+    ) -> None:
+        self._calls.discard(future)
         # The loop may be gone when a timed-out guest finally stops during shutdown.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._release)
+            loop.call_soon_threadsafe(self._release, on_stopped)
 
-    def _release(self) -> None:
+    def _release(self, on_stopped: Callable[[], None] | None) -> None:
         self._slots.release()
         self.in_flight -= 1
+        self._saturated_since = None
         if self.in_flight == 0:
             self._idle.set()
+        if on_stopped is not None:
+            on_stopped()
+
+    def saturated_for(self) -> float:
+        """Seconds since every worker was taken with none freed since (0 while one is free)."""
+        since = self._saturated_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def guests_running(self) -> int:
+        """Calls still running on worker threads (safe from any thread, even after the loop closed)."""
+        return sum(not call.done() for call in list(self._calls))
 
     async def drain(self, timeout_s: float) -> bool:
         """Stops admitting work and waits for what runs; False if it did not finish in time."""

@@ -11,6 +11,7 @@ the request body to ``handle`` unchanged and returns the guest's JSON unchanged.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -133,3 +134,77 @@ def first_error_field(exc: ValidationError) -> tuple[str, str]:
 
 def guest_infer_input(request: InferRequest) -> dict[str, Any]:
     return request.model_dump(exclude={"id"}, exclude_none=True)
+
+
+# Deeper JSON than this is refused at the edge: a guest's own parser (CPython's, in a guest with a
+# small stack) fails far sooner than the agent's, and no tensor or function input needs it.
+MAX_JSON_DEPTH = 64
+
+_INT_RANGES = {
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+}
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when lists and objects nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _flat(data: Any) -> list[Any]:
+    """Tensor elements row-major, from flat or nested lists (depth is bounded at the edge)."""
+    out: list[Any] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _element_fits(datatype: str, element: Any) -> bool:
+    if datatype == "BOOL":
+        return isinstance(element, bool)
+    if datatype == "BYTES":
+        return isinstance(element, str)
+    if isinstance(element, bool) or not isinstance(element, int | float):
+        return False
+    if datatype in _INT_RANGES:
+        low, high = _INT_RANGES[datatype]
+        return isinstance(element, int) and low <= element <= high
+    return True  # FP16/FP32/FP64: any finite number (non-finite ones never parse)
+
+
+def tensor_problem(request: InferRequest) -> tuple[str, str] | None:
+    """(field, message) for the first input whose shape, data and datatype disagree, else None."""
+    for index, tensor in enumerate(request.inputs):
+        where = f"inputs.{index}"
+        if any(dim < 0 for dim in tensor.shape):
+            return f"{where}.shape", f"every dimension must be 0 or more in a request, got {tensor.shape}"
+        if not isinstance(tensor.data, list):
+            return f"{where}.data", "must be a list (flat or nested, row-major)"
+        elements = _flat(tensor.data)
+        expected = math.prod(tensor.shape)
+        if len(elements) != expected:
+            return f"{where}.data", f"has {len(elements)} elements, but shape {tensor.shape} holds {expected}"
+        for position, element in enumerate(elements):
+            if not _element_fits(tensor.datatype, element):
+                return f"{where}.data", f"element {position} ({element!r:.40}) is not a {tensor.datatype} value"
+    return None

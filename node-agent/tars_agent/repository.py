@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -158,9 +159,12 @@ class ModelRepository:
             loaded.close()
             log.info("unloaded model %s", key)
 
-    async def invoke(self, model: LoadedModel, input_json: str) -> str:
-        """One guest call in a fresh sandbox, under the agent's admission control."""
-        return await self.executor.run(lambda: model.pool.run(input_json), model.limits.wall_timeout_ms / 1000)
+    async def invoke(self, model: LoadedModel, input_json: str, on_stopped: Callable[[], None] | None = None) -> str:
+        """One guest call in a fresh sandbox, under the agent's admission control; ``on_stopped`` runs once
+        the guest has stopped (which may be after the caller was told of a timeout)."""
+        return await self.executor.run(
+            lambda: model.pool.run(input_json), model.limits.wall_timeout_ms / 1000, on_stopped
+        )
 
     def close(self) -> None:
         for loaded in self.models.values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from tars_agent.agent import Agent
 from tars_agent.pool import Overloaded, Unavailable
 from tars_agent.protocol import (
+    MAX_JSON_DEPTH,
     ErrorResponse,
     GuestInferResult,
     InferRequest,
@@ -33,11 +35,14 @@ from tars_agent.protocol import (
     TensorMetadata,
     first_error_field,
     guest_infer_input,
+    json_depth_exceeds,
+    tensor_problem,
 )
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure
 from tars_agent.tenancy import FairAdmission
 from tars_common.auth import AccessGuard, ModelPolicy, auth_middleware
+from tars_common.http_limits import CLIENT_CLOSED_REQUEST, ConnectionGuard
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +50,7 @@ RETRY_AFTER_S = 1
 AGENT = web.AppKey("agent", Agent)
 MODEL_LABEL = web.RequestKey("model_label", str)
 ADMISSION = web.AppKey("admission", FairAdmission)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
 class ApiError(Exception):
@@ -91,11 +97,26 @@ async def read_json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body exceeds {request.app[AGENT].config.max_body_bytes} bytes") from None
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", field="body") from None
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except ValueError as exc:  # also UnicodeDecodeError, and integers past Python's 4,300 digits
+        raise ApiError(400, f"request body is not valid JSON: {str(exc)[:200]}", field="body") from None
     except RecursionError:  # a hostile body nested deeper than the parser's recursion limit
         raise ApiError(400, "request body is nested too deeply", field="body") from None
+    if json_depth_exceeds(body):
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", field="body")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; accepted, they would be echoed back as invalid JSON.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range for a JSON number")
+    return value
 
 
 async def lookup_model(agent: Agent, name: str) -> LoadedModel:
@@ -122,9 +143,11 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     agent.concurrency.begin(label)
     agent.rates.record(label)
     try:
-        # Per-model fair admission first, so a busy tenant queues (or gets 429) in its own line.
-        async with request.app[ADMISSION].slot(label):
-            return await agent.repository.invoke(model, input_json)
+        # Per-model fair admission first, so a busy tenant queues (or gets 429) in its own line. The
+        # slot is held until the guest has really stopped, even when the client was answered earlier.
+        admission = request.app[ADMISSION]
+        await admission.acquire(label)
+        return await agent.repository.invoke(model, input_json, on_stopped=lambda: admission.release(label))
     except GuestFailure as failure:
         agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
         log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
@@ -194,6 +217,9 @@ def routes() -> list[Route]:
         except ValidationError as exc:
             field, message = first_error_field(exc)
             raise ApiError(422, f"{field}: {message}", field=field) from None
+        problem = tensor_problem(infer_request)
+        if problem is not None:
+            raise ApiError(400, f"{problem[0]}: {problem[1]}", field=problem[0])
         output = await run_guest(request, model, json.dumps(guest_infer_input(infer_request)))
         try:
             result = GuestInferResult.model_validate_json(output)
@@ -348,13 +374,17 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         return json_response(exc.body, status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
-        # aiohttp's own refusals (404 route, 405 method, 413 body): same JSON shape as ours.
+        # aiohttp's own refusals (404 route, 405 method, 413 body): same JSON shape as ours, and
+        # their headers (a 405's Allow) kept.
         status = exc.status
-        return json_response(ErrorResponse(error=exc.reason), status=exc.status)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return json_response(ErrorResponse(error=exc.reason), status=exc.status, headers=kept)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(ErrorResponse(error="internal error"), status=500)
     finally:
+        if request.transport is None or request.transport.is_closing():
+            status = CLIENT_CLOSED_REQUEST  # the client left before its answer: not the server's failure
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "<unmatched>"
         if route not in ("/metrics",):
@@ -386,11 +416,16 @@ async def model_policy(request: web.Request) -> ModelPolicy | None:
 def create_app(
     agent: Agent, guard: AccessGuard | None = None, admission: FairAdmission | None = None
 ) -> web.Application:
-    middlewares = [errors_and_metrics]
+    # Slow clients and connection caps (tars_common.http_limits) right inside the metrics: the guard
+    # times the body and turns a client that left into a 499, which the metrics then count.
+    # Serve the app with ``app[CONNECTIONS].serve(runner, ...)``.
+    connections = ConnectionGuard(agent.config.http_limits)
+    middlewares = [errors_and_metrics, connections.middleware]
     if guard is not None and guard.config.enabled:
         middlewares.append(auth_middleware(guard, model_policy))
     app = web.Application(client_max_size=agent.config.max_body_bytes, middlewares=middlewares)
     app[AGENT] = agent
+    app[CONNECTIONS] = connections
     app[ADMISSION] = admission or FairAdmission(
         agent.config.workers, agent.config.max_queue, models_loaded=lambda: len(agent.repository.models)
     )

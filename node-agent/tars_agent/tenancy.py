@@ -110,6 +110,13 @@ class FairAdmission:
                 progressed = True
                 break
 
+    async def acquire(self, model: str) -> None:
+        """Waits for a worker for ``model`` (Overloaded when its queue is full); pair with :meth:`release`."""
+        await self._acquire(model)
+
+    def release(self, model: str) -> None:
+        self._release(model)
+
     @contextlib.asynccontextmanager
     async def slot(self, model: str) -> AsyncIterator[None]:
         await self._acquire(model)

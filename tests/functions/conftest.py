@@ -8,6 +8,7 @@ cargo's target directory lives in ~/.cache/tars, so later sessions rebuild nothi
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,16 @@ class ConfigMaps(dict[tuple[str, str], dict[str, Any]]):
 def make_agent(backend: WasmtimeBackend, configmaps: ConfigMaps, **config: Any) -> Agent:
     catalog = Catalog()
     functions.install(catalog, configmaps.read)
-    settings = {"workers": 4, "max_queue": 16, "warm_pool_size": 1, "node_limits": NODE_LIMITS, **config}
+    # The tests' function files and components live under pytest's temporary directories.
+    roots = (Path(tempfile.gettempdir()),)
+    settings = {
+        "workers": 4,
+        "max_queue": 16,
+        "warm_pool_size": 1,
+        "node_limits": NODE_LIMITS,
+        "model_roots": roots,
+        **config,
+    }
     return Agent(AgentConfig(**settings), backend, "wasmtime requested by the tests", default_registry(), catalog)
 
 

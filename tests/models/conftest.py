@@ -118,7 +118,7 @@ def model_agent(components: dict[str, Path], edge_tiny_dir: Path, embedder: Mini
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(backend.load_component, components.values()))
     loop = asyncio.new_event_loop()
-    agent = Agent(AgentConfig(warm_pool_size=1, workers=4), backend)
+    agent = Agent(AgentConfig(warm_pool_size=1, workers=4, model_roots=(edge_tiny_dir,)), backend)
     harness = ModelAgent(agent, loop)
     for name, (source, kind, capabilities) in BUILTINS.items():
         harness.load(tars_model(name, source, kind, capabilities))

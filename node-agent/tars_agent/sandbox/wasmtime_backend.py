@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 HOST_INTERFACE = "tars:guest/host@0.1.0"
 # The WASI version wasmtime-py 50 implements (guests built for any 0.2.x resolve to it); overriding a
-# function needs this exact name. tests/agent/test_isolation.py fails if an upgrade changes it.
+# function needs this exact name. tests/agent/test_blocking_guests.py fails if an upgrade changes it.
 WASI_POLL = "wasi:io/poll@0.2.12"
 EPOCH_TICK_S = 0.005
 # Generous deadline while instantiating: start-up runs no user code after pre-initialisation.

@@ -6,7 +6,9 @@ host must stop (loops, floods, allocation) never return.
 """
 
 import json
+import select
 import socket
+import time
 
 import wit_world
 from componentize_py_types import Err
@@ -49,6 +51,16 @@ def _allocate(mib):
     return len(HOARD)
 
 
+def _wait(how, seconds):
+    # Both end in a blocking WASI poll: a sleep blocks on one clock pollable, select on a poll list.
+    started = time.monotonic()
+    if how == "sleep":
+        time.sleep(seconds)
+    else:
+        select.select([], [], [], seconds)
+    return time.monotonic() - started
+
+
 def _loop():
     n = 0
     while True:
@@ -77,6 +89,11 @@ class WitWorld(wit_world.WitWorld):
             return json.dumps({"chunks": _allocate(int(req.get("mib", 1024)))})
         if do == "loop":
             _loop()
+        if do in ("sleep", "poll"):
+            return json.dumps({"waited_s": _wait(do, float(req.get("seconds", 600)))})
+        if do == "sleep_forever":
+            while True:
+                time.sleep(1)
         if do == "flood":
             return json.dumps({"data": "x" * int(req.get("bytes", 10_000_000))})
         if do == "print_flood":

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tarsctl import localcluster
+from tarsctl import cluster, localcluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def control_plane() -> Iterator[ControlPlane]:
     _wait_for_openapi(plane, ("tarsnode", "tarsmodel"))
     yield plane
     if started_here and not os.environ.get("TARS_KEEP_CLUSTER"):
-        localcluster.down(quiet=True)
+        cluster.down(quiet=True)
 
 
 def _wait_for_openapi(plane: ControlPlane, kinds: tuple[str, ...], timeout: float = 60.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,12 @@ def _labels(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"--labels expects KEY=VALUE, got {pair!r}")
         labels[key] = value
     return labels
+
+
+def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """Stops the real nodes that joined the local control plane, then the control plane itself."""
+    realnode.stop_all(localcluster.state_dir(), log=log if not quiet else lambda _: None)
+    return localcluster.down(quiet=quiet, log=log)
 
 
 def _require_running() -> localcluster.ClusterState:
@@ -44,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         state = localcluster.up(console.print)
         console.print(f"export KUBECONFIG={state.kubeconfig}")
     elif action == "down":
-        localcluster.down(log=console.print)
+        down(log=console.print)
     elif action == "status":
         current = localcluster.running()
         if current is None:

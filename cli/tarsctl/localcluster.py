@@ -446,13 +446,11 @@ def _default_service_account_exists(state: ClusterState) -> bool:
 
 
 def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
-    """Stops exactly the processes `up` started and removes the state directory."""
+    """Stops exactly the processes `up` started and removes the state directory (real nodes that
+    joined are stopped first by :func:`tarsctl.cluster.down`, which builds on this)."""
     directory = state_dir()
     state = ClusterState.load(directory)
     stopped = []
-    from tarsctl import realnode  # real nodes build on this module
-
-    realnode.stop_all(directory, log=log if not quiet else lambda _: None)
     if state:
         for name in reversed(COMPONENTS):
             pid = state.pids.get(name)

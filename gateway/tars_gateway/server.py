@@ -91,7 +91,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return _json_error(404, f"model {model!r} not found")
     body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
-    bounds = AttemptBounds(answer_s=settings.upstream_timeout, probe_after_s=settings.probe_after)
+    bounds = AttemptBounds(settings.upstream_timeout, settings.probe_after, settings.probe_timeout)
     started = time.perf_counter()
     tried: set[str] = set()
     last_error = "no agent is ready for this model"
@@ -201,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="an answer slower than this gets the agent's liveness checked, as often; a hung agent is left",
+    )
+    bounds.add_argument(
+        "--probe-timeout", type=float, default=2.0, help="seconds an agent has to answer that liveness check"
     )
     bounds.add_argument("--eject-after", type=int, default=3, help="failed attempts in a row that eject an agent")
     bounds.add_argument(

@@ -30,6 +30,8 @@ class AttemptFailed(Exception):
 class AttemptBounds:
     answer_s: float  # the hard cap on one attempt
     probe_after_s: float  # a slower answer gets its agent's liveness checked, this often
+    # Longer than a busy agent needs to answer it: on a loaded machine a slow probe is not a hung agent.
+    probe_timeout_s: float = 2.0
 
 
 async def alive(session: aiohttp.ClientSession, base: str, timeout_s: float) -> bool:
@@ -71,7 +73,7 @@ async def attempt(
             done, _ = await asyncio.wait({exchange}, timeout=min(bounds.probe_after_s, remaining))
             if done:
                 return exchange.result()
-            if not await alive(session, base, bounds.probe_after_s) and not exchange.done():
+            if not await alive(session, base, bounds.probe_timeout_s) and not exchange.done():
                 raise AttemptFailed("hung", "agent stopped answering its liveness probe")
     finally:
         exchange.cancel()

@@ -88,7 +88,13 @@ async def test_a_stopped_agent_is_left_quickly_and_ejected(agents: list[tuple[in
     table.set_slice("echo", "s", [(Endpoint(hung_address), True), (Endpoint(f"127.0.0.1:{good_port}"), True)])
     # The hard cap is far away: what must save the request is the liveness probe of a slow attempt.
     settings = argparse.Namespace(
-        attempts=3, wake_timeout=2.0, upstream_timeout=30.0, probe_after=0.5, eject_after=2, ejection_time=60.0
+        attempts=3,
+        wake_timeout=2.0,
+        upstream_timeout=30.0,
+        probe_after=0.5,
+        probe_timeout=1.0,
+        eject_after=2,
+        ejection_time=60.0,
     )
     client = TestClient(TestServer(create_app(table, settings)))
     await client.start_server()

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,19 @@ from tarsctl.demo.security.verdicts import (
 )
 
 PASSWD_MARKER = "root:x:0:0"
+
+
+@dataclass(frozen=True)
+class Escape:
+    """A function whose file:// source lies outside the TarsNode's modelRoots."""
+
+    name: str
+    attack: str
+    path: str
+    markers: list[str]  # text of the file that must never come back
+
+    def doc(self, tarsnode: str) -> dict[str, Any]:
+        return probe_model(self.name, tarsnode, source=f"file://{self.path}")
 
 
 class PlatformProbes(CheckBase):
@@ -79,36 +93,36 @@ class PlatformProbes(CheckBase):
                 return obj
             time.sleep(1.0)
 
-    def _escape(self, name: str, attack: str, path: str, markers: list[str], timeout: float) -> Attempt:
-        doc = probe_model(name, self.t.tarsnode, source=f"file://{path}")
-        refused, said = self._dry_run(doc)
+    def _submit(self, escape: Escape) -> tuple[bool, str]:
+        """Tries to create the escaping model: (refused by the API, its words)."""
+        refused, said = self._dry_run(escape.doc(self.t.tarsnode))
+        if not refused:
+            self.created.append(escape.name)
+            system.apply_docs(self.t.state, self.t.namespace, [escape.doc(self.t.tarsnode)])
+        return refused, said
+
+    def _judge(self, escape: Escape, refused: bool, said: str, timeout: float) -> Attempt:
         evidence: dict[str, Any] = {"api_server_refused": refused, "api_server_said": said}
         ready = degraded = False
         texts = [said]
         if not refused:
-            self.created.append(name)
-            system.apply_docs(self.t.state, self.t.namespace, [doc])
-            obj = self._settle(name, timeout)
+            obj = self._settle(escape.name, timeout)
             ready = system.is_ready(obj)
             degraded = (system.condition(obj, "Degraded") or {}).get("status") == "True"
-            status_text = json.dumps(obj.get("status") or {})
-            texts.append(status_text)
+            texts.append(json.dumps(obj.get("status") or {}))
             evidence.update(ready=ready, degraded=degraded, status=_short(obj.get("status") or {}))
             if ready:
-                code, answer = system.post_json(system.model_url(self.t.gateway, name, "invoke"), {}, timeout=30)
+                url = system.model_url(self.t.gateway, escape.name, "invoke")
+                code, answer = system.post_json(url, {}, timeout=30)
                 texts.append(json.dumps(answer))
                 evidence.update(invoke_status=code, invoke_answer=_short(answer))
-        leaked = [m for m in markers if any(m in text for text in texts)]
-        evidence["content_echoed"] = bool(leaked)
-        return Attempt(name, attack, escape_blocked(refused, ready, degraded, bool(leaked)), evidence)
+        echoed = any(marker in text for marker in escape.markers for text in texts)
+        evidence["content_echoed"] = echoed
+        return Attempt(escape.name, escape.attack, escape_blocked(refused, ready, degraded, echoed), evidence)
 
     def file_escapes(self, timeout: float = 120) -> list[Attempt]:
-        roots = (
-            (system.kubectl_json(self.t.state, "tarsnode", self.t.tarsnode, "-n", self.t.namespace)["spec"]).get(
-                "modelRoots"
-            )
-            or []
-        )
+        tarsnode = system.kubectl_json(self.t.state, "tarsnode", self.t.tarsnode, "-n", self.t.namespace)
+        roots = tarsnode["spec"].get("modelRoots") or []
         secret = f"tars-secret-{secrets.token_hex(8)}"
         outside = Path(tempfile.mkdtemp(prefix="tars-escape-"))
         if any(outside.is_relative_to(Path(root)) for root in roots):
@@ -116,38 +130,35 @@ class PlatformProbes(CheckBase):
         stolen = outside / "stolen.py"
         # Valid Python: if the agent loads it, the function answers with the secret.
         stolen.write_text(f'SECRET = "{secret}"\n\n\ndef handle(input):\n    return {{"secret": SECRET}}\n')
+        escapes = [
+            Escape(
+                "tars-probe-file-outside",
+                f"a function from {stolen}, outside modelRoots {roots}",
+                str(stolen),
+                [secret],
+            ),
+            Escape(
+                "tars-probe-file-passwd", "a function from /etc/passwd, never echoed", "/etc/passwd", [PASSWD_MARKER]
+            ),
+            Escape(
+                "tars-probe-file-dotdot",
+                "a function from file:///../../etc/passwd",
+                "/../../etc/passwd",
+                [PASSWD_MARKER],
+            ),
+        ]
         try:
-            return [
-                self._escape(
-                    "tars-probe-file-outside",
-                    f"a function loaded from {stolen}, outside the TarsNode's modelRoots {roots}",
-                    str(stolen),
-                    [secret],
-                    timeout,
-                ),
-                self._escape(
-                    "tars-probe-file-passwd",
-                    "a function loaded from /etc/passwd (its content must not come back in an error)",
-                    "/etc/passwd",
-                    [PASSWD_MARKER],
-                    timeout,
-                ),
-                self._escape(
-                    "tars-probe-file-dotdot",
-                    "a function loaded from file:///../../etc/passwd",
-                    "/../../etc/passwd",
-                    [PASSWD_MARKER],
-                    timeout,
-                ),
-                self._refused(
-                    "tars-probe-configmap-dotdot",
-                    "a function from ConfigMap key '..'",
-                    probe_model("tars-probe-configmap-dotdot", self.t.tarsnode, source="configmap://fns/.."),
-                ),
-            ]
+            # All submitted first, then judged: the agents work on them at once.
+            submitted = [(escape, *self._submit(escape)) for escape in escapes]
+            attempts = [self._judge(escape, refused, said, timeout) for escape, refused, said in submitted]
         finally:
             stolen.unlink(missing_ok=True)
             outside.rmdir()
+        configmap = probe_model("tars-probe-configmap-dotdot", self.t.tarsnode, source="configmap://fns/..")
+        return [
+            *attempts,
+            self._refused(configmap["metadata"]["name"], "a function from ConfigMap key '..'", configmap),
+        ]
 
     # -- build time ---------------------------------------------------------------------------
     def build_time_write(self, timeout: float = 300) -> Attempt:

@@ -82,10 +82,10 @@ def containerd_config(paths: NodePaths, cni_bin: Path) -> str:
 root = "{root / 'root'}"
 state = "{root / 'state'}"
 
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = "{paths.socket}"
 
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = "{paths.socket}.ttrpc"
 
 [plugins."io.containerd.cri.v1.images"]
@@ -96,6 +96,9 @@ state = "{root / 'state'}"
 [plugins."io.containerd.cri.v1.runtime"]
   # Keeps pods' network namespaces under our own directory, so `down` finds every one of them.
   netns_mounts_under_state_dir = true
+  # Root here lacks CAP_SYS_RESOURCE, so no process may lower its OOM score below containerd's own
+  # (the sandbox asks for -998; runc then fails with "can't get final child's PID from pipe").
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{cni_bin}"]
     conf_dir = "{paths.root / 'cni' / 'net.d'}"

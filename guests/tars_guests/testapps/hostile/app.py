@@ -6,6 +6,7 @@ host must stop (loops, floods, allocation) never return.
 """
 
 import json
+import os
 import select
 import socket
 import time
@@ -67,47 +68,56 @@ def _loop():
         n += 1
 
 
+def _call(req):
+    try:
+        return {"result": json.loads(host.call(req["name"], json.dumps(req.get("args", {}))))}
+    except Err as refused:
+        return {"blocked": True, "error": refused.value}
+
+
+def _sleep_forever(_req):
+    while True:
+        time.sleep(1)
+
+
+def _print_flood(req):
+    chunk = "y" * 65536
+    for _ in range(int(req.get("chunks", 1000))):
+        print(chunk)
+    return {"printed": True}
+
+
+def _crash(_req):
+    raise RuntimeError("guest bug")
+
+
+# Each action takes the request and returns a JSON value (or, for bad_json, the raw text to answer).
+ACTIONS = {
+    "state": lambda _req: {"calls": CALLS},
+    "read_file": lambda req: _attempt(lambda: _read_file(req.get("path", "/etc/passwd"))),
+    "write_file": lambda req: _attempt(lambda: _write_file(req.get("path", "/tmp/tars-guest-was-here"))),
+    "socket": lambda req: _attempt(lambda: _connect(req.get("host", "127.0.0.1"), req.get("port", 80))),
+    "env": lambda _req: {"env": dict(os.environ)},
+    "allocate": lambda req: {"chunks": _allocate(int(req.get("mib", 1024)))},
+    "loop": lambda _req: _loop(),
+    "sleep": lambda req: {"waited_s": _wait("sleep", float(req.get("seconds", 600)))},
+    "poll": lambda req: {"waited_s": _wait("poll", float(req.get("seconds", 600)))},
+    "sleep_forever": _sleep_forever,
+    "flood": lambda req: {"data": "x" * int(req.get("bytes", 10_000_000))},
+    "print_flood": _print_flood,
+    "call": _call,
+    "crash": _crash,
+    "bad_json": lambda _req: "not json {",
+}
+
+
 class WitWorld(wit_world.WitWorld):
     def handle(self, input_json: str) -> str:
         global CALLS
         CALLS += 1
         req = json.loads(input_json)
-        do = req.get("do")
-        if do == "state":
-            return json.dumps({"calls": CALLS})
-        if do == "read_file":
-            return json.dumps(_attempt(lambda: _read_file(req.get("path", "/etc/passwd"))))
-        if do == "write_file":
-            return json.dumps(_attempt(lambda: _write_file(req.get("path", "/tmp/tars-guest-was-here"))))
-        if do == "socket":
-            return json.dumps(_attempt(lambda: _connect(req.get("host", "127.0.0.1"), req.get("port", 80))))
-        if do == "env":
-            import os
-
-            return json.dumps({"env": dict(os.environ)})
-        if do == "allocate":
-            return json.dumps({"chunks": _allocate(int(req.get("mib", 1024)))})
-        if do == "loop":
-            _loop()
-        if do in ("sleep", "poll"):
-            return json.dumps({"waited_s": _wait(do, float(req.get("seconds", 600)))})
-        if do == "sleep_forever":
-            while True:
-                time.sleep(1)
-        if do == "flood":
-            return json.dumps({"data": "x" * int(req.get("bytes", 10_000_000))})
-        if do == "print_flood":
-            chunk = "y" * 65536
-            for _ in range(int(req.get("chunks", 1000))):
-                print(chunk)
-            return json.dumps({"printed": True})
-        if do == "call":
-            try:
-                return json.dumps({"result": json.loads(host.call(req["name"], json.dumps(req.get("args", {}))))})
-            except Err as refused:
-                return json.dumps({"blocked": True, "error": refused.value})
-        if do == "crash":
-            raise RuntimeError("guest bug")
-        if do == "bad_json":
-            return "not json {"
-        raise Err(f"unknown action: {do}")
+        action = ACTIONS.get(req.get("do"))
+        if action is None:
+            raise Err(f"unknown action: {req.get('do')}")
+        result = action(req)
+        return result if isinstance(result, str) else json.dumps(result)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kubernetes import client, config
 
 # Reconciles and data-plane checks run concurrently in worker threads; let each have a connection.
@@ -22,6 +24,8 @@ def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG read now: the kubernetes package reads it once, when it is first imported.
+            kubeconfig = os.environ.get("KUBECONFIG") or None
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
     return client.ApiClient(configuration)

@@ -103,7 +103,8 @@ def _keys_by_rule(node: dict[str, Any]) -> dict[str, Any]:
     schema allows it: one additionalProperties schema, and a CEL rule over the keys."""
     ((pattern, values),) = node.pop("patternProperties").items()
     max_length = node.pop("propertyNames", {}).get("maxLength")
-    checks = ([f"k.size() <= {max_length}"] if max_length else []) + [f"k.matches('{pattern}')"]
+    # A raw CEL string: the pattern's backslashes are the regex's, not escapes.
+    checks = ([f"k.size() <= {max_length}"] if max_length else []) + [f"k.matches(r'{pattern}')"]
     shape = _KEY_SHAPES.get(pattern, f"matching {pattern}")
     rule = {"rule": f"self.all(k, {' && '.join(checks)})", "message": f"every key must be {shape}"}
     node["additionalProperties"] = values

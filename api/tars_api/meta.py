@@ -15,7 +15,9 @@ GROUP = "tars.hyperlight.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# At most six digits a part and 20 characters: every duration stays far inside Go's range (about
+# 2.5 million hours), so CEL's duration() can compare it instead of failing on it.
+DURATION_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,9})?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -23,6 +25,7 @@ Duration = Annotated[
     str,
     Field(
         pattern=DURATION_PATTERN,
+        max_length=20,
         json_schema_extra={"format": "duration"},
         description="A duration such as 500ms, 30s, 5m or 1h30m.",
     ),
@@ -79,7 +82,7 @@ def name_rules(kind: str, max_length: int, pattern: str, shape: str, why: str) -
             holds=lambda o: len(o.metadata.name) <= max_length,
         ),
         Rule(
-            cel=f"self.metadata.name.matches('{pattern}')",
+            cel=f"self.metadata.name.matches(r'{pattern}')",
             message=f"metadata.name of a {kind} must be {shape} ({why})",
             holds=lambda o: not o.metadata.name or re.fullmatch(pattern, o.metadata.name) is not None,
         ),

@@ -27,16 +27,18 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from tars_guests.buildjail import run_sandboxed
+
 # Directories that never belong to a guest's sources (and would make the digest unstable).
 _IGNORED_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".git"}
+# A build that takes longer than this is stopped (the sandbox also caps its CPU seconds and memory).
+BUILD_WALL_S = 900
 
 
 class GuestBuildError(RuntimeError):
@@ -104,12 +106,17 @@ def _build_lock(directory: Path, key: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def componentize_command(app_dir: Path, wit: Path, world: str, out: Path, python_path: Sequence[Path]) -> list[str]:
-    exe = shutil.which("componentize-py") or str(Path(sys.executable).with_name("componentize-py"))
-    cmd = [exe, "-d", str(wit), "-w", world, "componentize", "-p", str(app_dir)]
+def componentize(
+    app_dir: Path, wit: Path, world: str, out: Path, python_path: Sequence[Path], timeout_s: float = BUILD_WALL_S
+) -> subprocess.CompletedProcess[str]:
+    """Runs componentize-py in the build sandbox (:mod:`tars_guests.buildjail`): the app's top level
+    runs at build time, so it sees its sources read-only and can write only ``out``'s directory.
+    Raises ``subprocess.TimeoutExpired`` after ``timeout_s``."""
+    args = ["-d", str(wit), "-w", world, "componentize", "-p", str(app_dir)]
     for extra in python_path:
-        cmd += ["-p", str(extra)]
-    return [*cmd, "app", "-o", str(out)]
+        args += ["-p", str(extra)]
+    args += ["app", "-o", str(out)]
+    return run_sandboxed(args, readable=[app_dir, wit, *python_path], scratch=out.parent, timeout_s=timeout_s)
 
 
 def build_guest(app_dir: Path, *, world: str = "function", python_path: Sequence[Path] = ()) -> Path:
@@ -136,13 +143,7 @@ def build_guest(app_dir: Path, *, world: str = "function", python_path: Sequence
             return target
         with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
             out = Path(tmp) / "guest.wasm"
-            result = subprocess.run(
-                componentize_command(app_dir, wit, world, out, extra),
-                capture_output=True,
-                text=True,
-                cwd=tmp,
-                check=False,
-            )
+            result = componentize(app_dir, wit, world, out, extra)
             if result.returncode != 0 or not out.is_file():
                 raise GuestBuildError(
                     f"componentize-py failed for {app_dir} ({result.returncode}):\n{result.stderr.strip()}"

@@ -85,7 +85,7 @@ def _build_error_text(stderr: str) -> str:
 def build_function_guest(app_dir: Path, timeout_s: float | None = None) -> Path:
     """The component built from a generated function app (cached like ``tars_guests.build.build_guest``,
     under the same key), with a time limit on the build because the user's top level runs in it."""
-    from tars_guests.build import cache_dir, componentize_command, source_digest, wit_dir
+    from tars_guests.build import cache_dir, componentize, source_digest, wit_dir
 
     timeout_s = BUILD_TIMEOUT_S if timeout_s is None else timeout_s
     key = source_digest(app_dir, wit_dir(), "function")
@@ -100,14 +100,7 @@ def build_function_guest(app_dir: Path, timeout_s: float | None = None) -> Path:
         with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
             out = Path(tmp) / "guest.wasm"
             try:
-                result = subprocess.run(
-                    componentize_command(app_dir, wit_dir(), "function", out, ()),
-                    capture_output=True,
-                    text=True,
-                    cwd=tmp,
-                    check=False,
-                    timeout=timeout_s,
-                )
+                result = componentize(app_dir, wit_dir(), "function", out, (), timeout_s)
             except subprocess.TimeoutExpired:
                 raise InvalidFunction(
                     f"the function's top level did not finish within {timeout_s:.0f} s while building"

@@ -10,7 +10,11 @@ front of it and admits per model (namespace/name):
   several are busy at once); a model alone on the agent may use every worker;
 - each model waits in its own bounded queue: a model whose queue is full gets 429 (``Overloaded``),
   never its neighbours;
-- a freed worker goes to the next waiting model in round-robin order, not to the longest queue.
+- a freed worker goes to the next waiting model in round-robin order, not to the longest queue;
+- under contention each model holds at most its fair share: the agent's CPU-bound concurrency
+  (``min(workers, cores)``: more guests running than cores only time-slice a neighbour's call) split
+  evenly over the models with work now or within the last :data:`ACTIVE_WINDOW_S`. A CPU burner
+  beside a quiet model then runs on its share of the cores, and the quiet model on the rest.
 
 Only the event loop touches this object, so it needs no lock.
 """
@@ -19,10 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 
 from tars_agent.pool import Overloaded
+
+# A model that asked for a worker this recently still counts as having work: a neighbour's
+# requests arrive one after another, and the gaps between them must not hand its share back.
+ACTIVE_WINDOW_S = 1.0
+
+
+def fair_share(workers: int, cores: int, active: int) -> int:
+    """One model's share of the CPU-bound concurrency among ``active`` models with work (at least one)."""
+    return max(1, min(workers, cores) // max(1, active))
 
 
 def model_cap(workers: int, configured: int | None, models_loaded: int) -> int:
@@ -40,29 +55,45 @@ class FairAdmission:
         queue_per_model: int,
         per_model: int | None = None,
         models_loaded: Callable[[], int] = lambda: 1,
+        cores: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
         self.queue_per_model = queue_per_model
         self.per_model = per_model
+        self.cores = cores or os.cpu_count() or 1
         self._models_loaded = models_loaded
+        self._clock = clock
+        self._last_asked: dict[str, float] = {}
         self.running: dict[str, int] = {}
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._total = 0
 
-    def cap(self) -> int:
-        return model_cap(self.workers, self.per_model, self._models_loaded())
+    def cap(self, model: str | None = None) -> int:
+        """Workers ``model`` may hold now: :func:`model_cap`, and its fair share while others have work
+        (unless the cap was configured explicitly)."""
+        base = model_cap(self.workers, self.per_model, self._models_loaded())
+        active = self.active_models(model) if model is not None and self.per_model is None else 1
+        return base if active <= 1 else min(base, fair_share(self.workers, self.cores, active))
+
+    def active_models(self, model: str) -> int:
+        """Models with work: running, waiting, or asking within the last ACTIVE_WINDOW_S (and ``model``)."""
+        recent = self._clock() - ACTIVE_WINDOW_S
+        asked = {m for m, at in self._last_asked.items() if at >= recent}
+        return len({model, *self.running, *self._waiting, *asked})
 
     def queued(self, model: str) -> int:
         return len(self._waiting.get(model, ()))
 
     def _can_start(self, model: str) -> bool:
-        return self._total < self.workers and self.running.get(model, 0) < self.cap()
+        return self._total < self.workers and self.running.get(model, 0) < self.cap(model)
 
     def _start(self, model: str) -> None:
         self._total += 1
         self.running[model] = self.running.get(model, 0) + 1
 
     async def _acquire(self, model: str) -> None:
+        self._last_asked[model] = self._clock()
         if not self.queued(model) and self._can_start(model):
             self._start(model)
             return

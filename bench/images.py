@@ -65,9 +65,10 @@ def images_script(*args: str) -> str:
 
 
 def buildah(*args: str) -> str:
-    out = Path(images_script("archive")).parent
-    storage = ["--storage-driver", "vfs", "--root", str(out / "storage"), "--runroot", str(out / "run")]
-    return subprocess.run(["buildah", *storage, *args], capture_output=True, text=True, check=True).stdout.strip()
+    result = subprocess.run(["bash", str(ROOT / "hack/images.sh"), "buildah", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"buildah {args[0]} failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip()
 
 
 def load_in_image(container: str, name: str, kind: str) -> dict[str, Any]:

@@ -11,6 +11,8 @@
 #
 #   hack/images.sh build            # what `make images` runs
 #   hack/images.sh push REGISTRY    # skopeo copy of the archive to REGISTRY/tars:<version>
+#   hack/images.sh archive          # prints the archive's path
+#   hack/images.sh buildah ARGS     # buildah on the build's storage (run the image without a daemon)
 #
 # DEBIAN_MIRROR may name a snapshot (e.g. http://snapshot.debian.org/archive/debian/20261101T000000Z)
 # for a byte-for-byte repeatable base; the packages the base got are listed in base-<key>.packages.
@@ -23,7 +25,8 @@ REFERENCE="$REPOSITORY:$VERSION"
 OUT=${TARS_IMAGES_DIR:-$HOME/.cache/tars/images}
 SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=python3.11,python3.11-venv,ca-certificates
+# libstdc++6: numpy's and tokenizers' wheels link it (manylinux leaves it to the system).
+PACKAGES=python3.11,python3.11-venv,ca-certificates,libstdc++6
 SYFT_VERSION=v1.57.1
 SYFT=$HOME/.cache/tars/bin/syft-$SYFT_VERSION/syft
 STORAGE=(--storage-driver vfs --root "$OUT/storage" --runroot "$OUT/run")
@@ -48,7 +51,9 @@ install_tools() {
 ensure_syft() {
   if [ ! -x "$SYFT" ]; then
     log "building syft $SYFT_VERSION (once per machine)"
-    GOBIN=$(dirname "$SYFT") GOFLAGS=-trimpath go install "github.com/anchore/syft/cmd/syft@$SYFT_VERSION"
+    mkdir -p "$(dirname "$SYFT")"
+    GOBIN=$(dirname "$SYFT") GOFLAGS=-trimpath flock "$SYFT.lock" \
+      go install "github.com/anchore/syft/cmd/syft@$SYFT_VERSION"
   fi
 }
 
@@ -102,7 +107,11 @@ build() {
   fi
   make_base "$tag"
   log "building $REFERENCE (buildah, vfs storage; cached layers are reused)"
-  buildah "${STORAGE[@]}" bud --isolation chroot --layers \
+  # The host's CA bundle, for RUN steps only (a TLS-inspecting proxy's CA reaches pip; the image
+  # keeps its own bundle).
+  local ca=()
+  [ -f /etc/ssl/certs/ca-certificates.crt ] && ca=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  buildah "${STORAGE[@]}" bud --isolation chroot --layers "${ca[@]}" \
     --build-arg "BASE_IMAGE=localhost/tars-base:$tag" \
     --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" \
     -f "$ROOT/Containerfile" -t "$REFERENCE" "$ROOT"
@@ -135,5 +144,6 @@ case "${1:-build}" in
   build) build ;;
   push) push "${2:-}" ;;
   archive) echo "$ARCHIVE" ;;
-  *) echo "usage: $0 [build|push REGISTRY|archive]" >&2; exit 2 ;;
+  buildah) shift; exec buildah "${STORAGE[@]}" "$@" ;;  # e.g. run a command in the image (tests, bench)
+  *) echo "usage: $0 [build|push REGISTRY|archive|buildah ARGS...]" >&2; exit 2 ;;
 esac

@@ -68,6 +68,15 @@ def images_script(*args: str) -> str:
     ).stdout.strip()
 
 
+def buildah(*args: str) -> str:
+    """buildah on the storage `make images` builds in (vfs, no daemon)."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "images.sh"), "buildah", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"buildah {' '.join(args)}: {result.stderr[-3000:]}"
+    return result.stdout.strip()
+
+
 class OciArchive:
     """An OCI image layout in a tar file: index -> manifest -> config and layers."""
 

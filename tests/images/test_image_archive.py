@@ -7,6 +7,7 @@ standard library (index.json -> manifest -> config and layers), no container too
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from tars_agent.runtimes.services import BUILTIN_GUESTS
 from tars_api.tarsnode import AgentSpec
 
-from .image_support import ROOT, OciArchive, images_script
+from .image_support import ROOT, OciArchive, buildah, images_script
 
 pytestmark = pytest.mark.images
 
@@ -94,3 +95,29 @@ def test_size_and_sbom_are_recorded(archive: OciArchive, record: dict[str, Any])
     names = {package["name"] for package in sbom["packages"]}
     # Debian packages of the base and Python packages of the virtual environment, both.
     assert {"python3.11", "wasmtime", "kopf", "tars-k8s"} <= names
+
+
+@pytest.fixture(scope="module")
+def container(record: dict[str, Any]) -> Iterator[str]:
+    name = buildah("from", "--pull-never", record["reference"])
+    try:
+        yield name
+    finally:
+        buildah("rm", name)
+
+
+def run_in(container: str, *command: str) -> str:
+    # The image's own user, environment and Python (chroot isolation: no daemon, no runtime needed).
+    return buildah("run", "--isolation", "chroot", container, "--", *command)
+
+
+@pytest.mark.parametrize("program", ["tars-operator", "tars-agent", "tars-gateway", "tarsctl"])
+def test_programs_start_in_the_image(container: str, program: str) -> None:
+    assert "usage:" in run_in(container, program, "--help")
+
+
+def test_the_image_runs_as_its_user_and_imports_every_part(container: str) -> None:
+    # Importing the agent loads numpy, tokenizers and wasmtime: shared libraries the base must carry.
+    out = run_in(container, "python", "-c", "import os, tars_agent.agent, tars_operator.main, tars_gateway.server; "
+                 "import tokenizers, wasmtime; print(os.getuid(), os.environ['TARS_PREBUILT_DIR'])")
+    assert out.splitlines()[-1] == "65532 /opt/tars/prebuilt"

@@ -65,7 +65,7 @@ class SecurityPlan(_Model):
     neighbour_route: Literal["infer", "invoke"] = "infer"
     neighbour_requests: int = Field(default=60, ge=5, le=10_000)
     # A CPU-bound hostile request may slow a neighbour by at most this factor (p50 during / before).
-    max_neighbour_slowdown: float = Field(default=3.0, gt=1.0)
+    max_neighbour_slowdown: float = Field(default=2.0, gt=1.0)
     burner_concurrency: int = Field(default=8, ge=1, le=128)
     burner_ms: int = Field(default=300, ge=10, le=60_000)
     memory_limit_mib: int = Field(default=64, ge=16)

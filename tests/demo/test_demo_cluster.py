@@ -118,7 +118,8 @@ def test_demo_writes_a_report_of_what_it_measured(demo_run: DemoRun) -> None:
     md = (demo_run.report_dir / "report.md").read_text()
     assert "synthetic" in md and "seed" in md
     assert demo_run.data["benchmark"][0]["requests_sent"] == plan.benchmark[0].requests
-    assert demo_run.seconds < 240, f"the tiny demo took {demo_run.seconds:.0f}s"
+    # The security phase builds a probe function with componentize-py (minutes on two busy cores).
+    assert demo_run.seconds < 600, f"the tiny demo took {demo_run.seconds:.0f}s"
 
 
 def test_security_check_reports_a_disabled_protection(demo_run: DemoRun) -> None:

@@ -181,7 +181,7 @@ class PlatformProbes(CheckBase):
         return Attempt(
             "build-time-write",
             "write beside the host's site-packages from a function's top level while it is built",
-            build_write_blocked(wrote, [str(p) for p in found]),
+            build_write_blocked([str(p) for p in found]),
             {
                 "model_ready": system.is_ready(obj),
                 "guest_wrote_into": wrote,
@@ -222,8 +222,13 @@ class PlatformProbes(CheckBase):
 
 
 def _host_files(name: str) -> list[Path]:
-    """Files called ``name`` in any directory this host's Python imports from."""
+    """Files called ``name`` in any directory this host's Python imports from, or under the guest
+    build cache (where the function's app directory lies). Agents on other hosts are not searched:
+    there, the guest's own account is the evidence."""
     import site
 
+    from tars_guests.build import cache_dir
+
     directories = {Path(p) for p in [*sys.path, *site.getsitepackages(), site.getusersitepackages()] if p}
-    return [d / name for d in directories if (d / name).exists()]
+    found = [d / name for d in directories if (d / name).exists()]
+    return found + sorted(cache_dir().rglob(name)) if cache_dir().is_dir() else found

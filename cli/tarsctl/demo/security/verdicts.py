@@ -126,18 +126,19 @@ def escape_blocked(api_refused: bool, ready: bool, degraded: bool, content_echoe
     return api_refused or (degraded and not ready)
 
 
-def build_write_blocked(guest_wrote: list[str], found_on_host: list[str]) -> bool:
-    """Build-time code is contained when it wrote nowhere, by its own account and by the host's."""
-    return not guest_wrote and not found_on_host
+def build_write_blocked(found_on_host: list[str]) -> bool:
+    """Build-time code is contained when nothing it wrote reached the host's import path. What the
+    guest says it wrote is evidence only: a jailed build may let it write its own scratch copies."""
+    return not found_on_host
 
 
 def blocking_contained(
     statuses: list[int], held_s: float, sleep_s: float, neighbour_after: list[int], agents_alive: bool
 ) -> bool:
-    """Guests blocked in the host are contained when every one was stopped or refused (an answer
-    came, and not a success, well before the guest would have woken up) and the agents still serve
-    the neighbour promptly afterwards."""
-    stopped = all(status not in (0, 200) for status in statuses) and held_s < sleep_s
+    """Guests blocked in the host are contained when every one got an answer (stopped at its
+    deadline, refused, or woken at once by a host that does not let guests wait) well before it
+    would have woken up, and the agents still serve the neighbour promptly afterwards."""
+    stopped = all(status != 0 for status in statuses) and held_s < sleep_s
     return stopped and agents_alive and all(status == 200 for status in neighbour_after)
 
 

@@ -59,6 +59,9 @@ def cluster_agent(
         "PYTHONUNBUFFERED": "1",
     }
     command = [sys.executable, "-m", "tars_agent.main", "--backend", "wasmtime", "--host", "127.0.0.1"]
+    # These tests call functions from the host without a token: open is the explicit choice (the
+    # default, namespace, is tested with the access rules).
+    command += ["--default-access", "open"]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--tarsnode", "tars"], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
     )

@@ -39,7 +39,6 @@ CHILD_KINDS = [
     ("policy", "v1", "poddisruptionbudgets"),
 ]
 RBAC = "rbac.authorization.k8s.io/v1"
-SWEEP_INTERVAL_S = 300.0
 
 Bodies = kopf.Index[Key, dict[str, Any]]
 Leases = kopf.Index[Key, LeaseRecord]
@@ -178,14 +177,18 @@ async def resync(
     await memo.reconciler.models_of((namespace, name), indexes)
 
 
-@kopf.timer(
+@kopf.on.event(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings",
     labels={MANAGED_BY: OPERATOR, TARSNODE_LABEL: kopf.PRESENT, NAMESPACE_LABEL: kopf.PRESENT},
-    interval=SWEEP_INTERVAL_S, initial_delay=5.0, id="orphan-sweep",
+    id="orphan-sweep",
 )  # fmt: skip
-async def sweep_orphan(name: str, labels: kopf.Labels, memo: OperatorMemo, tarsnodes_index: Bodies, **_: Any) -> None:
-    """An agent auth binding whose TarsNode was deleted while no operator ran: nothing else removes it."""
-    if (labels[NAMESPACE_LABEL], labels[TARSNODE_LABEL]) not in tarsnodes_index:
+async def sweep_orphan(
+    type: str, name: str, labels: kopf.Labels, memo: OperatorMemo, tarsnodes_index: Bodies, **_: Any
+) -> None:
+    """An agent auth binding whose TarsNode was deleted while no operator ran: nothing else removes it.
+    The operator's first listing brings every binding here once (indexes are complete by then). An
+    event handler, not a timer: a timer would put a finalizer on the binding."""
+    if type != "DELETED" and (labels[NAMESPACE_LABEL], labels[TARSNODE_LABEL]) not in tarsnodes_index:
         log.info("removing %s: its TarsNode is gone", name)
         await memo.reconciler.kube.delete(RBAC, "ClusterRoleBinding", None, name)
 

@@ -38,7 +38,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["clusterrolebindings"],
-        "verbs": ["get", "list", "create", "patch", "delete"],
+        # watch: the orphan sweep is an event handler on the agents' auth bindings.
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},

@@ -65,7 +65,7 @@ def test_tls_self_signed_ca_and_gateway_wiring(helm: Helm) -> None:
     container = pod["containers"][0]
     assert container["args"] == [
         "--auth=on",
-        "--default-access=open",
+        "--default-access=namespace",
         "--tls-cert=/etc/tars/tls/tls.crt",
         "--tls-key=/etc/tars/tls/tls.key",
         "--upstream-ca=/etc/tars/tls/ca.crt",

@@ -237,6 +237,7 @@ def _commands(state: ClusterState) -> dict[str, list[str]]:
             "--allow-privileged=true",
             f"--kubelet-client-certificate={p / 'kubelet-client.crt'}",
             f"--kubelet-client-key={p / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",  # node names do not resolve here
             # A loopback address cannot be published in the kubernetes Service's endpoints.
             "--endpoint-reconciler-type=none",
             "--profiling=false",

@@ -60,6 +60,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
     # Agent pods' container states (image pulls, crash loops) for the TarsNode's PodsHealthy condition.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    # kopf lists and watches namespaces to resolve the namespaces it serves (watchNamespaces).
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     # Events: kopf posts them, and so does the operator on meaningful changes.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf discovers served resources (and notices CRDs installed after it started).

@@ -218,6 +218,8 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
             {"name": "config", "mountPath": AGENT_CONFIG_DIR, "readOnly": True},
             {"name": "kvm", "mountPath": "/dev/kvm"},
             {"name": "cache", "mountPath": "/var/cache/tars"},
+            # The root filesystem is read-only; Python's tempfile (guest builds, uploads) needs /tmp.
+            {"name": "tmp", "mountPath": "/tmp"},
             {"name": "models", "mountPath": MODELS_HOST_PATH, "readOnly": True},
             *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}] if tls else []),
         ],
@@ -261,6 +263,7 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
                         {"name": "config", "configMap": {"name": name}},
                         {"name": "kvm", "hostPath": {"path": "/dev/kvm", "type": "CharDevice"}},
                         {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
                         {"name": "models", "hostPath": {"path": MODELS_HOST_PATH, "type": "DirectoryOrCreate"}},
                         *([{"name": "tls", "secret": {"secretName": spec.agent.tls_secret_name}}] if tls else []),
                     ],

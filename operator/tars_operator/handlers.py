@@ -128,11 +128,11 @@ async def tarsnode_changed(
         await reconciler.kube.delete(RBAC, "ClusterRoleBinding", None, builders.auth_binding_name(namespace, name))
         return
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-    await reconciler.tarsnode(key, indexes.snapshot, children=False)
+    reconciler.detach(reconciler.tarsnode(key, indexes.snapshot, children=False))
     if reconciler.first_sight(key):
         # Models waiting for this node (NodeNotFound) can be placed now. Later changes of the node
         # reach its models through the agents (Leases), not through its own status updates.
-        await reconciler.models_of(key, indexes)
+        reconciler.detach(reconciler.models_of(key, indexes))
 
 
 def _child_event(group: str, version: str, plural: str) -> None:

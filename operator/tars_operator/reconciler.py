@@ -116,6 +116,16 @@ class Reconciler:
         self.records = Records()
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
+        self._detached: set[asyncio.Future[None]] = set()
+
+    def detach(self, work: Awaitable[None]) -> None:
+        """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
+        and indexes an event only when its turn comes: a TarsNode's own handler still reconciling kept
+        its deletion out of the index, so the reconcile (woken again by the children the garbage
+        collector removed) kept re-creating them. ``work`` never raises (see _coalesced)."""
+        task = asyncio.ensure_future(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
 
     async def _coalesced(

@@ -117,6 +117,7 @@ class Reconciler:
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
         self._detached: set[asyncio.Future[None]] = set()
+        self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
 
     def detach(self, work: Awaitable[None]) -> None:
         """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
@@ -126,7 +127,6 @@ class Reconciler:
         task = asyncio.ensure_future(work)
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
-        self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
 
     async def _coalesced(
         self, kind: str, key: Key, slot: Slot, run: Callable[[], Awaitable[None]], settle_s: float = 0.0

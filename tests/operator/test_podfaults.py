@@ -66,3 +66,14 @@ def test_tarsnode_status_counts_eligible_nodes_and_adds_pod_health() -> None:
     assert [c.type for c in conds] == ["Ready", "Progressing", "Degraded", "PodsHealthy"]
     _, without = tarsnode_status(tn, ds, [], [])
     assert [c.type for c in without] == ["Ready", "Progressing", "Degraded"]
+
+
+def test_a_fresh_reconciler_remembers_agent_pods() -> None:
+    """Regression: the pods' store was created inside another method, so the first pod event raised."""
+    from tars_operator.reconciler import Reconciler
+
+    reconciler = Reconciler(kube=None)  # type: ignore[arg-type]  # no API call is made here
+    record = PodRecord("a-1", "node-a", "ErrImagePull", "", 0)
+    assert reconciler.agent_pod_seen(("ns", "t"), "a-1", record) is True
+    assert reconciler.agent_pod_seen(("ns", "t"), "a-1", record) is False
+    assert reconciler.agent_pod_seen(("ns", "t"), "a-1", None) is True

@@ -121,7 +121,7 @@ def main() -> None:
             name = model["metadata"]["name"]
             applied = time.monotonic()
             apply(state, namespace, [model])
-            wait(lambda name=name: model_ready(state, namespace, name), 300, f"{name} Ready")  # type: ignore[misc]
+            wait(lambda name=name: model_ready(state, namespace, name), 300, f"{name} Ready")
             ready_s[name] = time.monotonic() - applied
         loaded_mib = rss_mib(agent_ip)
     finally:

@@ -105,9 +105,9 @@ def install(
 
 
 def _agent_pod(install: Install) -> dict[str, Any]:
-    def one_ready() -> dict[str, Any] | None:
+    def one_ready() -> dict[str, Any]:
         pods = install.ready_pods("app.kubernetes.io/name=tars-agent,tars.hyperlight.dev/tarsnode=tars-node")
-        return pods[0] if len(pods) == 1 else None
+        return pods[0] if len(pods) == 1 else {}
 
     return eventually(one_ready, timeout=180, what="one ready agent pod")
 
@@ -183,7 +183,7 @@ def test_a_node_without_the_kvm_label_gets_no_agent(install: Install) -> None:
     }
     install.plane.kubectl("apply", "-f", "-", input=json.dumps(tarsnode))
     ready = eventually(
-        lambda: install.condition("tarsnode", "no-kvm", "Ready") or None, timeout=60, what="no-kvm conditions"
+        lambda: install.condition("tarsnode", "no-kvm", "Ready"), timeout=60, what="no-kvm conditions"
     )
     assert ready["status"] == "False" and ready["reason"] == "NoKVMNodes", ready
     nodes = len(install.plane.get_json("nodes")["items"])
@@ -206,9 +206,9 @@ def _tarsnode(install: Install, name: str, agent: dict[str, Any]) -> None:
 
 
 def _pods_healthy(install: Install, name: str, reasons: set[str]) -> dict[str, Any]:
-    def failing() -> dict[str, Any] | None:
+    def failing() -> dict[str, Any]:
         cond = install.condition("tarsnode", name, "PodsHealthy")
-        return cond if cond.get("status") == "False" and cond.get("reason") in reasons else None
+        return cond if cond.get("status") == "False" and cond.get("reason") in reasons else {}
 
     return eventually(failing, timeout=180, what=f"{name}: PodsHealthy=False with one of {reasons}")
 

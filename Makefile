@@ -38,7 +38,7 @@ test: test-unit test-cluster
 test-unit: install
 	$(PYTHON) -m pytest -m "$(UNIT)" $(COV)
 
-test-cluster: install control-plane
+test-cluster: install control-plane images
 	$(PYTHON) -m pytest -m "$(REST)" $(COV) --cov-append
 
 # The image (operator, agent and gateway in one) as an OCI archive in ~/.cache/tars/images/, with an
@@ -72,7 +72,8 @@ kind-up: images
 demo: install control-plane
 	tarsctl demo
 
-bench: install control-plane
+bench: install control-plane images
+	$(PYTHON) bench/images.py
 	$(PYTHON) bench/sandbox.py
 	$(PYTHON) bench/models.py
 	$(PYTHON) bench/reconcile.py

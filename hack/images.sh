@@ -3,8 +3,8 @@
 # repository, with an SPDX SBOM and a small JSON record beside it:
 #   1. base: a Debian root filesystem (python3.11) made by mmdebstrap from pinned inputs (suite,
 #      mirror, package list), imported into buildah's own storage;
-#   2. image: `buildah bud` of the repository's Containerfile on that base (vfs storage and chroot
-#      isolation: no daemon, no overlay mounts, works under cgroup v1 as root);
+#   2. image: `buildah bud` of the repository's Containerfile on that base (overlay storage, chroot
+#      isolation: no daemon, works under cgroup v1 as root);
 #   3. archive + SBOM (syft, built once from the Go module proxy).
 # Every step is cached under $TARS_IMAGES_DIR (default ~/.cache/tars/images) by a digest of its
 # inputs; with nothing changed a run only checks digests.
@@ -29,7 +29,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3.11,python3.11-venv,ca-certificates,libstdc++6
 SYFT_VERSION=v1.57.1
 SYFT=$HOME/.cache/tars/bin/syft-$SYFT_VERSION/syft
-STORAGE=(--storage-driver vfs --root "$OUT/storage" --runroot "$OUT/run")
+# overlay: layers are differences (vfs would copy the whole tree for every step: tens of GB).
+STORAGE=(--storage-driver overlay --root "$OUT/storage-overlay" --runroot "$OUT/run-overlay")
 ARCHIVE="$OUT/tars-$VERSION.oci.tar"
 RECORD="$OUT/tars-$VERSION.json"
 SBOM="$OUT/tars-$VERSION.spdx.json"
@@ -96,6 +97,9 @@ sources_digest() {
 
 build() {
   mkdir -p "$OUT"
+  # One build at a time per machine: a second `make images` waits, then finds the archive up to date.
+  exec 9>"$OUT/.build.lock"
+  flock 9
   install_tools
   local started=$SECONDS tag revision key
   tag=$(base_tag)
@@ -106,7 +110,7 @@ build() {
     return
   fi
   make_base "$tag"
-  log "building $REFERENCE (buildah, vfs storage; cached layers are reused)"
+  log "building $REFERENCE (buildah, overlay storage; cached layers are reused)"
   # The host's CA bundle, for RUN steps only (a TLS-inspecting proxy's CA reaches pip; the image
   # keeps its own bundle).
   local ca=()
@@ -122,12 +126,24 @@ build() {
   log "SBOM (syft $SYFT_VERSION, SPDX)"
   "$SYFT" scan -q "oci-archive:$ARCHIVE" -o "spdx-json=$SBOM.tmp"
   mv "$SBOM.tmp" "$SBOM"
-  # Dangling layers of earlier builds would otherwise pile up in the vfs storage (full copies).
-  buildah "${STORAGE[@]}" rmi --prune >/dev/null 2>&1 || true
   local image_bytes
-  image_bytes=$(buildah "${STORAGE[@]}" inspect --type image -f '{{.ImageSize}}' "$REFERENCE" 2>/dev/null || echo 0)
+  image_bytes=$(python3 - "$ARCHIVE" <<'PY'
+import gzip, json, sys, tarfile
+# The unpacked size: every layer decompressed (what a node's disk holds).
+with tarfile.open(sys.argv[1]) as archive:
+    def blob(digest):
+        return archive.extractfile("blobs/" + digest.replace(":", "/"))
+    manifest = json.load(blob(json.load(archive.extractfile("index.json"))["manifests"][0]["digest"]))
+    total = 0
+    for layer in manifest["layers"]:
+        stream = gzip.GzipFile(fileobj=blob(layer["digest"])) if "gzip" in layer["mediaType"] else blob(layer["digest"])
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+print(total)
+PY
+)
   cat >"$RECORD" <<EOF
-{"reference": "$REFERENCE", "archive": "$ARCHIVE", "sbom": "$SBOM", "archiveBytes": $(stat -c %s "$ARCHIVE"), "imageBytes": ${image_bytes:-0}, "baseTag": "$tag", "revision": "$revision", "buildSeconds": $((SECONDS - started)), "key": "$key"}
+{"reference": "$REFERENCE", "archive": "$ARCHIVE", "sbom": "$SBOM", "archiveBytes": $(stat -c %s "$ARCHIVE"), "imageBytes": $image_bytes, "baseTag": "$tag", "revision": "$revision", "buildSeconds": $((SECONDS - started)), "key": "$key"}
 EOF
   log "wrote $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1)) in $((SECONDS - started)) s"
 }

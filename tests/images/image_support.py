@@ -69,7 +69,7 @@ def images_script(*args: str) -> str:
 
 
 def buildah(*args: str) -> str:
-    """buildah on the storage `make images` builds in (vfs, no daemon)."""
+    """buildah on the storage `make images` builds in (no daemon)."""
     result = subprocess.run(
         ["bash", str(ROOT / "hack" / "images.sh"), "buildah", *args], capture_output=True, text=True, check=False
     )

@@ -15,6 +15,7 @@ import pytest
 
 from tars_agent.runtimes.services import BUILTIN_GUESTS
 from tars_api.tarsnode import AgentSpec
+from tars_guests.apps import APPS
 
 from .image_support import ROOT, OciArchive, buildah, images_script
 
@@ -79,8 +80,9 @@ def test_cache_directory_belongs_to_the_runtime_user(files: dict[str, Any]) -> N
 
 def test_every_builtin_guest_is_prebuilt(archive: OciArchive, files: dict[str, Any]) -> None:
     manifest = json.loads(archive.read("/opt/tars/prebuilt/manifest.json"))
-    apps = {app for app, _inputs, _outputs in BUILTIN_GUESTS.values()} | {"echo"}
-    assert set(manifest["guests"]) == apps
+    # Every TARS app (text_generation also serves file:// GPT-2 checkpoints) and the echo test guest.
+    assert set(manifest["guests"]) == set(APPS) | {"echo"}
+    assert {app for app, _inputs, _outputs in BUILTIN_GUESTS.values()} <= set(manifest["guests"])
     for entry in manifest["guests"].values():
         for kind in ("component", "compiled"):
             info = files[f"/opt/tars/prebuilt/{entry[kind]}"]
@@ -121,3 +123,5 @@ def test_the_image_runs_as_its_user_and_imports_every_part(container: str) -> No
     out = run_in(container, "python", "-c", "import os, tars_agent.agent, tars_operator.main, tars_gateway.server; "
                  "import tokenizers, wasmtime; print(os.getuid(), os.environ['TARS_PREBUILT_DIR'])")
     assert out.splitlines()[-1] == "65532 /opt/tars/prebuilt"
+    # kopf names its peering identity after the user: the UID must have a passwd entry.
+    assert run_in(container, "python", "-c", "import getpass; print(getpass.getuser())").splitlines()[-1] == "tars"

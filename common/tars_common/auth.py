@@ -72,6 +72,10 @@ class AuthConfig:
     # Audiences the token must carry (TokenReview spec.audiences); empty means the API server's own.
     audiences: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Configuration arrives as plain strings (flags, ConfigMaps); the decision compares enums.
+        self.default_access = DefaultAccess(self.default_access)
+
 
 # -- credentials (pure) ------------------------------------------------------------------------
 

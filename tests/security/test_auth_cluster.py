@@ -112,21 +112,22 @@ async def test_empty_access_means_the_models_namespace_and_absent_access_follows
     assert (await setup.infer("team-echo", **bearer(mine)))[0] == 200
     assert (await setup.infer("team-echo", **bearer(theirs)))[0] == 403
     assert (await setup.infer("team-echo"))[0] == 401
-    # No spec.access and the default (open): callers without credentials still get through.
-    assert (await setup.infer("legacy-echo"))[0] == 200
-    assert (await setup.infer("legacy-echo", **bearer(theirs)))[0] == 200
+    # No spec.access and the secure default (namespace): the model's own namespace only.
+    assert (await setup.infer("legacy-echo"))[0] == 401
+    assert (await setup.infer("legacy-echo", **bearer(theirs)))[0] == 403
+    assert (await setup.infer("legacy-echo", **bearer(mine)))[0] == 200
 
 
-async def test_default_access_namespace_closes_models_without_access(setup: Setup, kube_api: Any, backend: Any) -> None:
-    strict = guard_for(kube_api, default_access="namespace")
-    client = await serve(setup.agent, strict)
+async def test_default_access_open_is_an_explicit_choice(setup: Setup, kube_api: Any, backend: Any) -> None:
+    opened = guard_for(kube_api, default_access="open")  # a string, as from a flag
+    client = await serve(setup.agent, opened)
     try:
         url = "/v2/models/legacy-echo/infer"
-        assert (await client.post(url, json=INFER)).status == 401
+        assert (await client.post(url, json=INFER)).status == 200
         theirs = bearer(setup.tokens.token(setup.other, "caller"))
-        assert (await client.post(url, json=INFER, headers=theirs)).status == 403
-        mine = bearer(setup.tokens.token(setup.namespace, "bystander"))
-        assert (await client.post(url, json=INFER, headers=mine)).status == 200
+        assert (await client.post(url, json=INFER, headers=theirs)).status == 200
+        # spec.access still wins over an open default.
+        assert (await client.post("/v2/models/team-echo/infer", json=INFER)).status == 401
     finally:
         await client.close()
 

@@ -140,8 +140,11 @@ class Agent:
             config.warm_pool_size,
             self.executor,
         )
-        # Models this agent should hold (placements or --model files); ready once all are loaded.
+        # Models this agent should hold (placements or --model files); ready once every one has been
+        # tried. A model that failed to load is not served (its own readiness says so) but never holds
+        # the agent's readiness hostage: one bad object must not stall its neighbours.
         self.desired: set[ModelKey] = set()
+        self.failed: dict[ModelKey, str] = {}
         self.rates = RateMeter()
         self.concurrency = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
@@ -155,7 +158,8 @@ class Agent:
 
     def ready(self) -> bool:
         wedged = self.executor.saturated_for() > self.config.unready_after_saturated_s
-        return not self.draining and not wedged and self.desired <= set(self.repository.models)
+        settled = set(self.repository.models) | set(self.failed)
+        return not self.draining and not wedged and self.desired <= settled
 
     async def ensure_loaded(self, model: TarsModel) -> bool:
         """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded."""
@@ -163,13 +167,16 @@ class Agent:
         self.desired.add(key)
         try:
             await self.repository.load(model)
-            return True
-        except Exception:
+        except Exception as exc:
             log.exception("loading model %s failed", key)
+            self.failed[key] = str(exc)[:500]
             return False
+        self.failed.pop(key, None)
+        return True
 
     async def ensure_unloaded(self, key: ModelKey) -> None:
         self.desired.discard(key)
+        self.failed.pop(key, None)
         await self.repository.unload(key)
 
     def load_report(self) -> dict[str, float]:

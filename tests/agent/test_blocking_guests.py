@@ -163,3 +163,17 @@ def test_blocking_guests_do_not_wedge_a_real_agent(tmp_path: Path, guests: dict[
             proc.kill()
         output = proc.communicate()[0]
     assert "draining" in output
+
+
+async def test_a_model_that_cannot_load_does_not_hold_the_agent_unready(backend: SharedBackend) -> None:
+    agent = make_agent(backend)
+    try:
+        assert await agent.ensure_loaded(tars_model("echo", "builtin://echo"))
+        assert not await agent.ensure_loaded(tars_model("broken", "builtin://no-such-guest"))
+        assert agent.repository.find("broken") is None
+        assert agent.ready(), "every wanted model was tried; the failure stays with its own model"
+        assert "broken" in str(next(iter(agent.failed)))
+        await agent.ensure_unloaded(next(iter(agent.failed)))
+        assert not agent.failed
+    finally:
+        agent.close()

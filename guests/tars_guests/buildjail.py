@@ -73,9 +73,12 @@ def python_roots() -> list[str]:
 
 
 def componentize_py_command(args: Sequence[str]) -> list[str]:
-    """componentize-py run by this Python (no shell shims, which would need more of the host)."""
+    """componentize-py run by this Python (no shell shims, which would need more of the host).
+
+    sys.executable is kept as it is, not resolved: in a virtual environment (the image's) it is a link
+    whose location tells Python where the environment's site-packages, and componentize-py, are."""
     launcher = "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())"
-    return [os.path.realpath(sys.executable), "-I", "-c", launcher, *args]
+    return [sys.executable, "-I", "-c", launcher, *args]
 
 
 _NAMESPACES = ["--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc", "--uts"]

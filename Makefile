@@ -21,6 +21,7 @@ control-plane: install
 
 lint: install
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 
 crds: install

@@ -74,8 +74,18 @@ def buildah(*args: str) -> str:
 def load_in_image(container: str, name: str, kind: str) -> dict[str, Any]:
     # A fresh, empty tmpfs cache per model: nothing left by the previous model's load.
     output = buildah(
-        "run", "--isolation", "chroot", "--mount", "type=tmpfs,destination=/var/cache/tars",
-        container, "--", "python", "-c", CHILD, name, kind,
+        "run",
+        "--isolation",
+        "chroot",
+        "--mount",
+        "type=tmpfs,destination=/var/cache/tars",
+        container,
+        "--",
+        "python",
+        "-c",
+        CHILD,
+        name,
+        kind,
     )
     return dict(json.loads(output.splitlines()[-1]))
 
@@ -88,8 +98,10 @@ def main() -> None:
         results = [load_in_image(container, name, kind) for name, kind in MODELS.items()]
     finally:
         buildah("rm", container)
-    table = Table(title=f"{record['reference']}: {record['imageBytes'] / 2**20:.0f} MiB "
-                  f"({record['archiveBytes'] / 2**20:.0f} MiB compressed)")
+    table = Table(
+        title=f"{record['reference']}: {record['imageBytes'] / 2**20:.0f} MiB "
+        f"({record['archiveBytes'] / 2**20:.0f} MiB compressed)"
+    )
     for column in ("builtin model", "load ms (prebuilt)", "built on the node"):
         table.add_column(column)
     for r in results:
@@ -98,13 +110,24 @@ def main() -> None:
     console.print(table)
     worst = max(r["load_ms"] for r in results)
     met = worst <= GOAL_MS and not any(r["built_on_node"] for r in results)
-    console.print(f"goal: every builtin model <= {GOAL_MS:.0f} ms, nothing built -> worst {worst:.0f} ms: "
-                  f"{'met' if met else 'NOT met'}")
-    print(json.dumps({
-        "bench": "images", "reference": record["reference"], "image_bytes": record["imageBytes"],
-        "archive_bytes": record["archiveBytes"], "build_seconds": record["buildSeconds"],
-        "load_ms": {r["model"]: r["load_ms"] for r in results}, "goal_ms": GOAL_MS, "goal_met": met,
-    }))
+    console.print(
+        f"goal: every builtin model <= {GOAL_MS:.0f} ms, nothing built -> worst {worst:.0f} ms: "
+        f"{'met' if met else 'NOT met'}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "images",
+                "reference": record["reference"],
+                "image_bytes": record["imageBytes"],
+                "archive_bytes": record["archiveBytes"],
+                "build_seconds": record["buildSeconds"],
+                "load_ms": {r["model"]: r["load_ms"] for r in results},
+                "goal_ms": GOAL_MS,
+                "goal_met": met,
+            }
+        )
+    )
     sys.exit(0 if met else 1)
 
 

@@ -271,4 +271,3 @@ def validate_function(spec: TarsModelSpec, namespace: str, read_configmap: Confi
     except InvalidFunction as exc:
         return str(exc)
     return None
-

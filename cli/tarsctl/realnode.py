@@ -79,8 +79,8 @@ class NodePaths:
 def containerd_config(paths: NodePaths, cni_bin: Path) -> str:
     root = paths.root / "containerd"
     return f"""version = 4
-root = "{root / 'root'}"
-state = "{root / 'state'}"
+root = "{root / "root"}"
+state = "{root / "state"}"
 
 [plugins."io.containerd.server.v1.grpc"]
   address = "{paths.socket}"
@@ -101,7 +101,7 @@ state = "{root / 'state'}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{cni_bin}"]
-    conf_dir = "{paths.root / 'cni' / 'net.d'}"
+    conf_dir = "{paths.root / "cni" / "net.d"}"
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]

@@ -163,8 +163,6 @@ def _limit(jail: Jail) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-
-
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True, text=True)
 

@@ -99,4 +99,3 @@ class Catalog:
         if scheme == "file" and path is not None:
             path = confine(path, self.model_roots)
         return factory(SourceRequest(key=key, spec=spec, scheme=scheme, name=name, path=path))
-

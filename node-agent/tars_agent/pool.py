@@ -124,9 +124,7 @@ class GuestExecutor:
         self._saturated_since: float | None = None
         self._calls: set[Future[Any]] = set()
 
-    async def run(
-        self, fn: Callable[[], T], wall_timeout_s: float, on_stopped: Callable[[], None] | None = None
-    ) -> T:
+    async def run(self, fn: Callable[[], T], wall_timeout_s: float, on_stopped: Callable[[], None] | None = None) -> T:
         """Runs ``fn`` on a worker thread; a TIMEOUT GuestFailure after ``wall_timeout_s`` (queueing excluded).
 
         ``on_stopped`` runs on the event loop exactly once, when ``fn`` has finished or will never run:

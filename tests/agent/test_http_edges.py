@@ -90,7 +90,7 @@ async def test_a_client_that_leaves_is_a_499_not_an_error(
     _reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(
         b"POST /v1/functions/echo:invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000\r\n\r\n{\"half\": "
+        b'Content-Length: 1000\r\n\r\n{"half": '
     )
     await writer.drain()
     await asyncio.sleep(0.2)

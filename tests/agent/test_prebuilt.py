@@ -64,9 +64,7 @@ def test_manifest_names_files_that_exist(prebuilt: Path) -> None:
         assert (prebuilt / entry["compiled"]).stat().st_size == entry["compiledBytes"] > 0
 
 
-def test_prebuilt_guests_load_without_componentize_py(
-    prebuilt: Path, tmp_path: Path, backend: SharedBackend
-) -> None:
+def test_prebuilt_guests_load_without_componentize_py(prebuilt: Path, tmp_path: Path, backend: SharedBackend) -> None:
     python = tmp_path / "bin" / "python3"
     python.parent.mkdir()
     python.symlink_to(Path(sys.executable).resolve())
@@ -80,9 +78,16 @@ def test_prebuilt_guests_load_without_componentize_py(
     }
     # Sanity of the set-up: this interpreter really has no componentize-py to run.
     probe = subprocess.run(
-        [str(python), "-c", "import shutil, sys, pathlib; print(shutil.which('componentize-py') or "
-         "pathlib.Path(sys.executable).with_name('componentize-py').exists())"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            str(python),
+            "-c",
+            "import shutil, sys, pathlib; print(shutil.which('componentize-py') or "
+            "pathlib.Path(sys.executable).with_name('componentize-py').exists())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip() == "False"
 

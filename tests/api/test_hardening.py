@@ -96,9 +96,7 @@ def test_pydantic_accepts(obj: dict[str, Any]) -> None:
 
 
 def _dry_run(cp: ControlPlane, namespace: str, obj: dict[str, Any]) -> tuple[bool, str]:
-    result = cp.kubectl(
-        "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False
-    )
+    result = cp.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False)
     return result.returncode == 0, result.stderr
 
 

@@ -22,7 +22,7 @@ def host_python_dirs() -> list[Path]:
 
 
 def probe_code(token: str, targets: list[Path], secrets: list[str]) -> str:
-    return f'''
+    return f"""
 import os
 import sys
 
@@ -44,7 +44,7 @@ for _path in {secrets!r}:
 
 def handle(input):
     return {{"wrote": WROTE, "read": READ, "errors": ERRORS}}
-'''
+"""
 
 
 async def test_build_time_code_cannot_touch_the_host(agent: Agent, tmp_path: Path) -> None:

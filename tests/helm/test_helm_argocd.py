@@ -101,6 +101,7 @@ def test_applications_point_at_paths_in_this_repository() -> None:
 
 def test_operator_application_values_satisfy_the_chart_schema() -> None:
     import jsonschema
+
     schema = json.loads((REPO / "charts" / "tars-operator" / "values.schema.json").read_text())
     (app,) = _docs("application-operator.yaml")
     jsonschema.Draft7Validator(schema).validate(app["spec"]["source"]["helm"]["valuesObject"])

@@ -77,8 +77,10 @@ def test_agent_finds_the_prebuilt_guests_the_build_stage_made() -> None:
     env = _env(FINAL.args_of("ENV"))
     prebuild = [r for r in BUILD.args_of("RUN") if "tars_agent.prebuild" in r]
     assert len(prebuild) == 1 and f"--out {env['TARS_PREBUILT_DIR']}" in prebuild[0]
-    assert any(c.split()[-1] == "/opt/tars" and env["TARS_PREBUILT_DIR"].startswith("/opt/tars/")
-               for c in FINAL.args_of("COPY"))
+    assert any(
+        c.split()[-1] == "/opt/tars" and env["TARS_PREBUILT_DIR"].startswith("/opt/tars/")
+        for c in FINAL.args_of("COPY")
+    )
     # A read-only root: the agent writes only under its cache (an emptyDir) and HOME=/tmp.
     assert env["TARS_CACHE_DIR"] == "/var/cache/tars" and env["HOME"] == "/tmp"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -95,8 +97,11 @@ def _in_context(path: str, patterns: list[str]) -> bool:
 
 
 def test_build_context_is_the_package_sources_only() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     where = project["tool"]["setuptools"]["packages"]["find"]["where"]
     needed = [*where, "pyproject.toml", project["project"]["readme"]]

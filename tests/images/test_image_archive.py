@@ -120,8 +120,13 @@ def test_programs_start_in_the_image(container: str, program: str) -> None:
 
 def test_the_image_runs_as_its_user_and_imports_every_part(container: str) -> None:
     # Importing the agent loads numpy, tokenizers and wasmtime: shared libraries the base must carry.
-    out = run_in(container, "python", "-c", "import os, tars_agent.agent, tars_operator.main, tars_gateway.server; "
-                 "import tokenizers, wasmtime; print(os.getuid(), os.environ['TARS_PREBUILT_DIR'])")
+    out = run_in(
+        container,
+        "python",
+        "-c",
+        "import os, tars_agent.agent, tars_operator.main, tars_gateway.server; "
+        "import tokenizers, wasmtime; print(os.getuid(), os.environ['TARS_PREBUILT_DIR'])",
+    )
     assert out.splitlines()[-1] == "65532 /opt/tars/prebuilt"
     # kopf names its peering identity after the user: the UID must have a passwd entry.
     assert run_in(container, "python", "-c", "import getpass; print(getpass.getuser())").splitlines()[-1] == "tars"
@@ -131,9 +136,13 @@ def test_a_users_python_function_builds_in_the_image(container: str) -> None:
     # Users' functions build on demand on the node: componentize-py must be reachable from the
     # image's virtual environment, through the build sandbox's fallback (no user namespaces in a pod).
     code = 'def handle(input):\\n    return {"words": len(input.get("text", "").split())}\\n'
-    out = run_in(container, "python", "-c",
-                 "import json, os; os.environ['TARS_CACHE_DIR'] = '/tmp/cache'; "
-                 "from tars_agent.functions import python_function_bundle; "
-                 f"bundle = python_function_bundle('{code}'); print(json.dumps(str(bundle.guest.component)))")
+    out = run_in(
+        container,
+        "python",
+        "-c",
+        "import json, os; os.environ['TARS_CACHE_DIR'] = '/tmp/cache'; "
+        "from tars_agent.functions import python_function_bundle; "
+        f"bundle = python_function_bundle('{code}'); print(json.dumps(str(bundle.guest.component)))",
+    )
     component = json.loads(out.splitlines()[-1])
     assert component.startswith("/tmp/cache") and component.endswith(".wasm"), out

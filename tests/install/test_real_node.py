@@ -151,6 +151,7 @@ def test_agent_pod_runs_on_the_real_node_with_dev_kvm(install: Install) -> None:
         return bool(leases) and all(lease["spec"].get("renewTime") for lease in leases)
 
     eventually(renewed, timeout=30, what="the agent's Lease")
+
     def renew_time() -> str:
         lease: dict[str, Any] = install.get("leases", "-l", "app.kubernetes.io/name=tars-agent")["items"][0]
         return str(lease["spec"]["renewTime"])
@@ -182,9 +183,7 @@ def test_a_node_without_the_kvm_label_gets_no_agent(install: Install) -> None:
         "spec": {"nodeSelector": {"kubernetes.io/hostname": NO_KVM_NODE}},
     }
     install.plane.kubectl("apply", "-f", "-", input=json.dumps(tarsnode))
-    ready = eventually(
-        lambda: install.condition("tarsnode", "no-kvm", "Ready"), timeout=60, what="no-kvm conditions"
-    )
+    ready = eventually(lambda: install.condition("tarsnode", "no-kvm", "Ready"), timeout=60, what="no-kvm conditions")
     assert ready["status"] == "False" and ready["reason"] == "NoKVMNodes", ready
     nodes = len(install.plane.get_json("nodes")["items"])
     assert f"0 of {nodes} nodes eligible" in ready["message"], ready

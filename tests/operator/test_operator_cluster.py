@@ -384,8 +384,9 @@ def test_orphaned_auth_bindings_are_swept(control_plane: ControlPlane, namespace
     }
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(orphan))
     eventually(
-        lambda: control_plane.kubectl("get", "clusterrolebinding", orphan["metadata"]["name"], check=False).returncode
-        != 0,
+        lambda: (
+            control_plane.kubectl("get", "clusterrolebinding", orphan["metadata"]["name"], check=False).returncode != 0
+        ),
         timeout=30,
         what="the orphaned binding swept",
     )
@@ -431,10 +432,12 @@ def _deny_service(control_plane: ControlPlane, namespace: str, service: str) -> 
     # Policies take effect once the API server has loaded them: wait until a probe Service is refused.
     probe = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service}, "spec": {"ports": [{"port": 80}]}}
     eventually(
-        lambda: control_plane.kubectl(
-            "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(probe), check=False
-        ).returncode
-        != 0,
+        lambda: (
+            control_plane.kubectl(
+                "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(probe), check=False
+            ).returncode
+            != 0
+        ),
         what="the admission policy in force",
     )
 
@@ -459,8 +462,9 @@ def test_a_failing_model_shows_its_error_and_blocks_no_other(
                 what=f"{name} ready",
             )
         degraded = eventually(
-            lambda: (c := condition(_model(control_plane, namespace, "refused"), "Degraded")).get("status") == "True"
-            and c,
+            lambda: (
+                (c := condition(_model(control_plane, namespace, "refused"), "Degraded")).get("status") == "True" and c
+            ),
             what="the refused model degraded",
         )
         assert degraded["reason"] == "ApplyFailed"

@@ -14,9 +14,7 @@ def pod(name: str, state: dict[str, Any], last: dict[str, Any] | None = None, re
         "metadata": {"name": name},
         "spec": {"nodeName": "node-a"},
         "status": {
-            "containerStatuses": [
-                {"name": "agent", "state": state, "lastState": last or {}, "restartCount": restarts}
-            ]
+            "containerStatuses": [{"name": "agent", "state": state, "lastState": last or {}, "restartCount": restarts}]
         },
     }
 

@@ -119,7 +119,8 @@ def test_operator_pods_run_from_the_image_and_one_leads(install: Install) -> Non
         assert pod["spec"]["nodeName"] == REAL_NODE
         assert pod["spec"]["containers"][0]["image"] == IMAGE
         assert pod["status"]["containerStatuses"][0]["imageID"], "the runtime reports the image it ran"
-    peering = json.loads(install.plane.kubectl("get", "clusterkopfpeering", install.namespace, "-o", "json").stdout)
+    # watchNamespaces is set, so the chart made a namespaced KopfPeering in each watched namespace.
+    peering = install.get("kopfpeering", install.namespace)
     priorities = sorted(peer["priority"] for peer in peering.get("status", {}).values())
     assert len(priorities) == 2 and priorities[0] != priorities[1], peering.get("status")
 

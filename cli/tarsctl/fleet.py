@@ -208,8 +208,11 @@ class Fleet:
             self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
 
 
-def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post(
+    url: str, body: dict[str, Any], timeout: float = 30, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -223,6 +226,7 @@ class SteadyLoad:
 
     url: str
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
     statuses: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -234,7 +238,7 @@ class SteadyLoad:
             while not self._stop.is_set():
                 started = time.perf_counter()
                 try:
-                    status, answer = post(self.url, self.body, timeout=20)
+                    status, answer = post(self.url, self.body, timeout=20, headers=self.headers)
                 except OSError as exc:
                     status, answer = 0, {"error": repr(exc)}
                 if status != 200:

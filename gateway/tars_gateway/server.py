@@ -95,8 +95,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     tried: set[str] = set()
     last_error = "no agent is ready for this model"
+    # Like Knative's activator, a request is held while no agent can take it (a model waking from zero,
+    # the only agent draining in a rolling update) for up to wake_timeout in all, at least a second
+    # for each retry.
+    hold_until = time.monotonic() + settings.wake_timeout
     for attempt_no in range(settings.attempts):
-        wait_s = settings.wake_timeout if attempt_no == 0 else 1.0
+        wait_s = max(hold_until - time.monotonic(), 1.0)
         endpoint = await _wait_for_endpoint(table, outliers, model, tried, wait_s)
         if endpoint is None:
             break

@@ -53,12 +53,31 @@ def pod_record(body: dict[str, Any]) -> PodRecord:
         elif terminated.get("reason") in NEXT_STEP and not reason:
             reason = terminated["reason"]
             message = terminated.get("message", "") or f"exit {terminated.get('exitCode')}"
+        elif _restarting_after_failures(container) and not reason:
+            # Between back-offs a crash-looping container runs for a moment; it is still crash-looping.
+            reason = "CrashLoopBackOff"
+            message = (
+                f"last exit {last.get('exitCode')} ({last.get('reason', '')}), {container['restartCount']} restarts"
+            )
     return PodRecord(
         name=body.get("metadata", {}).get("name", ""),
         node=body.get("spec", {}).get("nodeName", ""),
         reason=reason,
         message=message.strip(),
         restarts=restarts,
+    )
+
+
+# Restarts after which a failing container that is not ready yet counts as crash-looping.
+CRASH_LOOP_RESTARTS = 2
+
+
+def _restarting_after_failures(container: dict[str, Any]) -> bool:
+    last = container.get("lastState", {}).get("terminated", {})
+    return (
+        not container.get("ready", False)
+        and int(container.get("restartCount", 0)) >= CRASH_LOOP_RESTARTS
+        and int(last.get("exitCode", 0) or 0) != 0
     )
 
 

@@ -132,6 +132,28 @@ async def test_a_request_at_zero_waits_for_an_agent_to_appear() -> None:
         await upstream.close()
 
 
+async def test_a_request_is_held_while_the_only_agent_drains_until_its_successor_is_ready() -> None:
+    # A rolling update on one node: the old agent answers 503 (draining), the new one comes up 2 s later.
+    draining, successor = await _upstream("old", status=503), await _upstream("new")
+    table = table_with("m", [(f"127.0.0.1:{draining.port}", True)])
+    client = await _gateway(table, wake_timeout=10.0)
+
+    async def rolled() -> None:
+        await asyncio.sleep(2.0)
+        table.set_slice("m", "s", [(Endpoint(f"127.0.0.1:{successor.port}"), True)])
+
+    try:
+        roll = asyncio.create_task(rolled())
+        response = await client.post("/v2/models/m/infer", json={})
+        await roll
+        assert response.status == 200, await response.text()
+        assert (await response.json())["served_by"] == "new"
+    finally:
+        await client.close()
+        await draining.close()
+        await successor.close()
+
+
 async def test_an_agents_405_keeps_its_allow_header() -> None:
     upstream = await _upstream("a")
     client = await _gateway(table_with("m", [(f"127.0.0.1:{upstream.port}", True)]))

@@ -44,6 +44,21 @@ def test_crash_loop_reports_the_last_exit_and_the_log_command() -> None:
     assert "kubectl logs -n tars a-2 --previous" in cond.message
 
 
+def test_a_crash_looping_agent_between_back_offs_is_still_failing() -> None:
+    # Restarted and running for a moment, not ready, after failing exits: the condition must not flap.
+    failed = {"terminated": {"exitCode": 1, "reason": "Error"}}
+    running = {"running": {"startedAt": "2026-11-30T00:00:00Z"}}
+    record = pod_record(pod("a-3", running, last=failed, restarts=4))
+    assert record.reason == "CrashLoopBackOff" and "last exit 1 (Error), 4 restarts" in record.message
+    # One restart, or a clean last exit, or a ready container: not a crash loop.
+    assert pod_record(pod("a-4", running, last=failed, restarts=1)).reason == ""
+    clean = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    assert pod_record(pod("a-5", running, last=clean, restarts=4)).reason == ""
+    ready = pod("a-6", running, last=failed, restarts=4)
+    ready["status"]["containerStatuses"][0]["ready"] = True
+    assert pod_record(ready).reason == ""
+
+
 def test_running_pods_are_healthy_and_the_first_failing_pod_is_named() -> None:
     running = pod_record(pod("a-0", {"running": {"startedAt": "2026-01-01T00:00:00Z"}}))
     assert running.reason == ""

@@ -144,7 +144,6 @@ class Agent:
         # tried. A model that failed to load is not served (its own readiness says so) but never holds
         # the agent's readiness hostage: one bad object must not stall its neighbours.
         self.desired: set[ModelKey] = set()
-        self.failed: dict[ModelKey, str] = {}
         self.rates = RateMeter()
         self.concurrency = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
@@ -158,7 +157,7 @@ class Agent:
 
     def ready(self) -> bool:
         wedged = self.executor.saturated_for() > self.config.unready_after_saturated_s
-        settled = set(self.repository.models) | set(self.failed)
+        settled = set(self.repository.models) | set(self.repository.failed)
         return not self.draining and not wedged and self.desired <= settled
 
     async def ensure_loaded(self, model: TarsModel) -> bool:
@@ -167,16 +166,13 @@ class Agent:
         self.desired.add(key)
         try:
             await self.repository.load(model)
-        except Exception as exc:
+        except Exception:
             log.exception("loading model %s failed", key)
-            self.failed[key] = str(exc)[:500]
             return False
-        self.failed.pop(key, None)
         return True
 
     async def ensure_unloaded(self, key: ModelKey) -> None:
         self.desired.discard(key)
-        self.failed.pop(key, None)
         await self.repository.unload(key)
 
     def load_report(self) -> dict[str, float]:

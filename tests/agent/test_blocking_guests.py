@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tars_agent.agent import Agent
+from tars_agent.capabilities import ModelKey
 from tars_agent.sandbox.base import FailureReason
 from tars_agent.server import create_app
 from tars_agent.tenancy import FairAdmission
@@ -172,8 +173,8 @@ async def test_a_model_that_cannot_load_does_not_hold_the_agent_unready(backend:
         assert not await agent.ensure_loaded(tars_model("broken", "builtin://no-such-guest"))
         assert agent.repository.find("broken") is None
         assert agent.ready(), "every wanted model was tried; the failure stays with its own model"
-        assert "broken" in str(next(iter(agent.failed)))
-        await agent.ensure_unloaded(next(iter(agent.failed)))
-        assert not agent.failed
+        assert "no-such-guest" in agent.repository.failed[ModelKey("default", "broken")]
+        await agent.ensure_unloaded(ModelKey("default", "broken"))
+        assert not agent.repository.failed
     finally:
         agent.close()

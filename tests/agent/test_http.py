@@ -206,12 +206,16 @@ async def test_draining_is_unready_and_503_but_finishes_in_flight(backend: Any) 
         agent.close()
 
 
-async def test_not_ready_until_desired_models_load(backend: Any) -> None:
+async def test_a_model_that_failed_is_unready_on_its_own(backend: Any) -> None:
+    # The failure stays with its model: the agent, and the models it does serve, stay ready.
     agent = make_agent(backend)
     assert not await agent.ensure_loaded(tars_model("broken", "builtin://does-not-exist"))
+    assert await agent.ensure_loaded(tars_model("echo", "builtin://echo"))
     client = await client_for(agent)
     try:
-        assert (await client.get("/v2/health/ready")).status == 503
+        assert (await client.get("/v2/health/ready")).status == 200
+        assert (await client.get("/v2/models/echo/ready")).status == 200
+        assert (await client.get("/v2/models/broken/ready")).status != 200
         assert "does-not-exist" in agent.repository.failed[ModelKey("default", "broken")]
     finally:
         await client.close()

@@ -68,8 +68,9 @@ def pod_record(body: dict[str, Any]) -> PodRecord:
     )
 
 
-# Restarts after which a failing container that is not ready yet counts as crash-looping.
-CRASH_LOOP_RESTARTS = 2
+# Restarts after which a container that failed and is not ready yet counts as crash-looping: from the
+# first, so the condition does not flap between a failed exit and the next one.
+CRASH_LOOP_RESTARTS = 1
 
 
 def _restarting_after_failures(container: dict[str, Any]) -> bool:

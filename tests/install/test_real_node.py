@@ -204,7 +204,11 @@ def test_a_node_without_the_kvm_label_gets_no_agent(install: Install) -> None:
     nodes = len(install.plane.get_json("nodes")["items"])
     assert f"0 of {nodes} nodes eligible" in ready["message"], ready
     assert install.get("tarsnode", "no-kvm")["status"]["desiredAgents"] == 0
-    assert f"1 of {nodes} nodes eligible" in install.condition("tarsnode", "tars-node", "Ready")["message"]
+    eventually(
+        lambda: f"1 of {nodes} nodes eligible" in install.condition("tarsnode", "tars-node", "Ready")["message"],
+        timeout=60,
+        what=f"tars-node: 1 of {nodes} nodes eligible (a new Node is counted)",
+    )
     assert not install.pods("tars.hyperlight.dev/tarsnode=no-kvm")
     install.plane.kubectl("delete", "tarsnode", "no-kvm", "-n", install.namespace)
     install.plane.kubectl("delete", "node", NO_KVM_NODE, "--wait=false")
@@ -251,16 +255,18 @@ def test_a_wrong_image_and_a_crashing_agent_show_in_conditions_and_tarsctl_statu
     _tarsnode(install, "crashing", {"tlsSecretName": "broken-tls", "port": 8092})
     cond = _pods_healthy(install, "crashing", {"CrashLoopBackOff", "Error"})
     assert "kubectl logs" in cond["message"], cond
-    result = subprocess.run(
-        [sys.executable, "-m", "tarsctl.main", "status", "-n", install.namespace],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=install.plane.env,
-    )
+
+    def both_faults_named() -> subprocess.CompletedProcess[str] | None:
+        # Each TarsNode's conditions follow its own pods' events: wait until both are shown at once.
+        command = [sys.executable, "-m", "tarsctl.main", "status", "-n", install.namespace]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=install.plane.env)
+        named = "Next: check spec.agent.image" in result.stdout and "kubectl logs" in result.stdout
+        return result if named else None
+
+    result = eventually(both_faults_named, timeout=90, what="tarsctl status naming both faults and what to do")
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"TarsNode {install.namespace}/wrong-tag: NOT OK" in result.stdout, result.stdout
-    assert "Next: check spec.agent.image" in result.stdout and "kubectl logs" in result.stdout, result.stdout
+    assert f"TarsNode {install.namespace}/crashing: NOT OK" in result.stdout, result.stdout
     for name in ("wrong-tag", "crashing"):
         install.plane.kubectl("delete", "tarsnode", name, "-n", install.namespace)
 

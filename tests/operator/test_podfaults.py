@@ -50,8 +50,8 @@ def test_a_crash_looping_agent_between_back_offs_is_still_failing() -> None:
     running = {"running": {"startedAt": "2026-11-30T00:00:00Z"}}
     record = pod_record(pod("a-3", running, last=failed, restarts=4))
     assert record.reason == "CrashLoopBackOff" and "last exit 1 (Error), 4 restarts" in record.message
-    # One restart, or a clean last exit, or a ready container: not a crash loop.
-    assert pod_record(pod("a-4", running, last=failed, restarts=1)).reason == ""
+    # No restart yet, or a clean last exit, or a ready container: not a crash loop.
+    assert pod_record(pod("a-4", running, last=failed, restarts=0)).reason == ""
     clean = {"terminated": {"exitCode": 0, "reason": "Completed"}}
     assert pod_record(pod("a-5", running, last=clean, restarts=4)).reason == ""
     ready = pod("a-6", running, last=failed, restarts=4)

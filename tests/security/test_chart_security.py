@@ -64,6 +64,7 @@ def test_tls_self_signed_ca_and_gateway_wiring(helm: Helm) -> None:
     pod = find(manifests, "Deployment", f"{FULL}-gateway")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == [
+        "--namespace=tars-system",
         "--auth=on",
         "--default-access=namespace",
         "--tls-cert=/etc/tars/tls/tls.crt",

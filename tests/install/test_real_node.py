@@ -130,14 +130,20 @@ def test_operator_pods_run_from_the_image_and_one_leads(install: Install) -> Non
     priorities = sorted(peer["priority"] for peer in peering.get("status", {}).values())
     assert len(priorities) == 2 and priorities[0] != priorities[1], peering.get("status")
 
-    def paused_pods() -> list[str] | None:
+    def active_pods() -> list[str] | None:
         names = [p["metadata"]["name"] for p in pods]
         logs = {name: install.plane.kubectl("logs", "-n", install.namespace, name).stdout for name in names}
-        paused = [name for name, text in logs.items() if "Pausing operations in favour of" in text]
-        return paused if len(paused) == 1 else None
+        # A replica starts paused and resumes only once it found no peer of higher priority; one that
+        # acted first pauses when a higher one joins. What counts is where each one ended up.
+        active = [
+            name
+            for name, text in logs.items()
+            if text.rfind("Resuming operations after the pause") > text.rfind("Pausing operations in favour of")
+        ]
+        return active if len(active) == 1 else None
 
     # The lower priority waits; the other acts (it is the one whose reconciles created the agents).
-    eventually(paused_pods, timeout=60, what="exactly one operator pod paused in favour of the other")
+    eventually(active_pods, timeout=60, what="exactly one operator pod active, the other paused")
 
 
 def test_agent_pod_runs_on_the_real_node_with_dev_kvm(install: Install) -> None:

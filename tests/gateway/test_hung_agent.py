@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from tars_gateway.routes import Endpoint, RouteTable
 from tars_gateway.server import ATTEMPTS, EJECTIONS, create_app
 from tars_guests.build import build_guest
 from tars_guests.testapps import ECHO_APP
+from tests.agent.test_main import free_port
 
 MODEL_YAML = """\
 apiVersion: tars.hyperlight.dev/v1alpha1
@@ -34,12 +34,6 @@ spec:
   kind: function
   source: builtin://echo
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -65,7 +59,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[int,
     started = []
     try:
         for i in range(2):
-            port, log = _free_port(), directory / f"agent-{i}.log"
+            port, log = free_port(), directory / f"agent-{i}.log"
             command = [sys.executable, "-c", "from tars_agent.main import main; main()", "--standalone"]
             command += ["--model", str(model), "--backend", "wasmtime", "--host", "127.0.0.1", "--port", str(port)]
             proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -91,6 +92,31 @@ def free_port() -> int:
         return port
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def stable_port() -> int:
+    """A free port below the kernel's ephemeral range, for a component that restarts on the same port.
+
+    While such a component is down, its clients keep connecting to its port; a port in the ephemeral
+    range can then be taken as the source port of one of those attempts (a TCP self-connect) and the
+    restart fails with "address already in use"."""
+    low = max(_ephemeral_low(), 11000)
+    for _ in range(200):
+        port = random.randint(10000, low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def host_ip() -> str:
     """This machine's primary IPv4 address. Agents standing for simulated nodes advertise it: an
     EndpointSlice may not list a loopback address. Connecting a UDP socket sends nothing."""
@@ -114,7 +140,7 @@ class ClusterState:
     etcd_port: int
     pids: dict[str, int] = field(default_factory=dict)
     # Kept, like the other ports, so a restarted etcd finds its member where its data says it is.
-    etcd_peer_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=stable_port)
 
     @property
     def path(self) -> Path:
@@ -408,7 +434,7 @@ def _fresh(log: Callable[[str], None]) -> ClusterState:
         down(quiet=True)
         directory = state_dir()
         (directory / "logs").mkdir(parents=True, exist_ok=True)
-        state = ClusterState(str(directory), apiserver_port=free_port(), etcd_port=free_port())
+        state = ClusterState(str(directory), apiserver_port=stable_port(), etcd_port=stable_port())
         write_pki(directory, state.server)
         try:
             _start_components(state, log)

@@ -268,3 +268,9 @@ async def test_metrics_after_traffic(client: TestClient) -> None:
         "tars_agent_models_loaded 3.0",
     ):
         assert needle in text, needle
+
+
+async def test_metrics_include_the_process_own_memory_and_cpu(client: TestClient) -> None:
+    text = await (await client.get("/metrics")).text()
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"):
+        assert f"\n{name}" in text, name

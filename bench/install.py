@@ -102,7 +102,13 @@ def main() -> None:
     values_file.write_text(yaml.safe_dump(values))
     tarsnode = yaml.safe_load((ROOT / "examples" / "tarsnode.yaml").read_text())
     tarsnode["spec"]["nodeSelector"] = on_node
-    models = [d for d in yaml.safe_load_all((ROOT / "examples" / "models.yaml").read_text()) if d]
+    # The builtin models the image carries prebuilt; the GPT-2 ones load file:// checkpoints that a
+    # fresh node does not have (the demo writes synthetic ones first).
+    models = [
+        d
+        for d in yaml.safe_load_all((ROOT / "examples" / "models.yaml").read_text())
+        if d and not str(d["spec"].get("source", "")).startswith("file://")
+    ]
     sentiment = next(m for m in models if m["spec"].get("kind") == "sentiment")
     try:
         started = time.monotonic()

@@ -113,8 +113,17 @@ def stable_port() -> int:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if not _answers(port):
             return port
     return free_port()
+
+
+def _answers(port: int) -> bool:
+    """True if something accepts connections on the port although it could be bound: a proxy or
+    port forwarder of the sandbox around us, which would swallow a component's clients."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def host_ip() -> str:
@@ -315,6 +324,14 @@ def api_ready(state: ClusterState, timeout: float = 2.0) -> bool:
         return False
 
 
+def etcd_healthy(state: ClusterState, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{state.etcd_port}/health", timeout=timeout) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
 def _alive(pid: int, binary: str) -> bool:
     """True only if pid is running the binary we started, so `down` never signals a stranger."""
     try:
@@ -355,17 +372,28 @@ def _exit_status(name: str) -> str:
     return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
-def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: float) -> None:
+def _log_tail(state: ClusterState, name: str) -> str:
+    try:
+        return (state.path / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+    except OSError:
+        return "(no log)"
+
+
+def _wait(
+    check: Callable[[], bool], what: str, state: ClusterState, timeout: float, log_of: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         for name, pid in state.pids.items():
             if not _alive(pid, str(bin_dir() / name)):
-                tail = (state.path / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise ClusterError(f"{name} {_exit_status(name)} while waiting for {what}; its log ends:\n{tail}")
+                raise ClusterError(
+                    f"{name} {_exit_status(name)} while waiting for {what}; its log ends:\n{_log_tail(state, name)}"
+                )
         time.sleep(0.2)
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {state.path / 'logs'}")
+    tail = f"; the {log_of} log ends:\n{_log_tail(state, log_of)}" if log_of else ""
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {state.path / 'logs'}{tail}")
 
 
 def load_api_client(state: ClusterState) -> Any:
@@ -434,7 +462,9 @@ def _fresh(log: Callable[[str], None]) -> ClusterState:
         down(quiet=True)
         directory = state_dir()
         (directory / "logs").mkdir(parents=True, exist_ok=True)
-        state = ClusterState(str(directory), apiserver_port=stable_port(), etcd_port=stable_port())
+        # The second attempt takes ports the kernel picks, in case the low range misbehaves here.
+        pick = stable_port if attempt == 1 else free_port
+        state = ClusterState(str(directory), apiserver_port=pick(), etcd_port=pick(), etcd_peer_port=pick())
         write_pki(directory, state.server)
         try:
             _start_components(state, log)
@@ -456,10 +486,14 @@ def _start_components(state: ClusterState, log: Callable[[str], None]) -> None:
     """Starts every component that is not running (all of them, on a fresh state)."""
     commands = _commands(state)
     started = time.monotonic()
-    for name in ("etcd", "kube-apiserver"):
-        if not _component_alive(state, name):
-            _start(name, commands[name], state)
-    _wait(lambda: api_ready(state), "kube-apiserver /readyz", state, timeout=90)
+    if not _component_alive(state, "etcd"):
+        _start("etcd", commands["etcd"], state)
+    # Waiting for etcd first names the component at fault: kube-apiserver gives up on an etcd that
+    # does not answer within 20 s and its log then says only that.
+    _wait(lambda: etcd_healthy(state), "etcd /health", state, timeout=60, log_of="etcd")
+    if not _component_alive(state, "kube-apiserver"):
+        _start("kube-apiserver", commands["kube-apiserver"], state)
+    _wait(lambda: api_ready(state), "kube-apiserver /readyz", state, timeout=90, log_of="kube-apiserver")
     log(f"kube-apiserver ready at {state.server} after {time.monotonic() - started:.1f}s")
     for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
         if not _component_alive(state, name):

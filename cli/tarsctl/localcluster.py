@@ -379,9 +379,7 @@ def _log_tail(state: ClusterState, name: str) -> str:
         return "(no log)"
 
 
-def _wait(
-    check: Callable[[], bool], what: str, state: ClusterState, timeout: float, log_of: str | None = None
-) -> None:
+def _wait(check: Callable[[], bool], what: str, state: ClusterState, timeout: float, log_of: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

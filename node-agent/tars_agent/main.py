@@ -37,7 +37,7 @@ from tars_agent.tenancy import FairAdmission
 from tars_api.access import DEFAULT_ACCESS, DefaultAccess
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits, TarsNode
-from tars_common import tls
+from tars_common import oip_grpc, tls
 from tars_common.auth import AccessGuard, AuthConfig
 from tars_common.kube import load_client_config
 
@@ -87,6 +87,7 @@ def rendered_defaults(path: Path) -> dict[str, Any]:
         "tarsnode": rendered.get("tarsNode"),
         "backend": rendered.get("backend", "auto"),
         "port": int(rendered.get("port", 8080)),
+        "grpc_port": int(rendered.get("grpcPort", 8081)),
         "warm_pool": rendered.get("warmPoolSize"),
         "capacity_mib": rendered.get("capacityMiB"),
         "sandbox": sandbox,
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default=os.environ.get("TARS_BACKEND", "auto"))
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=int(os.environ.get("TARS_PORT", "8080")))
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(os.environ.get("TARS_GRPC_PORT", "8081")),
+        help="Open Inference Protocol gRPC port (0: off)",
+    )
     p.add_argument(
         "--workers", type=int, default=int(os.environ.get("TARS_WORKERS", "4")), help="guest calls run at once"
     )
@@ -231,6 +238,8 @@ async def serve(
     guard: AccessGuard | None = None,
     ssl_context: Any = None,
     admission: FairAdmission | None = None,
+    grpc_port: int | None = None,
+    grpc_tls: tuple[bytes, bytes] | None = None,
 ) -> None:
     app = create_app(agent, guard, admission)
     runner = web.AppRunner(app, access_log=None)
@@ -244,6 +253,9 @@ async def serve(
         agent.backend.name,
         agent.backend_reason,
     )
+    grpc_server = None
+    if grpc_port is not None:
+        grpc_server, bridge = await start_grpc(agent, grpc_port, ssl_context is not None, grpc_tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -278,9 +290,24 @@ async def serve(
             await cluster_agent.release()
         except Exception:
             log.exception("releasing the Lease failed; it will expire")
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
+        await bridge.close()
     listener.close()
     await runner.cleanup()
     agent.close()
+
+
+async def start_grpc(
+    agent: Agent, port: int, https: bool, tls: tuple[bytes, bytes] | None
+) -> tuple[Any, oip_grpc.RestBridge]:
+    """The gRPC service, a front door onto this process's REST listener (tars_common.oip_grpc)."""
+    host = agent.config.host if agent.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    # Loopback to this very process: its certificate names the Service, not 127.0.0.1.
+    bridge = oip_grpc.RestBridge(f"{'https' if https else 'http'}://{host}:{agent.config.port}", ssl_context=not https)
+    server, bound = await oip_grpc.start(bridge, agent.config.host, port, agent.config.max_body_bytes, tls)
+    log.info("gRPC (Open Inference Protocol) on %s:%d%s", agent.config.host, bound, " with TLS" if tls else "")
+    return server, bridge
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -318,7 +345,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.model_concurrency,
         models_loaded=lambda: len(agent.repository.models),
     )
-    asyncio.run(serve(agent, models, not args.standalone, args.tarsnode, args.reuse_port, guard, context, admission))
+    grpc_port = args.grpc_port if args.grpc_port > 0 else None
+    grpc_tls = (args.tls_key.read_bytes(), args.tls_cert.read_bytes()) if context is not None else None
+    asyncio.run(
+        serve(
+            agent,
+            models,
+            not args.standalone,
+            args.tarsnode,
+            args.reuse_port,
+            guard,
+            context,
+            admission,
+            grpc_port,
+            grpc_tls,
+        )
+    )
     stuck = agent.executor.guests_running()
     if stuck:
         # A thread cannot be killed and the interpreter would wait for it at exit: shutdown stays bounded.

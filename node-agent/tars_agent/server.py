@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from tars_agent import openai_compat
 from tars_agent.agent import Agent
 from tars_agent.pool import Overloaded, Unavailable
 from tars_agent.protocol import (
@@ -41,8 +42,11 @@ from tars_agent.protocol import (
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure
 from tars_agent.tenancy import FairAdmission
+from tars_api.tarsmodel import ModelKind
+from tars_common import oip_binary
 from tars_common.auth import AccessGuard, ModelPolicy, auth_middleware
 from tars_common.http_limits import CLIENT_CLOSED_REQUEST, ConnectionGuard
+from tars_common.requested_model import requested_model
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -153,6 +157,13 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
         log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
         if failure.reason is FailureReason.REJECTED:
             raise ApiError(422, f"rejected by the model: {failure.public}", reason=failure.reason.value) from None
+        if failure.reason is FailureReason.UNAVAILABLE:
+            raise ApiError(
+                503,
+                f"unavailable: {failure.public}",
+                reason=failure.reason.value,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
         raise ApiError(500, f"guest failed: {failure.public}", reason=failure.reason.value) from None
     except Overloaded as busy:
         agent.metrics.rejected.labels(label, "overload").inc()
@@ -196,7 +207,7 @@ async def _server_metadata(request: web.Request) -> web.Response:
         ServerMetadata(
             name="tars-agent",
             version=metadata.version("tars-k8s"),
-            extensions=["tars-functions"],
+            extensions=[oip_binary.EXTENSION, "tars-functions", "openai"],
             backend=agent.backend.name,
             backend_reason=agent.backend_reason,
         )
@@ -213,9 +224,39 @@ async def _model_ready(request: web.Request) -> web.Response:
     return json_response(ModelReady(name=model.key.name, ready=not agent.draining))
 
 
+async def read_infer_body(request: web.Request) -> Any:
+    """The request as JSON, the binary tensor extension's bytes decoded into ``data``."""
+    header_length = request.headers.get(oip_binary.HEADER_LENGTH)
+    if header_length is None:
+        return await read_json(request)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body exceeds {request.app[AGENT].config.max_body_bytes} bytes") from None
+    try:
+        body = oip_binary.decode_request(raw, header_length)
+    except oip_binary.BinaryError as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
+    if json_depth_exceeds(body):
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", field="body")
+    return body
+
+
+def infer_answer(body: Any, response: InferResponse) -> web.Response:
+    """JSON, or the binary extension's form for the outputs the request asked in binary."""
+    data = response.model_dump(exclude_none=True)
+    if isinstance(body, dict):
+        binary = {out["name"] for out in data["outputs"] if oip_binary.wants_binary(body, out["name"])}
+        if binary and (encoded := oip_binary.encode_response(data, binary)) is not None:
+            payload, header_length = encoded
+            headers = {oip_binary.HEADER_LENGTH: str(header_length)}
+            return web.Response(body=payload, content_type=oip_binary.CONTENT_TYPE, headers=headers)
+    return web.json_response(data)
+
+
 async def _infer(request: web.Request) -> web.Response:
     model = await lookup_model(request.app[AGENT], request.match_info["name"])
-    body = await read_json(request)
+    body = await read_infer_body(request)
     try:
         infer_request = InferRequest.model_validate(body)
     except ValidationError as exc:
@@ -232,14 +273,15 @@ async def _infer(request: web.Request) -> web.Response:
         raise ApiError(
             500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
         ) from None
-    return json_response(
+    return infer_answer(
+        body,
         InferResponse(
             model_name=model.key.name,
             model_version=model.version,
             id=infer_request.id,
             parameters=result.parameters,
             outputs=result.outputs,
-        )
+        ),
     )
 
 
@@ -252,6 +294,45 @@ async def _invoke(request: web.Request) -> web.Response:
     except json.JSONDecodeError:
         raise ApiError(500, "guest failed: it returned invalid JSON", reason=FailureReason.ERROR.value) from None
     return web.Response(text=output, content_type="application/json")
+
+
+async def _openai(request: web.Request, schema: type[openai_compat.OpenAIRequest]) -> web.StreamResponse:
+    """Thin: validation and the guest here, shapes in tars_agent.openai_compat; errors in OpenAI's form."""
+    try:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object", field="body")
+        if (unsupported := openai_compat.unsupported_field(body)) is not None:
+            raise ApiError(400, f"{unsupported} is not supported by this runtime", field=unsupported)
+        try:
+            wanted = schema.model_validate(body)
+        except ValidationError as exc:
+            field, message = first_error_field(exc)
+            raise ApiError(400, f"{field}: {message}", field=field) from None
+        model = await lookup_model(request.app[AGENT], wanted.model)
+        if model.spec.kind != ModelKind.TEXT_GENERATION:
+            kind = model.spec.kind
+            raise ApiError(400, f"model {wanted.model!r} is a {kind} model, not text-generation", field="model")
+        reply = json.loads(await run_guest(request, model, json.dumps(openai_compat.guest_input(wanted))))
+    except ApiError as exc:
+        error = openai_compat.error_body(exc.body.error, exc.body.field, exc.status)
+        return web.json_response(error, status=exc.status, headers=exc.headers)
+    if not wanted.stream:
+        return web.json_response(openai_compat.answer(wanted, reply))
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await stream.prepare(request)
+    for event in openai_compat.stream_events(wanted, reply):
+        await stream.write(event)
+    await stream.write_eof()
+    return stream
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    return await _openai(request, openai_compat.CompletionRequest)
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _openai(request, openai_compat.ChatRequest)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -312,6 +393,22 @@ def routes() -> list[Route]:
             _invoke,
             "Invoke a guest function: JSON in, the guest's JSON out.",
             errors=(400, 401, 403, 404, 409, 413, 429, 500, 503),
+        ),
+        Route(
+            "POST",
+            "/openai/v1/completions",
+            _completions,
+            "OpenAI-compatible completion from a text-generation model (stream: server-sent events).",
+            request=openai_compat.CompletionRequest,
+            errors=(400, 401, 403, 404, 409, 413, 422, 429, 500, 503),
+        ),
+        Route(
+            "POST",
+            "/openai/v1/chat/completions",
+            _chat_completions,
+            "OpenAI-compatible chat completion from a text-generation model (stream: server-sent events).",
+            request=openai_compat.ChatRequest,
+            errors=(400, 401, 403, 404, 409, 413, 422, 429, 500, 503),
         ),
         Route("GET", "/openapi.json", _openapi, "This document."),
         Route("GET", "/metrics", _metrics, "Prometheus metrics.", content_type="text/plain"),
@@ -407,7 +504,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 async def model_policy(request: web.Request) -> ModelPolicy | None:
     """The access policy of the model a request names, without loading it (an unauthenticated caller
     must not be able to make the agent load anything); None for unknown or ambiguous names."""
-    name = request.match_info.get("name")
+    name = await requested_model(request)
     if name is None:
         return None
     agent: Agent = request.app[AGENT]

@@ -53,6 +53,8 @@ class HostCapability(StrEnum):
     FUNCTIONS_INVOKE = "functions.invoke"
     OPERATOR_REQUEST = "operator.request"
     CLOCK_NOW = "clock.now"
+    # Waits (parks the worker, never past the request's deadline): latency-bound test loads.
+    CLOCK_SLEEP = "clock.sleep"
     LOG_WRITE = "log.write"
 
 
@@ -94,14 +96,18 @@ class Scaling(ApiModel):
     )
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas.")
-    metric: Literal["concurrency", "rps"] = Field(
-        default="concurrency", description="Observed load: requests in flight, or requests per second."
+    metric: Literal["concurrency", "rps", "tokens"] = Field(
+        default="concurrency",
+        description=(
+            "Observed load: requests in flight (queued ones included), requests per second, or tokens "
+            "(text-generation: tokens that queued and in-flight requests asked to generate)."
+        ),
     )
     target: float = Field(
         default=10.0,
         gt=0,
-        le=100000,
-        description="Load one replica should carry (in-flight requests, or requests per second).",
+        le=1000000,
+        description="Load one replica should carry (in-flight requests, requests per second, or tokens).",
     )
     scale_to_zero: bool = Field(
         default=False, description="Go to zero replicas after scaleToZeroGracePeriod without traffic."

@@ -1,7 +1,8 @@
 """How an agent's catalog is put together from the parts that serve models.
 
 :mod:`tars_agent.catalog` is only the registry; the entries come from here, in order:
-``builtin://echo`` (a test guest that echoes its input), the model services' builtins, ``file://``
+``builtin://echo`` (a test guest that echoes its input), ``builtin://sleep`` (a test guest that waits in
+``clock.sleep``, Knative's autoscale sample), the model services' builtins, ``file://``
 checkpoints and capabilities (:class:`~tars_agent.runtimes.services.ModelServices`, which the agent
 owns), then users' functions (:mod:`tars_agent.functions`: inline code, ``file://`` ``.py``/``.wasm``;
 cluster mode adds ``configmap://``).
@@ -31,9 +32,19 @@ def echo_bundle(_request: SourceRequest) -> ModelBundle:
     return ModelBundle(guest=_build(ECHO_APP), inputs=[tensor], outputs=[tensor])
 
 
+def sleep_bundle(_request: SourceRequest) -> ModelBundle:
+    from tars_guests.testapps import SLEEP_APP
+
+    return ModelBundle(
+        guest=_build(SLEEP_APP),
+        inputs=[{"name": "sleep_ms", "datatype": "INT32", "shape": [1]}],
+        outputs=[{"name": "slept_ms", "datatype": "FP64", "shape": [1]}],
+    )
+
+
 def default_catalog(services: ModelServices, capabilities: CapabilityRegistry) -> Catalog:
     """The agent's catalog; ``services`` also registers its capabilities in ``capabilities``."""
-    catalog = Catalog(builtins={"echo": echo_bundle})
+    catalog = Catalog(builtins={"echo": echo_bundle, "sleep": sleep_bundle})
     services.install(catalog, capabilities)
     functions.install(catalog)
     return catalog

@@ -16,14 +16,20 @@ worker thread that runs the guest; they may block (that time counts against the 
 Every call is checked against the model's allowlist (``TarsModelSpec.capabilities``), counted in
 ``tars_agent_host_calls`` and written to the audit log (logger ``tars_agent.audit``, one JSON line per call:
 model, capability, outcome, duration).
+
+A capability that waits (``clock.sleep``) waits no later than the calling request's deadline
+(:func:`request_deadline`, set by the repository around each guest call from the model's limits).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_ARGS_BYTES = 1024 * 1024
 MAX_LOG_MESSAGE = 2048
+MAX_SLEEP_S = 60.0  # a ceiling even outside a request; inside one its deadline is the bound
 
 
 class ModelKey(NamedTuple):
@@ -59,6 +66,22 @@ CapabilityFn = Callable[[CallContext, dict[str, Any]], Any]
 
 class CapabilityError(Exception):
     """An error whose text the guest may see (e.g. "unknown collection")."""
+
+
+class CapabilityUnavailable(CapabilityError):
+    """What the capability needs is down (e.g. its database): the guest sees the text, and a request
+    whose guest then fails is answered 503 with Retry-After (see :func:`take_unavailable`)."""
+
+
+# Host calls run on the guest's worker thread: an unavailable one is remembered there for the pool.
+_unavailable = threading.local()
+
+
+def take_unavailable() -> bool:
+    """Whether a capability was unavailable on this thread since the last call (and forgets it)."""
+    seen = getattr(_unavailable, "seen", False)
+    _unavailable.seen = False
+    return bool(seen)
 
 
 class CapabilityRegistry:
@@ -101,6 +124,9 @@ def invoke_capability(
         return "bad_args", f"arguments to {name} must be a JSON object"
     try:
         return "ok", json.dumps(fn(ctx, args))
+    except CapabilityUnavailable as exc:
+        _unavailable.seen = True
+        return "unavailable", str(exc)
     except CapabilityError as exc:
         return "failed", str(exc)
     except (KeyError, TypeError, ValueError) as exc:
@@ -143,6 +169,39 @@ def _clock_now(_ctx: CallContext, _args: dict[str, Any]) -> Any:
     return {"unix": time.time()}
 
 
+# The deadline of the guest call running on this worker thread (host calls run on the guest's thread).
+_running = threading.local()
+
+
+@contextmanager
+def request_deadline(seconds: float) -> Iterator[None]:
+    """Host calls made on this thread inside the block may wait until ``seconds`` from now at most."""
+    previous = getattr(_running, "deadline", math.inf)
+    _running.deadline = min(previous, time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _running.deadline = previous
+
+
+def time_left() -> float:
+    """Seconds until the running request's deadline (infinite outside a guest call)."""
+    return float(getattr(_running, "deadline", math.inf)) - time.monotonic()
+
+
+def _clock_sleep(_ctx: CallContext, args: dict[str, Any]) -> Any:
+    # Parks the worker thread (no spinning), like a latency-bound backend would keep a request open;
+    # never past the request's deadline, so the worker is free again when the request's time is up.
+    wanted = float(args["ms"]) / 1000
+    if not math.isfinite(wanted) or wanted < 0:
+        raise ValueError("ms must be a finite number >= 0")
+    allowed = max(0.0, min(time_left(), MAX_SLEEP_S))
+    time.sleep(min(wanted, allowed))
+    if wanted > allowed:
+        raise CapabilityError(f"clock.sleep stopped at the request's deadline after {allowed * 1000:.0f} ms")
+    return {"slept_ms": round(wanted * 1000, 3)}
+
+
 def _log_write(ctx: CallContext, args: dict[str, Any]) -> Any:
     message = str(args["message"])[:MAX_LOG_MESSAGE]
     logging.getLogger("tars_agent.guest").info("%s: %s", ctx.model, message)
@@ -150,8 +209,9 @@ def _log_write(ctx: CallContext, args: dict[str, Any]) -> Any:
 
 
 def default_registry() -> CapabilityRegistry:
-    """A registry with the capabilities the agent itself provides (clock.now, log.write)."""
+    """A registry with the capabilities the agent itself provides (clock.now, clock.sleep, log.write)."""
     registry = CapabilityRegistry()
     registry.register("clock.now", _clock_now)
+    registry.register("clock.sleep", _clock_sleep)
     registry.register("log.write", _log_write)
     return registry

@@ -32,13 +32,14 @@ MANIFEST = "manifest.json"
 
 
 def builtin_guests(names: Sequence[str] | None = None) -> dict[str, Path]:
-    """The guests builtin models run (all: the TARS apps and the echo test guest), built or cached."""
+    """The guests builtin models run (all: the TARS apps and the echo and sleep test guests), built or cached."""
     from tars_guests.apps import APPS, build_app
     from tars_guests.build import build_guest
-    from tars_guests.testapps import ECHO_APP
+    from tars_guests.testapps import ECHO_APP, SLEEP_APP
 
     builders: dict[str, Callable[[], Path]] = {name: functools.partial(build_app, name) for name in APPS}
     builders["echo"] = functools.partial(build_guest, ECHO_APP)
+    builders["sleep"] = functools.partial(build_guest, SLEEP_APP)
     if names is not None:
         builders = {name: builders[name] for name in names}
     # componentize-py is single-threaded and CPU-bound: one build per core.

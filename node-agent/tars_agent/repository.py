@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tars_agent.capabilities import CapabilityFn, CapabilityRegistry, ModelKey, host_call_for
+from tars_agent.capabilities import CapabilityFn, CapabilityRegistry, ModelKey, host_call_for, request_deadline
 from tars_agent.catalog import Catalog, ModelBundle
 from tars_agent.metrics import AgentMetrics
 from tars_agent.pool import GuestExecutor, SandboxPool
@@ -73,6 +73,13 @@ class LoadedModel:
         self.pool.close()
         if self.bundle.close is not None:
             self.bundle.close()
+
+
+def _run_bounded(model: LoadedModel, input_json: str) -> str:
+    # Epoch ticks are wall-clock time inside the guest, so the guest may run (or wait in a host call)
+    # until the earlier of its CPU and wall limits; waits end a tenth before that, so it can answer.
+    with request_deadline(0.9 * min(model.limits.cpu_time_ms, model.limits.wall_timeout_ms) / 1000):
+        return model.pool.run(input_json)
 
 
 class AmbiguousModel(LookupError):
@@ -163,7 +170,7 @@ class ModelRepository:
         """One guest call in a fresh sandbox, under the agent's admission control; ``on_stopped`` runs once
         the guest has stopped (which may be after the caller was told of a timeout)."""
         return await self.executor.run(
-            lambda: model.pool.run(input_json), model.limits.wall_timeout_ms / 1000, on_stopped
+            lambda: _run_bounded(model, input_json), model.limits.wall_timeout_ms / 1000, on_stopped
         )
 
     def close(self) -> None:

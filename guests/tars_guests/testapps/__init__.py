@@ -5,3 +5,5 @@ from pathlib import Path
 TESTAPPS_DIR = Path(__file__).resolve().parent
 ECHO_APP = TESTAPPS_DIR / "echo"
 HOSTILE_APP = TESTAPPS_DIR / "hostile"
+# Waits in clock.sleep: a load whose cost is time, not CPU (bench/autoscale.py).
+SLEEP_APP = TESTAPPS_DIR / "sleep"

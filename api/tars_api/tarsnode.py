@@ -143,6 +143,12 @@ class AgentSpec(ApiModel):
         default="IfNotPresent", description="Image pull policy for the agent container."
     )
     port: int = Field(default=8080, ge=1024, le=65535, description="Port of the agent's HTTP data plane and /metrics.")
+    grpc_port: int = Field(
+        default=8081,
+        ge=1024,
+        le=65535,
+        description="Port of the agent's Open Inference Protocol gRPC service (GRPCInferenceService).",
+    )
     resources: ResourceRequirements = defaulted(ResourceRequirements, "Compute resources for the agent container.")
     model_memory_mi_b: int = Field(
         default=4096,

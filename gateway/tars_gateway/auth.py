@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from tars_api import GROUP, VERSION
 from tars_api.access import ModelAccess
 from tars_common.auth import AccessGuard, ApiKeySecrets, AuthConfig, ModelPolicy, TokenReviewer, auth_middleware
+from tars_common.requested_model import requested_model
 
 POLICY_TTL_S = 5.0
 DECISIONS = Counter(
@@ -66,7 +67,7 @@ class ModelPolicies:
 
 def policy_lookup(policies: ModelPolicies) -> Callable[[web.Request], Awaitable[ModelPolicy | None]]:
     async def lookup(request: web.Request) -> ModelPolicy | None:
-        name = request.match_info.get("name")
+        name = await requested_model(request)
         return await policies.get(name) if name is not None else None
 
     return lookup

@@ -35,6 +35,7 @@ from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backen
 from tars_agent.server import CONNECTIONS, create_app
 from tars_agent.tenancy import FairAdmission
 from tars_api.access import DEFAULT_ACCESS, DefaultAccess
+from tars_api.meta import parse_duration
 from tars_api.tarsmodel import TarsModel
 from tars_api.tarsnode import SandboxLimits, TarsNode
 from tars_common import oip_grpc, tls
@@ -93,10 +94,20 @@ def rendered_defaults(path: Path) -> dict[str, Any]:
         "sandbox": sandbox,
         "model_root": [Path(root) for root in rendered.get("modelRoots") or []],
         "log_level": rendered.get("logLevel", "info"),
+        **_rendered_knowledge(rendered.get("knowledge") or {}),
         # Optional sections the operator may render: auth {mode, defaultAccess, metricsRequireToken},
         # tls {certFile, keyFile}.
         **_rendered_security(rendered),
     }
+
+
+def _rendered_knowledge(knowledge: dict[str, Any]) -> dict[str, Any]:
+    found = {
+        "knowledge_backend": knowledge.get("backend"),
+        "state_dir": knowledge.get("stateDir"),
+        "knowledge_grace": knowledge.get("deletionGracePeriod"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _rendered_security(rendered: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="share the port with other agent processes (one per core; the kernel spreads connections)",
     )
     p.add_argument("--log-level", default=os.environ.get("TARS_LOG_LEVEL", "info"))
+    knowledge = p.add_argument_group("knowledge store (the DSN only from TARS_KNOWLEDGE_DSN: never in argv)")
+    knowledge.add_argument(
+        "--knowledge-backend",
+        choices=("sqlite", "postgres"),
+        default=os.environ.get("TARS_KNOWLEDGE_BACKEND", "sqlite"),
+        help="sqlite: a file in --state-dir (one node); postgres: TARS_KNOWLEDGE_DSN (a fleet)",
+    )
+    knowledge.add_argument(
+        "--state-dir",
+        type=Path,
+        default=os.environ.get("TARS_STATE_DIR"),
+        help="the agent's durable state (the sqlite knowledge store); none keeps documents in memory",
+    )
+    knowledge.add_argument(
+        "--knowledge-grace",
+        default=os.environ.get("TARS_KNOWLEDGE_GRACE", "24h"),
+        help="how long a deleted TarsModel's documents are kept (unless spec.knowledge.retain)",
+    )
     p.add_argument(
         "--model-concurrency",
         type=int,
@@ -226,6 +255,10 @@ def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig
         config.capacity_mib = int(args.capacity_mib)
     if args.warm_pool is not None:
         config.warm_pool_size = args.warm_pool
+    config.knowledge_backend = args.knowledge_backend
+    config.state_dir = Path(args.state_dir) if args.state_dir else None
+    config.knowledge_dsn = os.environ.get("TARS_KNOWLEDGE_DSN") or None
+    config.knowledge_grace_s = parse_duration(str(args.knowledge_grace))
     return config
 
 
@@ -253,7 +286,7 @@ async def serve(
         agent.backend.name,
         agent.backend_reason,
     )
-    grpc_server = None
+    grpc_server, bridge = None, None
     if grpc_port is not None:
         grpc_server, bridge = await start_grpc(agent, grpc_port, ssl_context is not None, grpc_tls)
     stop = asyncio.Event()
@@ -290,7 +323,7 @@ async def serve(
             await cluster_agent.release()
         except Exception:
             log.exception("releasing the Lease failed; it will expire")
-    if grpc_server is not None:
+    if grpc_server is not None and bridge is not None:
         await grpc_server.stop(grace=1.0)
         await bridge.close()
     listener.close()
@@ -300,12 +333,17 @@ async def serve(
 
 async def start_grpc(
     agent: Agent, port: int, https: bool, tls: tuple[bytes, bytes] | None
-) -> tuple[Any, oip_grpc.RestBridge]:
-    """The gRPC service, a front door onto this process's REST listener (tars_common.oip_grpc)."""
+) -> tuple[Any, oip_grpc.RestBridge | None]:
+    """The gRPC service, a front door onto this process's REST listener (tars_common.oip_grpc).
+    A port that cannot be bound leaves the agent serving REST, and says so."""
     host = agent.config.host if agent.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     # Loopback to this very process: its certificate names the Service, not 127.0.0.1.
     bridge = oip_grpc.RestBridge(f"{'https' if https else 'http'}://{host}:{agent.config.port}", ssl_context=not https)
-    server, bound = await oip_grpc.start(bridge, agent.config.host, port, agent.config.max_body_bytes, tls)
+    try:
+        server, bound = await oip_grpc.start(bridge, agent.config.host, port, agent.config.max_body_bytes, tls)
+    except RuntimeError as exc:
+        log.error("gRPC not served: port %d cannot be bound (%s); REST goes on", port, exc)
+        return None, None
     log.info("gRPC (Open Inference Protocol) on %s:%d%s", agent.config.host, bound, " with TLS" if tls else "")
     return server, bridge
 

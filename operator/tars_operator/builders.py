@@ -61,6 +61,7 @@ def agent_config(tn: TarsNode) -> dict[str, Any]:
         "tarsNode": tn.metadata.name,
         "namespace": tn.metadata.namespace,
         "port": spec.agent.port,
+        "grpcPort": spec.agent.grpc_port,
         "backend": forced,
         "hyperlightVersion": spec.platform.hyperlight_version,
         "capacityMiB": spec.agent.model_memory_mi_b,
@@ -163,7 +164,10 @@ def desired_service(tn: TarsNode) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "selector": agent_selector(tn.metadata.name),
-            "ports": [{"name": "http", "port": tn.spec.agent.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": tn.spec.agent.port, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": tn.spec.agent.grpc_port, "targetPort": "grpc", "protocol": "TCP"},
+            ],
             "publishNotReadyAddresses": False,
         },
     }
@@ -210,7 +214,10 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_NAME", "metadata.name"),
         ],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": spec.agent.grpc_port, "protocol": "TCP"},
+        ],
         "resources": spec.agent.resources.wire(),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3, tls=tls),
         "readinessProbe": _probe("/v2/health/ready", period=2, failures=1, tls=tls),

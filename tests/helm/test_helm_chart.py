@@ -321,9 +321,18 @@ def test_gateway(full_manifests: list[dict[str, Any]], default_manifests: list[d
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/tars-hyperlight/tars:0.1.0"
     assert container["command"] == ["tars-gateway"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+    ]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["TARS_GATEWAY_PORT"] == "8000" and env["TARS_GATEWAY_GRPC_PORT"] == "8001"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = find(full_manifests, "Service", f"{FULLNAME}-gateway")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 8000, "http"),
+        ("grpc", 8001, "grpc"),
+    ]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     # The operator's selector must not pick up gateway pods, nor the other way round.
     operator = find(full_manifests, "Deployment", FULLNAME)

@@ -62,7 +62,7 @@ def test_daemonset_runs_only_on_kvm_nodes_with_the_users_selector_and_toleration
         tarsnode(
             nodeSelector={"pool": "inference"},
             tolerations=[{"key": "dedicated", "operator": "Equal", "value": "tars", "effect": "NoSchedule"}],
-            agent={"port": 9000, "image": "registry.local/agent:2"},
+            agent={"port": 9000, "grpcPort": 9001, "image": "registry.local/agent:2"},
         )
     )
     pod = ds["spec"]["template"]["spec"]
@@ -70,7 +70,10 @@ def test_daemonset_runs_only_on_kvm_nodes_with_the_users_selector_and_toleration
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "tars", "effect": "NoSchedule"}]
     container = pod["containers"][0]
     assert container["image"] == "registry.local/agent:2"
-    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 9001, "protocol": "TCP"},
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert {e["name"] for e in container["env"]} >= {"NODE_NAME", "POD_IP"}
@@ -117,6 +120,11 @@ def test_headless_service_and_pdb_select_the_agents() -> None:
     tn = tarsnode()
     selector = builders.desired_daemonset(tn)["spec"]["selector"]["matchLabels"]
     assert builders.desired_service(tn)["spec"]["clusterIP"] == "None"
+    assert [(p["name"], p["port"]) for p in builders.desired_service(tn)["spec"]["ports"]] == [
+        ("http", 8080),
+        ("grpc", 8081),
+    ]
+    assert builders.agent_config(tn)["grpcPort"] == 8081
     assert builders.desired_service(tn)["spec"]["selector"] == selector
     assert builders.desired_pdb(tn)["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
 

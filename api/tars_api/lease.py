@@ -24,7 +24,9 @@ Annotations (all values are strings):
                                           "from", "model", "replicas", "reason", "at"}``)
 ``tars.hyperlight.dev/models``            JSON object, one entry per model placed on the agent:
                                           ``{"<namespace>/<name>": {"loaded": bool, "inFlight": number,
-                                          "memoryMiB": int, "rps": number, "error": "..." (only when loading failed)}}``
+                                          "memoryMiB": int, "rps": number, "tokens": number (asked for by
+                                          queued and in-flight requests), "error": "..." (only when
+                                          loading failed)}}``; inFlight and tokens average the last second
 ========================================  ==============================================================
 """
 
@@ -87,6 +89,7 @@ class ModelState:
     memory_mib: int = 0
     error: str | None = None
     rps: float = 0.0
+    tokens: float = 0.0
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -94,6 +97,7 @@ class ModelState:
             "inFlight": self.in_flight,
             "memoryMiB": self.memory_mib,
             "rps": self.rps,
+            "tokens": self.tokens,
         }
         if self.error:
             out["error"] = self.error[:500]
@@ -146,6 +150,7 @@ def parse_agent_annotations(annotations: dict[str, str]) -> AgentReport:
             memory_mib=int(v.get("memoryMiB", 0)),
             error=v.get("error"),
             rps=float(v.get("rps", 0.0)),
+            tokens=float(v.get("tokens", 0.0)),
         )
         for key, v in (raw_models.items() if isinstance(raw_models, dict) else [])
         if isinstance(v, dict)

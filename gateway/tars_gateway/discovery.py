@@ -41,13 +41,22 @@ def apply_model(table: RouteTable, event_type: str, obj: dict[str, Any]) -> None
     name = obj["metadata"]["name"]
     if event_type == "DELETED":
         table.model_nodes.pop(name, None)
+        table.model_memory.pop(name, None)
+        table.waking.pop(name, None)
     else:
-        table.model_nodes[name] = (obj.get("spec") or {}).get("nodeRef", {}).get("name", "")
+        spec = obj.get("spec") or {}
+        table.model_nodes[name] = spec.get("nodeRef", {}).get("name", "")
+        placements = (obj.get("status") or {}).get("placements") or []
+        placed = {p.get("node", ""): int(p.get("replicas", 1)) for p in placements}
+        table.model_memory[name] = (int(spec.get("memoryMiB", 256)), placed)
 
 
 def apply_node(table: RouteTable, event_type: str, obj: dict[str, Any]) -> None:
     name = obj["metadata"]["name"]
     agents = (obj.get("status") or {}).get("agents") or []
+    for a in agents:
+        if a.get("address"):
+            table.agent_capacity[a["address"]] = int(a.get("capacityMiB", 0))
     table.node_agents[name] = (
         []
         if event_type == "DELETED"

@@ -1,8 +1,11 @@
 """Where a model's requests can go, and which endpoint takes the next one. Pure, no I/O.
 
 Endpoints come from the model's EndpointSlices (agents holding it; ready when loaded). A model at
-zero replicas has none: then any ready agent of its TarsNode may take the request, load the model
-on the spot and answer; the autoscaler sees the load and records the placement.
+zero replicas has none: then, as Knative's activator does, the request wakes the model on one agent
+of its TarsNode, chosen as placement would choose (the most memory left after the models placed
+there, then the least busy), which loads the model on the spot and answers. Requests arriving while
+it wakes go to that same agent, so a burst from zero loads the model once, not on every agent; the
+operator then places the model where it is already loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ class RouteTable:
     slices: dict[str, dict[str, list[tuple[Endpoint, bool]]]] = field(default_factory=dict)  # model -> slice -> eps
     model_nodes: dict[str, str] = field(default_factory=dict)  # model -> TarsNode
     node_agents: dict[str, list[Endpoint]] = field(default_factory=dict)  # TarsNode -> ready agents
+    agent_capacity: dict[str, int] = field(default_factory=dict)  # agent address -> MiB offered to models
+    # model -> (MiB per replica, node -> replicas placed): what placement counts as promised memory.
+    model_memory: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
+    waking: dict[str, str] = field(default_factory=dict)  # model at zero -> agent address it is woken on
     in_flight: dict[str, int] = field(default_factory=dict)
     _ticket: itertools.count = field(default_factory=itertools.count)
 
@@ -36,11 +43,23 @@ class RouteTable:
         return model in self.model_nodes
 
     def candidates(self, model: str) -> list[Endpoint]:
-        """Ready endpoints holding the model; else, for a model at zero, any ready agent of its node."""
-        ready = [ep for eps in self.slices.get(model, {}).values() for ep, ok in eps if ok]
+        """Ready endpoints holding the model; else, for a model at zero, its TarsNode's ready agents in
+        the order placement would choose them, the agent it is already waking on first."""
+        ready = self._ready(model)
         if ready:
+            self.waking.pop(model, None)
             return ready
-        return list(self.node_agents.get(self.model_nodes.get(model, ""), []))
+        agents = self.node_agents.get(self.model_nodes.get(model, ""), [])
+        woken = self.waking.get(model)
+        return sorted(agents, key=lambda ep: (ep.address != woken, *self._placement_rank(ep)))
+
+    def _ready(self, model: str) -> list[Endpoint]:
+        return [ep for eps in self.slices.get(model, {}).values() for ep, ok in eps if ok]
+
+    def _placement_rank(self, agent: Endpoint) -> tuple[int, int, str]:
+        used = sum(mib * placed.get(agent.node, 0) for mib, placed in self.model_memory.values())
+        free = self.agent_capacity.get(agent.address, 0) - used
+        return -free, self.in_flight.get(agent.address, 0), agent.node
 
     def pick(self, model: str, exclude: Collection[str] = (), avoid: Collection[str] = ()) -> Endpoint | None:
         """Least outstanding requests; ties broken by rotation so equal agents share the load.
@@ -51,6 +70,10 @@ class RouteTable:
         options = [ep for ep in options if ep.address not in avoid] or options
         if not options:
             return None
+        if not self._ready(model):
+            # Waking from zero: the first choice, and the same one while the model loads there.
+            self.waking[model] = options[0].address
+            return options[0]
         turn = next(self._ticket) % len(options)
         rotated = options[turn:] + options[:turn]
         return min(rotated, key=lambda ep: self.in_flight.get(ep.address, 0))

@@ -38,6 +38,15 @@ log = logging.getLogger("tars_gateway")
 REQUESTS = Counter("tars_gateway_requests_total", "Requests by model and status", ["model", "status"])
 RETRIES = Counter("tars_gateway_retries_total", "Requests retried on another agent", ["model"])
 LATENCY = Histogram("tars_gateway_request_duration_seconds", "End-to-end latency at the gateway", ["model"])
+# Cold starts as a first-class metric (knative/serving#13459): the agent marks an answer that waited
+# for its model to load (COLD_START_HEADER); everything else is warm.
+ANSWERS = Histogram(
+    "tars_gateway_answer_duration_seconds",
+    "Time to answer at the gateway, by model and start: cold (the model was woken for it) or warm",
+    ["model", "start"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+COLD_START_HEADER = "X-Tars-Cold-Start"
 ATTEMPTS = Counter(
     "tars_gateway_upstream_attempts_total",
     "Attempts at agents by model and outcome (answered, unreachable, timeout, hung, or the retried status)",
@@ -121,6 +130,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 ATTEMPTS.labels(model, "answered").inc()
                 REQUESTS.labels(model, str(response.status)).inc()
                 LATENCY.labels(model).observe(time.perf_counter() - started)
+                if response.status < 400:
+                    start = "cold" if response.headers.get(COLD_START_HEADER) else "warm"
+                    ANSWERS.labels(model, start).observe(time.perf_counter() - started)
                 return response
             outcome, last_error = str(response.status), f"agent answered {response.status}"
         finally:

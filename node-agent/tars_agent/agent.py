@@ -49,7 +49,8 @@ class RateMeter:
 
 
 class ConcurrencyMeter:
-    """Requests in flight per model, averaged over time since the last read.
+    """Requests in flight per model (or their weight: tokens asked for), averaged over time since the
+    last read.
 
     This is what the autoscaler needs (as Knative's queue-proxy reports): an instantaneous sample
     taken every couple of seconds mostly sees zero when requests last milliseconds, however busy
@@ -58,7 +59,7 @@ class ConcurrencyMeter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._window_start = clock()
-        self._current: dict[str, int] = {}
+        self._current: dict[str, float] = {}
         self._area: dict[str, float] = {}
         self._changed: dict[str, float] = {}
 
@@ -67,13 +68,13 @@ class ConcurrencyMeter:
         self._area[model] = self._area.get(model, 0.0) + self._current.get(model, 0) * (now - since)
         self._changed[model] = now
 
-    def begin(self, model: str) -> None:
+    def begin(self, model: str, weight: float = 1.0) -> None:
         self._advance(model, self._clock())
-        self._current[model] = self._current.get(model, 0) + 1
+        self._current[model] = self._current.get(model, 0) + weight
 
-    def end(self, model: str) -> None:
+    def end(self, model: str, weight: float = 1.0) -> None:
         self._advance(model, self._clock())
-        self._current[model] = max(0, self._current.get(model, 0) - 1)
+        self._current[model] = max(0.0, self._current.get(model, 0) - weight)
 
     def read(self) -> dict[str, float]:
         """Average in flight per model since the previous read; starts the next window."""
@@ -146,6 +147,8 @@ class Agent:
         self.desired: set[ModelKey] = set()
         self.rates = RateMeter()
         self.concurrency = ConcurrencyMeter()
+        # Tokens that queued and in-flight generation requests asked for: text generation scales on it.
+        self.tokens = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
         self.on_demand: Callable[[str], TarsModel | None] | None = None
         # functions.invoke reaches the other models loaded here.
@@ -160,12 +163,13 @@ class Agent:
         settled = set(self.repository.models) | set(self.repository.failed)
         return not self.draining and not wedged and self.desired <= settled
 
-    async def ensure_loaded(self, model: TarsModel) -> bool:
-        """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded."""
+    async def ensure_loaded(self, model: TarsModel, prefill: bool = True) -> bool:
+        """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded. A request
+        waiting for the model (a cold start) loads it without ``prefill``: its warm pool fills afterwards."""
         key = ModelKey(model.metadata.namespace, model.metadata.name)
         self.desired.add(key)
         try:
-            await self.repository.load(model)
+            await self.repository.load(model, prefill=prefill)
         except Exception:
             log.exception("loading model %s failed", key)
             return False
@@ -178,6 +182,16 @@ class Agent:
     def load_report(self) -> dict[str, float]:
         """Requests in flight per loaded model (namespace/name), averaged since the last report."""
         averages = self.concurrency.read()
+        return {str(key): averages.get(str(key), 0.0) for key in self.repository.models}
+
+    def start_load_window(self) -> None:
+        """The next load and token reports average from now (the Lease reports the last second)."""
+        self.concurrency.read()
+        self.tokens.read()
+
+    def token_report(self) -> dict[str, float]:
+        """Tokens asked for by queued and in-flight requests per model, averaged since the last report."""
+        averages = self.tokens.read()
         return {str(key): averages.get(str(key), 0.0) for key in self.repository.models}
 
     async def drain(self) -> bool:

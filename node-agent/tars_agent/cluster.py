@@ -83,6 +83,7 @@ def placed_models(
 
 def agent_report(agent: Agent, address: str) -> AgentReport:
     load = agent.load_report()
+    tokens = agent.token_report()
     models: dict[str, ModelState] = {}
     for key in agent.desired | set(agent.repository.models) | set(agent.repository.failed):
         loaded = agent.repository.models.get(key)
@@ -92,6 +93,7 @@ def agent_report(agent: Agent, address: str) -> AgentReport:
             memory_mib=loaded.spec.memory_mi_b if loaded is not None else 0,
             error=agent.repository.failed.get(key),
             rps=agent.rates.rate(str(key)),
+            tokens=tokens.get(str(key), 0.0),
         )
     return AgentReport(
         address=address,
@@ -108,6 +110,9 @@ def agent_report(agent: Agent, address: str) -> AgentReport:
 def operator_requests(agent: Agent) -> list[dict[str, Any]]:
     """What guests asked the operator for (operator.request), for the Lease; the operator acts."""
     return list(agent.services.operator_requests)
+
+
+LOAD_WINDOW_S = 1.0
 
 
 class ClusterAgent:
@@ -175,7 +180,12 @@ class ClusterAgent:
                 outage.succeeded()
             except Exception as exc:
                 outage.failed(exc)
-            await asyncio.sleep(RENEW_INTERVAL_S)
+            await asyncio.sleep(RENEW_INTERVAL_S - LOAD_WINDOW_S)
+            # The report carries the load of its last second only, so a step up shows at full height
+            # in the next report instead of diluted by the interval before it (the autoscaler's panic
+            # mode follows the latest report). Over the stable window these samples average out.
+            self.agent.start_load_window()
+            await asyncio.sleep(LOAD_WINDOW_S)
 
     async def release(self) -> None:
         from kubernetes.client.exceptions import ApiException

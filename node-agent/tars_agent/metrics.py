@@ -37,6 +37,15 @@ class AgentMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Cold starts as a first-class metric (knative/serving#13459): answers that waited for their
+        # model to load on this agent, apart from the others.
+        self.answers = Histogram(
+            "tars_agent_answer_duration_seconds",
+            "Time to answer, by model and start: cold (the model was loaded for the request) or warm.",
+            ["model", "start"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.sandbox_start = Histogram(
             "tars_agent_sandbox_start_seconds",
             "Time to start a fresh sandbox.",

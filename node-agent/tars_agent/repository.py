@@ -118,7 +118,7 @@ class ModelRepository:
             raise AmbiguousModel(f"model name {name!r} exists in several namespaces")
         return matches[0] if matches else None
 
-    def _load_blocking(self, key: ModelKey, spec: TarsModelSpec, generation: int) -> LoadedModel:
+    def _load_blocking(self, key: ModelKey, spec: TarsModelSpec, generation: int, prefill: bool) -> LoadedModel:
         bundle = self.catalog.resolve(key, spec)
         own = CapabilityRegistry()
         for cap_name, fn in bundle.capabilities.items():
@@ -132,10 +132,13 @@ class ModelRepository:
         limits = effective_limits(self.node_limits, spec)
         prepared = self.backend.prepare(bundle.guest, host_call, limits)
         pool = SandboxPool(prepared, self.warm_pool_size, self._refiller, self.metrics, str(key))
-        pool.fill()
+        if prefill:
+            pool.fill()
         return LoadedModel(key=key, spec=spec, generation=generation, bundle=bundle, limits=limits, pool=pool)
 
-    async def load(self, model: TarsModel) -> LoadedModel:
+    async def load(self, model: TarsModel, prefill: bool = True) -> LoadedModel:
+        """Loads (or swaps in) a model; without ``prefill`` its warm pool fills after the first request
+        takes an instance, so a request waiting for the load (a cold start) is answered sooner."""
         key = ModelKey(model.metadata.namespace, model.metadata.name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -145,7 +148,7 @@ class ModelRepository:
             loop = asyncio.get_running_loop()
             try:
                 loaded = await loop.run_in_executor(
-                    self._loader, self._load_blocking, key, model.spec, model.metadata.generation
+                    self._loader, self._load_blocking, key, model.spec, model.metadata.generation, prefill
                 )
             except Exception as exc:
                 self.failed[key] = f"{type(exc).__name__}: {exc}"

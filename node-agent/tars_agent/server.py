@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from tars_agent import openai_compat
 from tars_agent.agent import Agent
+from tars_agent.demand import requested_tokens
 from tars_agent.pool import Overloaded, Unavailable
 from tars_agent.protocol import (
     MAX_JSON_DEPTH,
@@ -53,6 +54,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_S = 1
 AGENT = web.AppKey("agent", Agent)
 MODEL_LABEL = web.RequestKey("model_label", str)
+# Set when the request waited for its model to be loaded on this agent (a cold start).
+COLD_START = web.RequestKey("cold_start", bool)
+COLD_START_HEADER = "X-Tars-Cold-Start"
 ADMISSION = web.AppKey("admission", FairAdmission)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
@@ -123,13 +127,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-async def lookup_model(agent: Agent, name: str) -> LoadedModel:
+async def lookup_model(agent: Agent, name: str, request: web.Request | None = None) -> LoadedModel:
     """The loaded model; in cluster mode a model of this agent's TarsNode that is not loaded here
-    (scaled to zero, or placed elsewhere) is loaded on the spot and served, not refused."""
+    (scaled to zero, or placed elsewhere) is loaded on the spot and served, not refused: ``request``,
+    if given, is then marked a cold start."""
     try:
         model = agent.repository.find(name)
         if model is None and agent.on_demand is not None and (wanted := agent.on_demand(name)) is not None:
-            await agent.ensure_loaded(wanted)
+            if request is not None:
+                request[COLD_START] = True
+            await agent.ensure_loaded(wanted, prefill=False)
             model = agent.repository.find(name)
     except AmbiguousModel as exc:
         raise ApiError(409, str(exc)) from None
@@ -145,6 +152,8 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     gauge = agent.metrics.in_flight.labels(label)
     gauge.inc()
     agent.concurrency.begin(label)
+    tokens = requested_tokens(model.spec, input_json)
+    agent.tokens.begin(label, tokens)
     agent.rates.record(label)
     try:
         # Per-model fair admission first, so a busy tenant queues (or gets 429) in its own line. The
@@ -176,6 +185,7 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
     finally:
         gauge.dec()
         agent.concurrency.end(label)
+        agent.tokens.end(label, tokens)
 
 
 def model_metadata(model: LoadedModel) -> ModelMetadata:
@@ -255,7 +265,7 @@ def infer_answer(body: Any, response: InferResponse) -> web.Response:
 
 
 async def _infer(request: web.Request) -> web.Response:
-    model = await lookup_model(request.app[AGENT], request.match_info["name"])
+    model = await lookup_model(request.app[AGENT], request.match_info["name"], request)
     body = await read_infer_body(request)
     try:
         infer_request = InferRequest.model_validate(body)
@@ -286,7 +296,7 @@ async def _infer(request: web.Request) -> web.Response:
 
 
 async def _invoke(request: web.Request) -> web.Response:
-    model = await lookup_model(request.app[AGENT], request.match_info["name"])
+    model = await lookup_model(request.app[AGENT], request.match_info["name"], request)
     body = await read_json(request)
     output = await run_guest(request, model, json.dumps(body))
     try:
@@ -476,6 +486,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
         status = response.status
+        if request.get(COLD_START):
+            response.headers[COLD_START_HEADER] = "true"  # the gateway's cold-start histogram reads it
         return response
     except ApiError as exc:
         status = exc.status
@@ -499,6 +511,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
             agent: Agent = request.app[AGENT]
             agent.metrics.requests.labels(model, route, str(status)).inc()
             agent.metrics.latency.labels(model, route, str(status)).observe(time.perf_counter() - started)
+            if model and status < 400:
+                start = "cold" if request.get(COLD_START) else "warm"
+                agent.metrics.answers.labels(model, start).observe(time.perf_counter() - started)
 
 
 async def model_policy(request: web.Request) -> ModelPolicy | None:

@@ -5,6 +5,14 @@ the short panic window (default 6 s) reaches panicThreshold percent of what the 
 can carry, the decider panics: for one stable window it follows the panic-window load and never
 scales down. Scale-down is also rate-limited (at most halving per decision), and a model with
 scaleToZero only goes to zero after a grace period without any traffic.
+
+The panic-window load is the higher of the window's average and its latest sample: each sample is
+already an agent's average over its last report interval, so averaging samples again would make a
+step show at full height only a whole panic window later (a 10x step took 14 s to reach its
+replicas). Following the latest sample up is what panic mode is for; it never scales down.
+
+The load is what ``scaling.metric`` names (:func:`model_load`): requests in flight (queued ones
+included), requests per second, or tokens that queued and in-flight requests asked to generate.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tars_api.lease import ModelState
 from tars_api.meta import parse_duration
 from tars_api.tarsmodel import Scaling
 
@@ -70,6 +79,9 @@ class History:
         recent = [load for t, load in self.samples if t >= now - window_s]
         return sum(recent) / len(recent) if recent else 0.0
 
+    def latest(self) -> float:
+        return self.samples[-1][1] if self.samples else 0.0
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -89,7 +101,7 @@ def decide(history: History, now: float, current: int, policy: Policy) -> Decisi
     """Replicas wanted now. ``history`` must already hold the latest sample; it is updated in place
     with the panic state, which is the only thing that carries over between decisions."""
     stable_load = history.average(now, policy.stable_window_s)
-    panic_load = history.average(now, policy.panic_window_s)
+    panic_load = max(history.average(now, policy.panic_window_s), history.latest())
     want_stable = math.ceil(stable_load / policy.target)
     want_panic = math.ceil(panic_load / policy.target)
 
@@ -117,3 +129,12 @@ def decide(history: History, now: float, current: int, policy: Policy) -> Decisi
         mode = "idle"
     desired = min(max(desired, floor), policy.max_replicas)
     return Decision(desired=desired, mode=mode, stable_load=stable_load, panic_load=panic_load)
+
+
+def model_load(metric: str, state: ModelState) -> float:
+    """One agent's report of a model, as the load ``scaling.metric`` names."""
+    if metric == "rps":
+        return state.rps
+    if metric == "tokens":
+        return state.tokens
+    return state.in_flight

@@ -243,14 +243,15 @@ def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
     return bool(spec.get("scaling", {}).get("enabled"))
 
 
-@kopf.timer(GROUP, VERSION, "tarsmodels", interval=2.0, id="autoscaler", when=_scaling_enabled)
+@kopf.timer(GROUP, VERSION, "tarsmodels", interval=1.0, id="autoscaler", when=_scaling_enabled)
 async def autoscale(
     body: kopf.Body, memo: OperatorMemo,
     tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes, daemonsets_index: Bodies,
     **_: Any,
 ) -> None:  # fmt: skip
-    """One load sample and one decision every 2 s, only for models with scaling.enabled; with it off,
-    kubectl scale or an HPA own spec.replicas."""
+    """One load sample and one decision every second (agents report every 2 s: a report is seen within
+    a second of its arrival), only for models with scaling.enabled; with it off, kubectl scale or an
+    HPA own spec.replicas."""
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
     await memo.reconciler.autoscale(dict(body), indexes.snapshot())
 

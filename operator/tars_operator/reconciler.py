@@ -27,7 +27,7 @@ from tars_api.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
 from tars_api.lease import lease_expired
 from tars_operator import builders, metrics, requests, routing
 from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
-from tars_operator.autoscaler import Decision, Policy, decide
+from tars_operator.autoscaler import Decision, Policy, decide, model_load
 from tars_operator.conditions import merge_conditions, transitions
 from tars_operator.decide import ModelFacts, ModelPlan, decide_model
 from tars_operator.kube import Kube
@@ -86,8 +86,8 @@ class Indexes:
 
 
 def observed_load(tm: TarsModel, seen: Observed) -> float:
-    """The model's load over all agents of its TarsNode with a current Lease: requests in flight, or
-    requests per second, as the scaling metric says."""
+    """The model's load over all agents of its TarsNode with a current Lease, in the scaling metric
+    (requests in flight, requests per second or tokens asked for)."""
     key = routing.model_key(tm)
     now = datetime.now(UTC)
     total = 0.0
@@ -96,7 +96,7 @@ def observed_load(tm: TarsModel, seen: Observed) -> float:
             continue
         state = lease.report.models.get(key)
         if state is not None:
-            total += state.rps if tm.spec.scaling.metric == "rps" else state.in_flight
+            total += model_load(tm.spec.scaling.metric, state)
     return total
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from tars_operator.autoscaler import History, Policy, decide
+from tars_api.lease import ModelState
+from tars_operator.autoscaler import History, Policy, decide, model_load
 
 POLICY = Policy(
     target=10,
@@ -93,3 +94,34 @@ def test_bounds_are_respected() -> None:
     policy = Policy(**{**POLICY.__dict__, "max_replicas": 4, "min_replicas": 2, "scale_to_zero": False})
     seq = replay([1000.0] * 10 + [0.0] * 80, start=2, policy=policy)
     assert max(seq) == 4 and min(seq) == 2
+
+
+def test_a_tenfold_step_reaches_its_replicas_with_the_first_report_that_shows_it() -> None:
+    """Issue 22: panic follows the latest report up, not the panic window's average of reports."""
+    policy = Policy(**{**POLICY.__dict__, "target": 1, "min_replicas": 1, "scale_to_zero": False})
+    seq = replay([1.0] * 10 + [10.0] * 5, start=1, policy=policy, every=1.0)
+    assert seq[:10] == [1] * 10
+    assert seq[10] == 10
+
+
+def test_a_latest_report_below_the_panic_threshold_does_not_panic() -> None:
+    history = History()
+    for step, load in enumerate([30.0] * 10 + [55.0]):
+        history.add(step * 2.0, load, keep_s=POLICY.stable_window_s)
+    decision = decide(history, 20.0, 3, POLICY)  # 55 against 3 x 10 is 183 %, under 200 %
+    assert decision.mode == "stable"
+    assert decision.desired == 4  # the stable average (32.3) moved, not a burst
+
+
+def test_text_generation_scales_on_tokens_not_requests() -> None:
+    """Two requests in flight, but 4,000 tokens asked for: with metric tokens and 500 tokens per
+    replica the decider wants 8 replicas; on concurrency the same report wants one."""
+    report = ModelState(loaded=True, in_flight=2.0, rps=1.0, tokens=4000.0)
+    on_tokens = Policy(**{**POLICY.__dict__, "target": 500})
+    history = History()
+    history.add(0.0, model_load("tokens", report), keep_s=on_tokens.stable_window_s)
+    assert decide(history, 0.0, 1, on_tokens).desired == 8
+    history = History()
+    history.add(0.0, model_load("concurrency", report), keep_s=POLICY.stable_window_s)
+    assert decide(history, 0.0, 1, POLICY).desired == 1
+    assert model_load("rps", report) == 1.0

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tarsctl.demo import cost, recommend, report, security
+from tarsctl.demo import claims, cost, recommend, report, security, tables
 from tarsctl.demo.plan import DEFAULT_PLAN, CostPlan, PlanError, Scenario, load_plan, parse_plan
-from tarsctl.demo.stats import percentile, ratio, summarize
+from tarsctl.demo.stats import next_concurrency, percentile, ratio, summarize
+from tests.demo import browser
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,8 +28,32 @@ def test_shipped_plans_parse_with_paths_resolved() -> None:
         assert plan.tarsnode.is_file()
         assert all(m.is_file() for m in plan.manifests)
     plan = load_plan(DEFAULT_PLAN)
-    seed = next(c.seed for c in plan.benchmark if c.model == "sentiment")
-    assert seed is not None and seed.p50_ms == 6 and "seed" in seed.source
+    # Every model of the original's table is benchmarked beside its claim.
+    assert {c.claim for c in plan.benchmark} == set(claims.MODELS)
+    assert next(c.claim for c in plan.benchmark if c.model == "sentiment") == "Sentiment Analysis"
+
+
+def test_claims_match_the_original_claims_file() -> None:
+    parsed = claims.parse_table(claims.SOURCE.read_text())
+    assert parsed == list(claims.MODELS.values())
+    assert claims.MODELS["GPT-2 Small"].latency_ms == 75 and claims.MODELS["GPT-2 Small"].rps == 28
+    text = claims.SOURCE.read_text()
+    assert f"{claims.AVERAGE_LOAD_MS:.0f} ms average load time" in text
+    assert f"{claims.TOTAL_MEMORY_MB:,.0f} MB total" in text and f"{claims.NODE_RPS:,.0f}+ RPS per node" in text
+    with pytest.raises(PlanError, match="claimed nothing for 'GPT-3'"):
+        parse_plan({**MINIMAL, "benchmark": [{"model": "m", "body": {}, "requests": 1, "concurrency": 1,
+                                                "claim": "GPT-3"}]}, Path("."))
+
+
+def test_saturation_search_doubles_until_throughput_stops_growing() -> None:
+    assert next_concurrency([(4, 100.0, 0)], limit=32, min_gain=0.1) == 8
+    assert next_concurrency([(4, 100.0, 0), (8, 150.0, 0)], limit=32, min_gain=0.1) == 16
+    assert next_concurrency([(4, 100.0, 0), (8, 105.0, 0)], limit=32, min_gain=0.1) is None  # < 10 % more
+    assert next_concurrency([(4, 100.0, 0), (8, 150.0, 3)], limit=32, min_gain=0.1) is None  # errors: saturated
+    assert next_concurrency([(16, 100.0, 0), (32, 300.0, 0)], limit=32, min_gain=0.1) is None  # at the limit
+    assert next_concurrency([(24, 100.0, 0)], limit=32, min_gain=0.1) == 32
+    with pytest.raises(ValueError):
+        next_concurrency([], limit=32, min_gain=0.1)
 
 
 def test_plan_errors_name_the_field(tmp_path: Path) -> None:
@@ -78,46 +103,80 @@ def test_summary_counts_every_request_but_times_only_successes() -> None:
 def test_cost_density_and_baseline() -> None:
     plan = CostPlan(node_price_per_hour=1.0, node_memory_mib=1124, node_vcpus=4, container_cpu_request=0.5)
     inputs = cost.CostInputs(agent_base_rss_mib=100.0, machine_vcpus=2)
-    c = cost.model_cost("m", rss_mib=10.0, rps=200.0, plan=plan, inputs=inputs)
+    alone = cost.Baseline(rss_mib=110.0, rps=160.0)  # measured: the model alone in its own process
+    c = cost.model_cost("m", rss_mib=10.0, rps=200.0, baseline=alone, plan=plan, inputs=inputs)
     assert c.tars_models_per_node == 102  # (1124 - 100) / 10
     assert c.tars_per_model_hour == pytest.approx(10 / 1024)
-    # A container holds the model plus its own runtime (110 MiB): 10 fit by memory, 8 by CPU requests.
-    assert c.baseline_models_per_node == 8
+    # A container holds the measured 110 MiB process: 10 fit by memory, 8 by CPU requests.
+    assert c.baseline_models_per_node == 8 and c.baseline_rss_mib == 110.0
     assert c.baseline_per_model_hour == pytest.approx(1 / 8)
     # 100 req/s per vCPU x 4 vCPUs x 3600 s per node-hour.
     assert c.tars_per_million_requests == pytest.approx(1e6 / (100 * 4 * 3600))
+    # The baseline's own measured 80 req/s per vCPU, on the 8 x 0.5 vCPU its containers reserve.
+    assert c.baseline_per_million_requests == pytest.approx(1e6 / (80 * 4 * 3600))
     assert c.saving_per_model_hour == pytest.approx((1 / 8) / (10 / 1024))
-    table = cost.cost_table({"m": (10.0, 200.0)}, plan, inputs)
+    table = cost.cost_table({"m": (10.0, 200.0, alone)}, plan, inputs)
     assert table["rows"][0]["model"] == "m" and len(table["assumptions"]) >= 4
     with pytest.raises(ValueError):
-        cost.model_cost("m", 1, 1, CostPlan(node_price_per_hour=1, node_memory_mib=50, node_vcpus=1), inputs)
+        cost.model_cost("m", 1, 1, alone, CostPlan(node_price_per_hour=1, node_memory_mib=50, node_vcpus=1), inputs)
 
 
-def test_recommendation_rules() -> None:
-    measured = [
-        recommend.Measured("tiny", "text-generation", p95_ms=50, rps=100, replicas=2, rss_mib=30),
-        recommend.Measured("big", "text-generation", p95_ms=400, rps=10, replicas=1, rss_mib=400),
-        recommend.Measured("sent", "sentiment", p95_ms=20, rps=300, replicas=2, rss_mib=12),
+def _node(name: str, cpu: str, memory: str) -> dict[str, object]:
+    return {"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "memory": memory}}}
+
+
+def test_node_shape_is_the_smallest_node_with_the_agents_model_memory() -> None:
+    nodes = [_node("big", "16", "64Gi"), _node("small", "2", "8Gi"), _node("milli", "2500m", "8Gi")]
+    shape = recommend.node_shape(nodes, model_memory_mib=4096, agent_base_mib=150)
+    assert (shape.example, shape.vcpus, shape.memory_mib, shape.count) == ("small", 2.0, 8192.0, 3)
+    assert shape.model_memory_mib == 4096  # the TarsNode's cap, below 8192 - 150
+    tight = recommend.node_shape([_node("n", "2", "1Gi")], model_memory_mib=None, agent_base_mib=200)
+    assert tight.model_memory_mib == 1024 - 200 and "2 vCPU" in tight.describe()
+    with pytest.raises(ValueError):
+        recommend.node_shape([], None, 0)
+
+
+def test_recommendations_respect_the_nodes_cpu_and_memory() -> None:
+    def measured(name: str, kind: str, p95: float, rps: float, rss: float) -> recommend.Measured:
+        return recommend.Measured(name, kind, p95, p95 / 2, saturated_rps=rps, measured_vcpus=2, rss_mib=rss)
+
+    models = [
+        measured("tiny", "text-generation", 50, 100, 30),
+        measured("big", "text-generation", 400, 10, 400),
+        measured("sent", "sentiment", 20, 300, 12),
+        measured("huge", "embedding", 10, 1000, 5000),
     ]
+    two_vcpu = recommend.NodeShape("n1", vcpus=2, memory_mib=8192, model_memory_mib=4096, count=1)
     edge = recommend.recommend(
         "edge",
         Scenario(model_kinds=["text-generation"], p95_budget_ms=500, target_rps=120, prefer="smallest"),
-        measured,
-        1000,
+        models,
+        two_vcpu,
     )
-    assert edge.model == "tiny" and edge.meets_budget and edge.replicas == 3 and edge.nodes == 1
+    # 100 req/s over 2 vCPUs = 50 per vCPU; a 2-vCPU node serves 100; 120 req/s needs 2 nodes, not
+    # 2 replicas stacked on the one node (they would share its 2 vCPUs).
+    assert (edge.model, edge.meets_budget, edge.nodes, edge.replicas) == ("tiny", True, 2, 2)
+    assert "the cluster has 1" in edge.why
+    wide = recommend.recommend(
+        "edge",
+        Scenario(model_kinds=["text-generation"], p95_budget_ms=500, target_rps=120, prefer="smallest"),
+        models,
+        recommend.NodeShape("n1", vcpus=8, memory_mib=32768, model_memory_mib=4096, count=4),
+    )
+    assert wide.nodes == 1 and "the cluster has" not in wide.why  # 8 vCPU x 50 = 400 req/s per node
     strict = recommend.recommend(
-        "chat", Scenario(model_kinds=["text-generation"], p95_budget_ms=10, target_rps=1), measured, 1000
+        "chat", Scenario(model_kinds=["text-generation"], p95_budget_ms=10, target_rps=1), models, two_vcpu
     )
     assert strict.model == "tiny" and not strict.meets_budget and "no candidate fits" in strict.why
+    # 5000 MiB does not fit 4096 MiB of model memory: not recommended, whatever its speed.
     none = recommend.recommend(
-        "search", Scenario(model_kinds=["embedding"], p95_budget_ms=10, target_rps=1), measured, 1000
+        "search", Scenario(model_kinds=["embedding"], p95_budget_ms=100, target_rps=1), models, two_vcpu
     )
-    assert none.model is None
+    assert none.model is None and none.nodes == 0
     many = recommend.recommend(
-        "analytics", Scenario(model_kinds=["sentiment"], p95_budget_ms=100, target_rps=15000), measured, 500
+        "analytics", Scenario(model_kinds=["sentiment"], p95_budget_ms=100, target_rps=15000), models, two_vcpu
     )
-    assert many.replicas == 100 and many.nodes == 3  # 100 x 12 MiB over 500 MiB nodes
+    assert many.nodes == 50 and many.replicas == 50  # 150 req/s per vCPU x 2 = 300 per node
 
 
 def test_security_verdicts() -> None:
@@ -184,8 +243,37 @@ def test_hostile_model_is_a_valid_tarsmodel() -> None:
     compile(model.spec.function.code, "hostile", "exec")
 
 
-def test_report_renders_from_data_only(tmp_path: Path) -> None:
-    data = {
+def _bench(model: str, latencies: list[float], claim: str | None) -> dict[str, object]:
+    summary = summarize(latencies, [200] * len(latencies), 1.0).to_json()
+    found = claims.claim(claim)
+    return {
+        "model": model,
+        "requests_sent": len(latencies),
+        "concurrency": 2,
+        "replicas": 1,
+        "latencies_ms": latencies,
+        "single_user": summary,
+        "summary": summary,
+        "saturation": {"rps": 40.0 * len(model), "concurrency": 4, "p95_ms": 9.0, "steps": []},
+        "claim": found.to_json() if found else None,
+    }
+
+
+def _load(model: str, rss: float) -> dict[str, object]:
+    return {
+        "model": model,
+        "kind": "sentiment",
+        "replicas": 1,
+        "apply_to_loaded_ms": {"n1": 200.0},
+        "apply_to_ready_s": 0.5,
+        "rss_per_replica_mib": rss,
+        "declared_mib": 32,
+    }
+
+
+def sample_data() -> dict[str, object]:
+    """A report's data in the shape the demo writes (a NaN where a measurement could not attribute)."""
+    return {
         "init": {
             "cluster": "local",
             "namespace": "ns",
@@ -198,41 +286,55 @@ def test_report_renders_from_data_only(tmp_path: Path) -> None:
         },
         "load": {
             "synthetic_checkpoints": {"edge-tiny": {"preset": "edge-tiny", "size_mib": 3.0}},
-            "models": [
-                {
-                    "model": "m",
-                    "kind": "sentiment",
-                    "replicas": 1,
-                    "apply_to_loaded_ms": {"n1": 200.0},
-                    "apply_to_ready_s": 0.5,
-                    "rss_per_replica_mib": float("nan"),
-                    "declared_mib": 32,
-                }
-            ],
+            "models": [_load("m", float("nan")), _load("sentiment", 12.0)],
             "functions": [],
         },
         "benchmark": [
-            {
-                "model": "m",
-                "requests_sent": 3,
-                "concurrency": 1,
-                "replicas": 1,
-                "latencies_ms": [1.0, 2.0, 3.0],
-                "summary": summarize([1.0, 2.0, 3.0], [200, 200, 200], 1.0).to_json(),
-                "seed": None,
-            }
+            _bench("m", [1.0, 2.0, 3.0], None),
+            _bench("sentiment", [4.0, 5.0, 6.0, 30.0], "Sentiment Analysis"),
         ],
         "sandbox_start": {
             "m": {"count": 2.0, "sum_s": 0.004, "buckets": {"0.001": 0.0, "0.005": 2.0, "+Inf": 2.0}, "mean_ms": 2.0}
         },
         "security": None,
+        "baseline": [
+            {
+                "model": "sentiment",
+                "ready_s": 3.0,
+                "rss_mib": 140.0,
+                "single_user": summarize([4.0], [200], 1.0).to_json(),
+                "saturation": {"rps": 250.0, "concurrency": 8, "p95_ms": 20.0, "steps": []},
+            }
+        ],
         "cost": {"rows": [], "assumptions": ["a"]},
-        "recommendations": [],
+        "recommendations": {"nodes": "2 vCPU / 7.6 GiB", "node_shape": {}, "rows": []},
         "total_s": 10.0,
         "meta": {"finished_at": "now", "machine_vcpus": 2},
     }
-    out = report.write(tmp_path, data)
+
+
+def test_report_renders_from_data_only(tmp_path: Path) -> None:
+    out = report.write(tmp_path, sample_data())
     saved = json.loads((out / "report.json").read_text())
     assert saved["load"]["models"][0]["rss_per_replica_mib"] is None  # NaN is not JSON
-    assert "| m | 3 | 0 |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| m | 1 | 2.0 | 2.9 | 2 | 3 | 0 |" in md
+    # sentiment's 5.5 ms single-user p50 beside the original's claimed 12 ms, and so on, with ours / claimed.
+    assert "| sentiment | Sentiment Analysis | 12 | 5.5 | 0.46x | 165 | 360.0 | 2.18x | 128 | 12.0 | 0.09x |" in md
+    assert "original TARS project's published claims" in md
+    assert "| sentiment | 3.0 | 140.0 | 4.0 | 250.0 | 12.0 | 360.0 |" in md  # the measured baseline
     assert "<table>" in (out / "report.html").read_text()
+
+
+def test_report_renders_in_a_real_browser(tmp_path: Path) -> None:
+    out = report.write(tmp_path / "report", sample_data())
+    page = browser.render(out / "report.html", tmp_path)
+    # chromium parsed every table and every plot the report holds.
+    assert page.dom.count("<table>") == len(tables.sections(json.loads((out / "report.json").read_text())))
+    assert page.dom.count('src="data:image/png;base64,') == 4  # latency, throughput, memory, sandbox starts
+    assert "Beside the original's claims" in page.dom and "One container per model" in page.dom
+    # The plots were decoded and drawn: their bars' colours are on screen (a broken image draws none).
+    assert page.pixels_near(browser.GREEN) > 500  # TARS saturated throughput
+    assert page.pixels_near(browser.BLUE) > 500  # alone in its own agent, and memory
+    assert page.pixels_near(browser.GRAY) > 200  # the original's claim
+    assert page.distinct_colours() > 50  # text, borders and plots, not a blank page

@@ -2,8 +2,9 @@
 
 TARS packs many models into one agent process per node, so a model costs the memory it adds to
 that process. The baseline gives every model replica its own container, which also pays for its
-own language runtime (the agent's measured base RSS stands for it: the same Python and libraries)
-and a CPU request. Every assumption is returned with the numbers so the report can print it.
+own language runtime and a CPU request; its memory and throughput are measured (baseline.py: the
+model alone in its own agent process). Every assumption is returned with the numbers so the report
+can print it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class ModelCost:
     tars_models_per_node: int
     tars_per_model_hour: float
     tars_per_million_requests: float | None
+    baseline_rss_mib: float  # measured: the whole single-model process
+    baseline_rps: float  # measured: the single-model process at saturation
     baseline_models_per_node: int
     baseline_per_model_hour: float
     baseline_per_million_requests: float | None
@@ -45,38 +48,42 @@ def assumptions(plan: CostPlan, inputs: CostInputs) -> list[str]:
         f"{plan.node_memory_mib} MiB and {plan.node_vcpus:g} vCPUs (from the plan)",
         f"TARS: one agent per node; its measured base RSS ({inputs.agent_base_rss_mib:.0f} MiB) is paid once "
         "per node and each model costs the RSS it added when it loaded (measured)",
-        "baseline: one container per model replica, each paying the model's RSS, its own runtime "
-        f"(the agent's measured base RSS) plus {plan.container_overhead_mib:g} MiB overhead, "
-        f"and reserving {plan.container_cpu_request:g} vCPU",
-        f"throughput per vCPU = measured requests/s / {inputs.machine_vcpus} cores of the machine that ran "
-        "agents, gateway and load generator together (so per-vCPU figures are pessimistic)",
-        "per million requests assumes the node's vCPUs run at that throughput; the baseline uses the same "
-        "per-vCPU throughput (same model code), so it differs only by what its CPU requests leave idle: "
-        "a container's reserved CPU cannot serve another model",
+        "baseline: one container per model replica; its memory is the measured RSS of an agent process "
+        f"holding only that model, plus {plan.container_overhead_mib:g} MiB overhead, and it reserves "
+        f"{plan.container_cpu_request:g} vCPU",
+        f"throughput per vCPU = measured requests/s at saturation / {inputs.machine_vcpus} cores of the machine "
+        "that ran agents, gateway and load generator together (so per-vCPU figures are pessimistic); the "
+        "baseline's is its own process's, measured the same way without the gateway",
+        "per million requests assumes the node's vCPUs run at that throughput; a baseline container serves "
+        "only with the CPU it reserved (a container's reserved CPU cannot serve another model)",
     ]
 
 
-def model_cost(model: str, rss_mib: float, rps: float, plan: CostPlan, inputs: CostInputs) -> ModelCost:
+@dataclass(frozen=True)
+class Baseline:
+    rss_mib: float  # the whole process holding only this model
+    rps: float  # at saturation
+
+
+def model_cost(
+    model: str, rss_mib: float, rps: float, baseline: Baseline, plan: CostPlan, inputs: CostInputs
+) -> ModelCost:
     rss = max(rss_mib, MIN_MODEL_MIB)
     usable = plan.node_memory_mib - inputs.agent_base_rss_mib
     if usable <= 0:
         raise ValueError("the node's memory is smaller than one agent")
     tars_density = max(1, math.floor(usable / rss))
     tars_hour = plan.node_price_per_hour * rss / usable
-    container = rss + inputs.agent_base_rss_mib + plan.container_overhead_mib
+    container = baseline.rss_mib + plan.container_overhead_mib
     baseline_density = max(
         1, min(math.floor(plan.node_memory_mib / container), math.floor(plan.node_vcpus / plan.container_cpu_request))
     )
     baseline_hour = plan.node_price_per_hour / baseline_density
-    per_vcpu = rps / inputs.machine_vcpus if inputs.machine_vcpus > 0 else 0.0
-    tars_million = None
-    baseline_million = None
-    if per_vcpu > 0:
-        tars_million = plan.node_price_per_hour / (per_vcpu * plan.node_vcpus * 3600) * 1e6
-        # A baseline container serves with the CPU it reserved; the node's other containers' CPU idles
-        # for this model, so a node of single-model containers serves at most its reservation's share.
-        reserved = min(plan.node_vcpus, baseline_density * plan.container_cpu_request)
-        baseline_million = plan.node_price_per_hour / (per_vcpu * reserved * 3600) * 1e6
+    tars_million = _per_million(plan.node_price_per_hour, rps / inputs.machine_vcpus, plan.node_vcpus)
+    # A baseline container serves with the CPU it reserved; the node's other containers' CPU idles
+    # for this model, so a node of single-model containers serves at most its reservation's share.
+    reserved = min(plan.node_vcpus, baseline_density * plan.container_cpu_request)
+    baseline_million = _per_million(plan.node_price_per_hour, baseline.rps / inputs.machine_vcpus, reserved)
     return ModelCost(
         model=model,
         rss_mib=rss_mib,
@@ -84,6 +91,8 @@ def model_cost(model: str, rss_mib: float, rps: float, plan: CostPlan, inputs: C
         tars_models_per_node=tars_density,
         tars_per_model_hour=tars_hour,
         tars_per_million_requests=tars_million,
+        baseline_rss_mib=baseline.rss_mib,
+        baseline_rps=baseline.rps,
         baseline_models_per_node=baseline_density,
         baseline_per_model_hour=baseline_hour,
         baseline_per_million_requests=baseline_million,
@@ -91,7 +100,13 @@ def model_cost(model: str, rss_mib: float, rps: float, plan: CostPlan, inputs: C
     )
 
 
-def cost_table(measured: dict[str, tuple[float, float]], plan: CostPlan, inputs: CostInputs) -> dict[str, Any]:
-    """measured: model -> (RSS MiB per replica, requests/s). Returns rows and assumptions for the report."""
-    rows = [asdict(model_cost(name, rss, rps, plan, inputs)) for name, (rss, rps) in measured.items()]
+def _per_million(price_per_hour: float, rps_per_vcpu: float, vcpus: float) -> float | None:
+    return price_per_hour / (rps_per_vcpu * vcpus * 3600) * 1e6 if rps_per_vcpu > 0 else None
+
+
+def cost_table(
+    measured: dict[str, tuple[float, float, Baseline]], plan: CostPlan, inputs: CostInputs
+) -> dict[str, Any]:
+    """measured: model -> (RSS MiB per replica, req/s at saturation, its measured baseline)."""
+    rows = [asdict(model_cost(name, rss, rps, base, plan, inputs)) for name, (rss, rps, base) in measured.items()]
     return {"rows": rows, "assumptions": assumptions(plan, inputs), "inputs": asdict(inputs), "plan": plan.model_dump()}

@@ -1,8 +1,8 @@
 """The demo's phases: init, load, benchmark, security, cost, report.
 
 Each phase shows a rich progress bar over its steps and ends with a result table; every number in
-the tables and in the report is measured in this run (the seed's figures are shown beside ours,
-labelled as the seed's claims, and used in no calculation).
+the tables and in the report is measured in this run (the original project's published figures are
+shown beside ours, labelled as its claims, and used in no calculation).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tarsctl import localcluster
-from tarsctl.demo import cost, loadgen, recommend, report, security, system, tables
-from tarsctl.demo.plan import Plan
-from tarsctl.demo.stats import summarize
+from tarsctl.demo import baseline, claims, cost, measure, recommend, report, security, system, tables
+from tarsctl.demo.plan import BenchmarkCase, Plan
 from tarsctl.fleet import Fleet
 from tarsctl.models import make_synthetic
 
@@ -225,6 +224,8 @@ class Demo:
             if self._kubectl("get", "node", node, check=False).returncode != 0:
                 self.created_nodes.append(node)
             localcluster.add_node(self.state, node, kvm=True)
+            # Every simulated node's agent runs on this machine: the node offers what the machine has.
+            system.set_node_resources(self.state, node, system.machine_resources())
         self._kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in self.nodes])
 
     def _start_fleet(self, step: Any) -> tuple[float, dict[str, float]]:
@@ -407,41 +408,37 @@ class Demo:
         return rows
 
     def benchmark(self) -> list[dict[str, Any]]:
-        c = self.console
         cases = self.plan.benchmark
         results = []
-        with phase(c, "3. benchmark", len(cases)) as step:
+        with phase(self.console, "3. benchmark", len(cases)) as step:
             for case in cases:
-                step(f"{case.model}: {case.requests} requests x {case.concurrency} concurrent")
-                obj = self._get("tarsmodel", case.model)
-                job = loadgen.Job(
-                    url=system.model_url(self.gateway, case.model, case.route),
-                    body=case.body,
-                    requests=case.requests,
-                    concurrency=case.concurrency,
-                    warmup=case.warmup,
-                )
-                result = loadgen.run(job)
-                summary = summarize(result.latencies_ms, result.statuses, result.wall_s)
-                results.append(
-                    {
-                        "model": case.model,
-                        "kind": obj["spec"]["kind"],
-                        "route": case.route,
-                        "concurrency": case.concurrency,
-                        "replicas": (obj.get("status") or {}).get("readyReplicas", 0),
-                        "requests_planned": case.requests,
-                        "requests_sent": result.sent,
-                        "warmup_sent": result.warmup_sent,
-                        "statuses": _count(result.statuses),
-                        "summary": summary.to_json(),
-                        "latencies_ms": result.latencies_ms,
-                        "sample_errors": result.sample_errors,
-                        "seed": case.seed.model_dump() if case.seed else None,
-                    }
-                )
+                step(f"{case.model}: one at a time, {case.concurrency} concurrent, then saturation")
+                results.append(self._benchmark_one(case))
                 step(case.model, done=True)
         return results
+
+    def _benchmark_one(self, case: BenchmarkCase) -> dict[str, Any]:
+        obj = self._get("tarsmodel", case.model)
+        url = system.model_url(self.gateway, case.model, case.route)
+        _, single = measure.run(url, case.body, case.single_user_requests, 1, warmup=case.warmup)
+        result, summary = measure.run(url, case.body, case.requests, case.concurrency)
+        found = claims.claim(case.claim)
+        return {
+            "model": case.model,
+            "kind": obj["spec"]["kind"],
+            "route": case.route,
+            "concurrency": case.concurrency,
+            "replicas": (obj.get("status") or {}).get("readyReplicas", 0),
+            "requests_planned": case.requests,
+            "requests_sent": result.sent,
+            "statuses": _count(result.statuses),
+            "single_user": single.to_json(),
+            "summary": summary.to_json(),
+            "latencies_ms": result.latencies_ms,
+            "sample_errors": result.sample_errors,
+            "saturation": measure.saturate(url, case.body, case.concurrency, self.plan.saturation),
+            "claim": found.to_json() if found else None,
+        }
 
     def _sandbox_starts(self) -> dict[str, Any]:
         """Per model: sandbox start count, mean and histogram buckets summed over agents."""
@@ -480,33 +477,59 @@ class Demo:
                 check.cleanup()
         return result.to_json()
 
-    def costs(self, data: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def baseline(self) -> list[dict[str, Any]]:
+        """Each benchmarked model alone in its own agent process: the one-container-per-model baseline."""
+        docs = {d["metadata"]["name"]: d for d in self.models}
+        cases = [c for c in self.plan.benchmark if c.model in docs]
+        rows = []
+        with phase(self.console, "5. baseline", len(cases)) as step:
+            for case in cases:
+                step(f"{case.model} alone in its own agent")
+                rows.append(
+                    baseline.measure_one(
+                        docs[case.model], case, self.tarsnode_doc, self.workdir, self.plan.saturation
+                    )
+                )
+                step(case.model, done=True)
+        return rows
+
+    def _node_shape(self, agent_base_mib: float) -> recommend.NodeShape:
+        assert self.state is not None
+        found = system.kubectl_json(self.state, "nodes")["items"]
+        ours = [n for n in found if n["metadata"]["name"] in self.nodes]
+        model_memory = (self.tarsnode_doc.get("spec", {}).get("agent") or {}).get("modelMemoryMiB")
+        return recommend.node_shape(ours, model_memory, agent_base_mib)
+
+    def costs(self, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The cost table and the deployment recommendations, from what the other phases measured."""
         loads = {r["model"]: r for r in data["load"]["models"]}
-        base = [a["base_rss_mib"] for a in data["init"]["agents"]]
-        inputs = cost.CostInputs(agent_base_rss_mib=sum(base) / len(base), machine_vcpus=os.cpu_count() or 1)
-        measured = {}
+        bases = {b["model"]: b for b in data["baseline"]}
+        agent_base = [a["base_rss_mib"] for a in data["init"]["agents"]]
+        vcpus = os.cpu_count() or 1
+        inputs = cost.CostInputs(agent_base_rss_mib=sum(agent_base) / len(agent_base), machine_vcpus=vcpus)
+        measured, rec_inputs = {}, []
         for r in data["benchmark"]:
             rss = loads.get(r["model"], {}).get("rss_per_replica_mib")
             if rss is None or math.isnan(rss):
                 continue
-            measured[r["model"]] = (rss, r["summary"]["rps"])
-        with phase(self.console, "5. cost", 1) as step:
+            rps = r["saturation"]["rps"]
+            if r["model"] in bases:
+                b = bases[r["model"]]
+                measured[r["model"]] = (rss, rps, cost.Baseline(b["rss_mib"], b["saturation"]["rps"]))
+            rec_inputs.append(
+                recommend.Measured(
+                    r["model"], r["kind"], r["summary"]["p95_ms"], r["single_user"]["p95_ms"], rps, vcpus, rss
+                )
+            )
+        with phase(self.console, "6. cost", 1) as step:
             step("pricing")
             table_data = cost.cost_table(measured, self.plan.cost, inputs)
-            usable = self.plan.cost.node_memory_mib - inputs.agent_base_rss_mib
-            rec_inputs = [
-                recommend.Measured(
-                    model=r["model"],
-                    kind=r["kind"],
-                    p95_ms=r["summary"]["p95_ms"],
-                    rps=r["summary"]["rps"],
-                    replicas=max(1, r["replicas"]),
-                    rss_mib=measured.get(r["model"], (float("nan"), 0))[0],
-                )
-                for r in data["benchmark"]
-            ]
-            recs = recommend.recommendations(self.plan.scenarios, rec_inputs, usable)
+            node = self._node_shape(inputs.agent_base_rss_mib)
+            recs = {
+                "nodes": node.describe(),
+                "node_shape": asdict(node),
+                "rows": recommend.recommendations(self.plan.scenarios, rec_inputs, node),
+            }
             step("pricing", done=True)
         return table_data, recs
 
@@ -516,7 +539,7 @@ class Demo:
 
     def write_report(self) -> Path:
         c = self.console
-        with phase(c, "6. report", 1) as step:
+        with phase(c, "7. report", 1) as step:
             step("writing")
             self.run.data["meta"] = {
                 "finished_at": datetime.now().isoformat(timespec="seconds"),
@@ -553,6 +576,8 @@ class Demo:
             self.show("benchmark")
             data["security"] = self.security()
             self.show("security")
+            data["baseline"] = self.baseline()
+            self.show("baseline")
             data["cost"], data["recommendations"] = self.costs(data)
             self.show("cost")
             data["total_s"] = time.perf_counter() - started

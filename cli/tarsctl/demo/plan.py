@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from tarsctl.demo import claims
+
 DEFAULT_PLAN = Path(__file__).resolve().parents[3] / "examples" / "demo" / "plan.yaml"
 
 
@@ -33,17 +35,6 @@ class Checkpoint(_Model):
     seed: int = 0
 
 
-class SeedClaim(_Model):
-    """A figure the seed project claimed. Shown next to ours, never used in any calculation."""
-
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    rps: float | None = None
-    load_ms: float | None = None
-    source: str = "seed"
-
-
 class BenchmarkCase(_Model):
     model: str = Field(min_length=1)
     route: Literal["infer", "invoke"] = "invoke"
@@ -51,7 +42,24 @@ class BenchmarkCase(_Model):
     requests: int = Field(ge=1, le=100_000)
     concurrency: int = Field(ge=1, le=256)
     warmup: int = Field(default=2, ge=0, le=100)
-    seed: SeedClaim | None = None
+    # Requests sent one at a time: the latency a single user meets.
+    single_user_requests: int = Field(default=30, ge=1, le=10_000)
+    # The original's row this model stands for (claims.MODELS); shown beside ours, used in no calculation.
+    claim: str | None = None
+
+    @model_validator(mode="after")
+    def _claim_exists(self) -> BenchmarkCase:
+        claims.claim(self.claim)
+        return self
+
+
+class SaturationPlan(_Model):
+    """Throughput at saturation: concurrency doubles from the case's until req/s stops growing."""
+
+    seconds: float = Field(default=4.0, gt=0, le=600)
+    max_concurrency: int = Field(default=32, ge=1, le=256)
+    # A step must add at least this share of req/s over the best so far, or the search stops.
+    min_gain: float = Field(default=0.1, ge=0)
 
 
 class SecurityPlan(_Model):
@@ -116,6 +124,9 @@ class Plan(_Model):
     ready_timeout_s: float = Field(default=300, gt=0)
     operator_priority: int = 500
     benchmark: list[BenchmarkCase] = Field(default_factory=list)
+    saturation: SaturationPlan = Field(default_factory=SaturationPlan)
+    # Measure the one-container-per-model baseline: each model alone in its own agent process.
+    baseline: bool = True
     security: SecurityPlan = Field(default_factory=SecurityPlan)
     cost: CostPlan
     scenarios: dict[str, Scenario] = Field(default_factory=dict)

@@ -77,11 +77,7 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         ax.set_ylabel("latency ms (log)")
         ax.set_title("latency distribution through the gateway")
         save("latency", fig)
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.bar([b["model"] for b in bench], [b["summary"]["rps"] for b in bench], color="tab:green")
-        ax.set_ylabel("requests/s")
-        ax.set_title("throughput")
-        save("throughput", fig)
+        save("throughput", _throughput(plt, bench, {r["model"]: r for r in data.get("baseline") or []}))
     mem = [
         r
         for r in data["load"]["models"]
@@ -110,6 +106,26 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         ax.set_title("sandbox start times (cumulative)")
         save("sandbox_start", fig)
     return out
+
+
+def _throughput(plt: Any, bench: list[dict[str, Any]], alone: dict[str, dict[str, Any]]) -> Any:
+    """Saturated req/s per model: TARS through the gateway, the model alone, the original's claim."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    x = range(len(bench))
+    alone_rps = [alone[b["model"]]["saturation"]["rps"] if b["model"] in alone else 0 for b in bench]
+    series = [
+        ("TARS, saturated (measured)", "tab:green", [b["saturation"]["rps"] for b in bench]),
+        ("alone in its own agent (measured)", "tab:blue", alone_rps),
+        ("original's claim", "tab:gray", [(b.get("claim") or {}).get("rps", 0) for b in bench]),
+    ]
+    for i, (label, color, values) in enumerate(series):
+        ax.bar([j + (i - 1) * 0.27 for j in x], values, width=0.27, label=label, color=color)
+    ax.set_xticks(list(x), [b["model"] for b in bench])
+    ax.set_yscale("log")
+    ax.set_ylabel("requests/s (log)")
+    ax.legend(fontsize="small")
+    ax.set_title("throughput at saturation")
+    return fig
 
 
 def html_report(data: dict[str, Any], images: dict[str, str]) -> str:

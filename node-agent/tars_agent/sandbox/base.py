@@ -31,6 +31,8 @@ class FailureReason(enum.StrEnum):
     ERROR = "error"
     # The guest ran and refused the input with its own error (an Err result): the caller's fault.
     REJECTED = "rejected"
+    # The guest failed after a host capability it called was unavailable (its database down): retry.
+    UNAVAILABLE = "unavailable"
 
 
 class GuestFailure(Exception):

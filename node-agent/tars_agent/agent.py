@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -16,9 +17,10 @@ from tars_agent.catalog import Catalog
 from tars_agent.metrics import AgentMetrics
 from tars_agent.pool import GuestExecutor
 from tars_agent.repository import ModelRepository
+from tars_agent.runtimes.knowledge_store import DocumentStore, StoreUnavailable, open_store
 from tars_agent.runtimes.services import ModelServices
 from tars_agent.sandbox.base import SandboxBackend
-from tars_api.tarsmodel import TarsModel
+from tars_api.tarsmodel import HostCapability, TarsModel
 from tars_api.tarsnode import SandboxLimits
 from tars_common.http_limits import HttpLimits
 
@@ -108,6 +110,13 @@ class AgentConfig:
     # Slow clients and open connections are bounded (header, body and idle deadlines, a cap).
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     capacity_mib: int = 4096
+    # Tenants' knowledge documents: "sqlite" in state_dir (in memory without one), or "postgres" at
+    # knowledge_dsn (from the TarsNode's Secret). Documents of a deleted TarsModel are dropped this
+    # long after it is gone, unless its spec.knowledge.retain is true.
+    knowledge_backend: str = "sqlite"
+    state_dir: Path | None = None
+    knowledge_dsn: str | None = field(default=None, repr=False)
+    knowledge_grace_s: float = 86400.0
 
 
 class Agent:
@@ -128,7 +137,7 @@ class Agent:
         self.capabilities = capabilities if capabilities is not None else default_registry()
         # The agent owns its model services (shared runtimes, knowledge stores, operator requests);
         # they serve models and capabilities only through the default catalog.
-        self.services = services if services is not None else ModelServices()
+        self.services = services if services is not None else ModelServices(knowledge_store=open_store_for(config))
         self.catalog = catalog if catalog is not None else default_catalog(self.services, self.capabilities)
         self.catalog.model_roots = tuple(config.model_roots)
         self.executor = GuestExecutor(config.workers, config.max_queue)
@@ -169,6 +178,14 @@ class Agent:
         key = ModelKey(model.metadata.namespace, model.metadata.name)
         self.desired.add(key)
         try:
+            if uses_knowledge(model) and key not in self.repository.models:
+                # Its documents are in this agent's cache before the model counts as loaded (ready).
+                try:
+                    count = await asyncio.to_thread(self.services.load_tenant, key)
+                except StoreUnavailable as exc:
+                    self.repository.failed[key] = str(exc)  # not served; the next sync pass retries
+                    raise
+                log.info("loaded %d knowledge documents of %s", count, key)
             await self.repository.load(model, prefill=prefill)
         except Exception:
             log.exception("loading model %s failed", key)
@@ -200,4 +217,16 @@ class Agent:
     def close(self) -> None:
         self.repository.close()
         self.executor.close()
+        self.services.close()
         self.backend.close()
+
+
+def uses_knowledge(model: TarsModel) -> bool:
+    return bool({HostCapability.KNOWLEDGE_QUERY, HostCapability.KNOWLEDGE_UPSERT} & set(model.spec.capabilities))
+
+
+def open_store_for(config: AgentConfig) -> DocumentStore:
+    store = open_store(config.knowledge_backend, config.state_dir, config.knowledge_dsn)
+    if not store.durable:
+        log.warning("knowledge documents are kept in memory only: give the agent a state directory")
+    return store

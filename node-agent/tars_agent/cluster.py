@@ -27,6 +27,7 @@ from tars_agent import functions
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
 from tars_agent.outage import OutageLog
+from tars_agent.runtimes.knowledge_store import StoreUnavailable
 from tars_api.lease import (
     RENEW_INTERVAL_S,
     AgentReport,
@@ -79,6 +80,17 @@ def placed_models(
         except ValidationError as exc:
             invalid[key] = str(exc.errors(include_url=False)[0]["msg"])
     return wanted, invalid
+
+
+def knowledge_present(items: list[dict[str, Any]]) -> dict[str, bool]:
+    """The TarsModels of a namespace listing (name -> spec.knowledge.retain), for the knowledge
+    store's lifecycle: tenants of models missing from it are deleted after the grace period."""
+    present: dict[str, bool] = {}
+    for obj in items:
+        name = (obj.get("metadata") or {}).get("name")
+        if name:
+            present[name] = ((obj.get("spec") or {}).get("knowledge") or {}).get("retain") is True
+    return present
 
 
 def agent_report(agent: Agent, address: str) -> AgentReport:
@@ -136,6 +148,7 @@ class ClusterAgent:
         self._stop = threading.Event()
         self._acquired = datetime.now(UTC)
         self.lease = lease_name(node, tarsnode)
+        self._knowledge_outage = OutageLog("deleting knowledge documents of deleted TarsModels", log)
         # Every valid TarsModel of this TarsNode by name: a request for one that is not placed here
         # (scaled to zero) loads it on the spot; the load shows in the Lease and the autoscaler follows.
         self.known: dict[str, TarsModel] = {}
@@ -244,6 +257,22 @@ class ClusterAgent:
         for key in set(self.agent.desired) - set(wanted):
             await self.agent.ensure_unloaded(key)
         await asyncio.gather(*(self.agent.ensure_loaded(model) for model in wanted.values()))
+        await self.reconcile_knowledge(items)
+
+    async def reconcile_knowledge(self, items: list[dict[str, Any]]) -> None:
+        try:
+            dropped = await asyncio.to_thread(
+                self.agent.services.reconcile_knowledge,
+                self.namespace,
+                knowledge_present(items),
+                self.agent.config.knowledge_grace_s,
+            )
+        except StoreUnavailable as exc:
+            self._knowledge_outage.failed(exc)
+            return
+        self._knowledge_outage.succeeded()
+        for tenant in dropped:
+            log.info("deleted the knowledge documents of %s: its TarsModel is gone", tenant)
 
     async def sync_forever(self) -> None:
         loop = asyncio.get_running_loop()

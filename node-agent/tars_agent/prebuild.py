@@ -1,8 +1,10 @@
 """Builds every builtin guest and its compiled code into a directory, for the container image.
 
 ``python -m tars_agent.prebuild --out DIR`` writes ``DIR/guests/<source digest>.wasm`` (what
-``tars_guests.build.build_guest`` would build) and ``DIR/compiled/<key>.cwasm`` (Wasmtime's
-serialized code for this Wasmtime version and the agent's engine settings), plus ``manifest.json``.
+``tars_guests.build.build_guest`` would build), ``DIR/compiled/<key>.cwasm`` (Wasmtime's
+serialized code for this Wasmtime version and the agent's engine settings) and
+``DIR/models/<key>/`` (MiniLM's encoder optimized by onnxruntime, weights prepacked for this CPU),
+plus ``manifest.json``.
 An agent started with ``TARS_PREBUILT_DIR=DIR`` finds both under the keys it computes anyway, so it
 loads a builtin model without componentize-py or Cranelift; anything else still builds on demand
 into the writable cache.
@@ -54,6 +56,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def prebuild_models(models_dir: Path) -> dict[str, object]:
+    """The builtin runtimes' models in the form they load fastest (MiniLM's optimized ONNX encoder)."""
+    import onnxruntime
+
+    from tars_agent.runtimes.minilm import prebuild_encoder
+
+    return {"onnxruntime": onnxruntime.__version__, "all-minilm-l6-v2": prebuild_encoder(models_dir)}
+
+
 def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]:
     """Fills ``out`` and returns the manifest written to ``out/manifest.json``."""
     from tars_guests.build import componentize_py_version
@@ -88,6 +99,7 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
         "wasmtime": wasmtime_version(),
         "componentizePy": componentize_py_version(),
         "guests": entries,
+        "models": prebuild_models(out / "models"),
     }
     _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest

@@ -146,6 +146,18 @@ class ModelLimits(ApiModel):
     )
 
 
+class ModelKnowledge(ApiModel):
+    """The model's knowledge documents (knowledge.upsert), kept by the TarsNode's store."""
+
+    retain: bool = Field(
+        default=False,
+        description=(
+            "Keep the documents when the TarsModel is deleted. Otherwise they are deleted after the "
+            "TarsNode's spec.knowledge.deletionGracePeriod."
+        ),
+    )
+
+
 class TarsModelSpec(ApiModel):
     """Desired state of a model or guest function."""
 
@@ -208,6 +220,7 @@ class TarsModelSpec(ApiModel):
     latency_slo_ms: int | None = Field(
         default=None, ge=1, description="p99 latency objective, alerted on when exceeded."
     )
+    knowledge: ModelKnowledge = defaulted(ModelKnowledge, "What happens to the model's knowledge documents.")
     access: ModelAccess | None = Field(
         default=None,
         description=(

@@ -13,11 +13,13 @@ from tars_api.meta import (
     AbsolutePath,
     ApiModel,
     Condition,
+    Duration,
     LabelKey,
     LabelValue,
     ObjectMeta,
     Rule,
     defaulted,
+    duration_at_most,
     name_rules,
 )
 
@@ -200,6 +202,53 @@ class SandboxLimits(ApiModel):
     output_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Largest output a guest may return.")
 
 
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the TarsNode's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    key: str = Field(default="dsn", min_length=1, max_length=253, description="Key in the Secret.")
+
+
+class KnowledgeStore(ApiModel):
+    """Where the agents keep tenants' documents (the knowledge.upsert/query capabilities)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.backend != 'postgres' || has(self.dsnSecretRef)",
+            message="the postgres backend needs dsnSecretRef",
+            holds=lambda s: s.backend != "postgres" or s.dsn_secret_ref is not None,
+            field_path=".dsnSecretRef",
+        ),
+        duration_at_most("deletionGracePeriod", "8760h"),
+    )
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description=(
+            "sqlite: a database file per node under stateHostPath (one node, or replicas on one node); "
+            "postgres: one database every agent shares (a fleet: every replica sees every write)."
+        ),
+    )
+    dsn_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding the PostgreSQL DSN (postgresql://user:password@host/db). The role must "
+            "not be a superuser or have BYPASSRLS: row-level security keeps tenants apart."
+        ),
+    )
+    state_host_path: AbsolutePath = Field(
+        default="/var/lib/tars/state",
+        description="Directory on each node for the agent's durable state (the sqlite database).",
+    )
+    deletion_grace_period: Duration = Field(
+        default="24h",
+        description=(
+            "How long a deleted TarsModel's documents are kept (a re-created model of the same name "
+            "gets them back); then they are deleted, unless the model set spec.knowledge.retain."
+        ),
+    )
+
+
 class TarsNodeSpec(ApiModel):
     """Desired state of a TARS node fleet."""
 
@@ -232,6 +281,7 @@ class TarsNodeSpec(ApiModel):
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    knowledge: KnowledgeStore = defaulted(KnowledgeStore, "Where tenants' knowledge documents are kept.")
 
 
 class AgentStatus(ApiModel):

@@ -26,6 +26,7 @@ AGENT_CONFIG_DIR = "/etc/tars"
 MODELS_HOST_PATH = "/var/lib/tars/models"
 AGENT_UID = 65532
 TLS_DIR = "/var/run/tars/tls"  # not under the read-only config mount
+STATE_DIR = "/var/lib/tars-agent"  # the agent's durable state: spec.knowledge.stateHostPath on the node
 
 
 def owner_reference(obj: TarsNode | Any) -> dict[str, Any]:
@@ -72,6 +73,12 @@ def agent_config(tn: TarsNode) -> dict[str, Any]:
         # Where file:// sources may load from; the agent refuses every other path (none by default).
         "modelRoots": list(spec.model_roots),
         "auth": {"mode": "auto", "defaultAccess": spec.agent.default_access},
+        # The DSN of the postgres backend reaches the agent as TARS_KNOWLEDGE_DSN from its Secret.
+        "knowledge": {
+            "backend": spec.knowledge.backend,
+            "stateDir": STATE_DIR,
+            "deletionGracePeriod": spec.knowledge.deletion_grace_period,
+        },
         **(
             {"tls": {"certFile": f"{TLS_DIR}/tls.crt", "keyFile": f"{TLS_DIR}/tls.key"}}
             if spec.agent.tls_secret_name
@@ -196,6 +203,35 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def state_dir_owner(image: str, pull_policy: str) -> dict[str, Any]:
+    """Gives the node's state directory to the agent's user: a hostPath is created root-owned and
+    fsGroup does not apply to it. Root with CAP_CHOWN only, nothing else."""
+    give = "import os, sys; os.chmod(sys.argv[1], 0o700); os.chown(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]))"
+    return {
+        "name": "state-owner",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["python3", "-c", give, STATE_DIR, str(AGENT_UID)],
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def _knowledge_env(tn: TarsNode) -> list[dict[str, Any]]:
+    ref = tn.spec.knowledge.dsn_secret_ref
+    if tn.spec.knowledge.backend != "postgres" or ref is None:
+        return []
+    return [{"name": "TARS_KNOWLEDGE_DSN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
 def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
     spec, name = tn.spec, agent_name(tn)
     port = spec.agent.port
@@ -213,6 +249,7 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
             _field_env("POD_IP", "status.podIP"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_NAME", "metadata.name"),
+            *_knowledge_env(tn),
         ],
         "ports": [
             {"name": "http", "containerPort": port, "protocol": "TCP"},
@@ -228,6 +265,7 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
             # The root filesystem is read-only; Python's tempfile (guest builds, uploads) needs /tmp.
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "models", "mountPath": MODELS_HOST_PATH, "readOnly": True},
+            {"name": "state", "mountPath": STATE_DIR},
             *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}] if tls else []),
         ],
         "securityContext": {
@@ -264,7 +302,9 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
                     "tolerations": [t.wire() for t in spec.tolerations],
                     # Drain finishes in-flight requests and releases the Lease before exit.
                     "terminationGracePeriodSeconds": 30,
-                    "securityContext": {"runAsNonRoot": True, "fsGroup": AGENT_UID},
+                    # runAsNonRoot is per container: only the state directory's init container is root.
+                    "securityContext": {"fsGroup": AGENT_UID},
+                    "initContainers": [state_dir_owner(spec.agent.image, spec.agent.image_pull_policy)],
                     "containers": [container],
                     "volumes": [
                         {"name": "config", "configMap": {"name": name}},
@@ -272,6 +312,11 @@ def desired_daemonset(tn: TarsNode) -> dict[str, Any]:
                         {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
                         {"name": "models", "hostPath": {"path": MODELS_HOST_PATH, "type": "DirectoryOrCreate"}},
+                        # Survives the pod (a restart reloads the node's knowledge documents from it).
+                        {
+                            "name": "state",
+                            "hostPath": {"path": spec.knowledge.state_host_path, "type": "DirectoryOrCreate"},
+                        },
                         *([{"name": "tls", "secret": {"secretName": spec.agent.tls_secret_name}}] if tls else []),
                     ],
                 },

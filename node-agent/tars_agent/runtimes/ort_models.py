@@ -20,9 +20,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 

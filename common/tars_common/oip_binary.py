@@ -76,14 +76,13 @@ def decode(datatype: str, raw: bytes, where: str) -> list[Any]:
 
 def encode(datatype: str, data: Any) -> bytes:
     """Flat or nested elements as the extension's bytes."""
-    flat = np.asarray(data, dtype=object).reshape(-1).tolist() if isinstance(data, list) else [data]
-    if datatype == "BYTES":
-        parts = []
-        for element in flat:
-            blob = element if isinstance(element, bytes) else str(element).encode()
-            parts.append(struct.pack("<I", len(blob)) + blob)
-        return b"".join(parts)
-    return np.asarray(flat, dtype=DTYPES[datatype]).tobytes()
+    if datatype != "BYTES":
+        return np.asarray(data, dtype=DTYPES[datatype]).tobytes()  # numpy flattens nested lists row-major
+    parts = []
+    for element in np.asarray(data, dtype=object).reshape(-1).tolist():
+        blob = element if isinstance(element, bytes) else str(element).encode()
+        parts.append(struct.pack("<I", len(blob)) + blob)
+    return b"".join(parts)
 
 
 def split(body: bytes, header_length: str | int) -> tuple[dict[str, Any], bytes]:

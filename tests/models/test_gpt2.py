@@ -157,3 +157,16 @@ def test_make_synthetic_command(tmp_path: Path) -> None:
     assert args.func(args) == 0
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["tars_seed"] == 4
     assert GPT2Model(tmp_path / "ckpt").generate(GenerationRequest("x", max_tokens=2)).synthetic_weights
+
+
+def test_matrices_split_between_two_threads_give_the_same_product() -> None:
+    from tars_agent.runtimes.gpt2 import _SplitMatmul
+
+    rng = np.random.default_rng(3)
+    split = _SplitMatmul(helpers=1)
+    for rows, columns in ((1, 2304), (5, 768), (1, 300)):
+        x = rng.standard_normal((rows, 768), dtype=np.float32)
+        w = rng.standard_normal((768, columns), dtype=np.float32)
+        got = split(x, w)
+        assert got.shape == (rows, columns)
+        np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-4)

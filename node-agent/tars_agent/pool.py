@@ -63,15 +63,24 @@ class SandboxPool:
             self._metrics.pool_size.labels(self._label).set(len(self._ready))
 
     def take(self) -> GuestInstance:
+        """A started instance from the pool, topped up at once; from an empty pool (a model just loaded
+        for a waiting request) one started now, and the pool is topped up only after its call, so the
+        refill does not slow that cold start down."""
         with self._lock:
             instance = self._ready.popleft() if self._ready else None
             self._metrics.pool_size.labels(self._label).set(len(self._ready))
-            refill = not self._refilling and not self._closed and self.size > 0
+        if instance is None:
+            return self._start()
+        self._top_up()
+        return instance
+
+    def _top_up(self) -> None:
+        with self._lock:
+            refill = not self._refilling and not self._closed and len(self._ready) < self.size
             if refill:
                 self._refilling = True
         if refill:
             self._refiller.submit(self._refill)
-        return instance if instance is not None else self._start()
 
     def _refill(self) -> None:
         try:
@@ -94,6 +103,7 @@ class SandboxPool:
             raise
         finally:
             instance.close()
+            self._top_up()
 
     def close(self) -> None:
         with self._lock:

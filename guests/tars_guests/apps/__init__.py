@@ -71,8 +71,16 @@ def python_path(name: str) -> list[Path]:
     return [LIB_DIR, *(vendored_package(pkg, dist) for pkg, dist in APPS[app_dir(name).name])]
 
 
+# The apps' sources are part of the installed package: digested once per process. Digesting them
+# (and the vendored packages) took about 50 ms of every model load on a busy node, most of a cold start.
+_built: dict[str, Path] = {}
+
+
 def build_app(name: str) -> Path:
     """The component built from app ``name`` (built now or from the build cache)."""
     from tars_guests.build import build_guest
 
-    return build_guest(app_dir(name), python_path=python_path(name))
+    built = _built.get(name)
+    if built is None or not built.is_file():
+        built = _built[name] = build_guest(app_dir(name), python_path=python_path(name))
+    return built

@@ -87,6 +87,15 @@ def _check_mean_pooling(model_dir: Path) -> None:
         raise ValueError(f"{pooling} does not ask for mean pooling, the only mode implemented")
 
 
+def parameter_count(model_dir: Path | None = None) -> int:
+    """Parameters of the checkpoint, read from the safetensors header alone."""
+    path = (model_dir or packaged_model_dir()) / "model.safetensors"
+    with safe_open(path, framework="numpy") as tensors:
+        names = [name for name in tensors.keys() if not name.endswith("position_ids")]  # noqa: SIM118 (no __iter__)
+        shapes = [tensors.get_slice(name).get_shape() for name in names]
+    return sum(int(np.prod(shape)) for shape in shapes)
+
+
 def encoder_artefact(model_dir: Path, config: BertConfig, packaged: bool) -> tuple[str, Callable[[], onnx.ModelProto]]:
     """The key of the optimized encoder for these weights, and how to build its ONNX graph.
 
@@ -140,10 +149,7 @@ class MiniLMEmbedder:
         return self.config.hidden_size
 
     def parameter_count(self) -> int:
-        with safe_open(self.model_dir / "model.safetensors", framework="numpy") as tensors:
-            names = [name for name in tensors.keys() if not name.endswith("position_ids")]  # noqa: SIM118 (no __iter__)
-            shapes = [tensors.get_slice(name).get_shape() for name in names]
-        return sum(int(np.prod(shape)) for shape in shapes)
+        return parameter_count(self.model_dir)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         with self._tokenizer_lock:

@@ -1,12 +1,13 @@
 """Knowledge query: searches the model's own document store and answers with numbered citations.
 
 invoke: {"question": "...", "top_k": 3?, "documents": [{"id", "text"}]?, "generate": false?}
--> {"answer", "citations": [{"n", "id", "score", "excerpt"}], "documents_added", "host_calls"}
+-> {"answer", "citations": [{"n", "id", "score", "excerpt"}], "documents_added", "stale", "host_calls"}
 
 Documents given in the request are added first (knowledge.upsert). The answer is extractive: from
 each cited document, the sentence sharing most words with the question, marked [n]; with
 "generate": true, nn.generate writes a closing sentence (marked as generated, and as synthetic when
 its weights are). The store is per tenant: this model never sees another model's documents.
+"stale": true means the store was unreachable and the agent answered from its last copy.
 """
 
 import json
@@ -60,9 +61,10 @@ def answer(question, top_k, documents, generate):
         except lib.HostError as exc:
             raise Err(json.dumps({"error": str(exc), "field": "documents"})) from None
     try:
-        hits = lib.call("knowledge.query", query=question, top_k=top_k)["hits"]
+        found = lib.call("knowledge.query", query=question, top_k=top_k)
     except lib.HostError as exc:
         raise Err(json.dumps({"error": str(exc)})) from None
+    hits = found["hits"]
     question_words = lib.words(question)
     citations = []
     parts = []
@@ -90,5 +92,6 @@ def answer(question, top_k, documents, generate):
         "citations": citations,
         "generated": generated,
         "documents_added": added,
+        "stale": bool(found.get("stale", False)),
         "host_calls": host_calls,
     }

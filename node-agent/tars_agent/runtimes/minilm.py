@@ -17,6 +17,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -135,8 +136,13 @@ class MiniLMEmbedder:
         _check_mean_pooling(model_dir)
         self.model_dir = model_dir
         self.config = BertConfig.from_dir(model_dir)
-        self._session = open_session(optimized_model(*encoder_artefact(model_dir, self.config, packaged)))
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        artefact = encoder_artefact(model_dir, self.config, packaged)
+        # onnxruntime maps the weights without the GIL while this thread parses the tokenizer
+        # (which holds it): the two halves of the load overlap on two cores.
+        with ThreadPoolExecutor(1, thread_name_prefix="minilm-load") as pool:
+            session = pool.submit(lambda: open_session(optimized_model(*artefact)))
+            self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            self._session = session.result()
         # The shipped tokenizer.json pads every input to 128 tokens; pad per batch instead, and
         # truncate at the sentence-transformers limit (256 for this model) as the reference does.
         self._tokenizer.no_padding()

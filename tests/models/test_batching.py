@@ -34,6 +34,32 @@ def test_concurrent_callers_get_their_own_rows_in_shared_batches() -> None:
     assert len(batches) < len(requests)  # some calls were served together
 
 
+def test_a_caller_returns_once_its_own_rows_are_done() -> None:
+    """The first caller must not be kept computing the batches of callers that came later."""
+    first_started, release_first, release_second = threading.Event(), threading.Event(), threading.Event()
+
+    def gated(texts: Sequence[str]) -> np.ndarray:
+        if texts[0] == "first":
+            first_started.set()
+            assert release_first.wait(30)
+        else:
+            assert release_second.wait(30)
+        return np.zeros((len(texts), 1), dtype=np.float32)
+
+    coalesce = Coalescer(gated)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(coalesce, ["first"])
+        assert first_started.wait(30)
+        second = pool.submit(coalesce, ["second"])  # queues behind the running batch
+        while not coalesce._pending:
+            time.sleep(0.001)
+        release_first.set()
+        first.result(timeout=30)  # before: stuck computing "second" until release_second
+        assert not second.done()
+        release_second.set()
+        assert second.result(timeout=30).shape == (1, 1)
+
+
 def test_errors_reach_every_waiting_caller() -> None:
     def broken(_texts: Sequence[str]) -> np.ndarray:
         raise RuntimeError("model fell over")

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tarsctl.demo import security
+from tarsctl.demo import security, tables
 from tarsctl.demo.phases import Demo, Options
 from tarsctl.demo.plan import load_plan
+from tests.demo import browser
 from tests.fixtures import ControlPlane
 
 TINY_PLAN = Path(__file__).resolve().parent / "tiny_plan.yaml"
@@ -85,18 +86,37 @@ def test_demo_writes_a_report_of_what_it_measured(demo_run: DemoRun) -> None:
         assert result["summary"]["requests"] == case.requests
         assert sum(result["statuses"].values()) == case.requests
         assert result["summary"]["ok"] == result["statuses"].get("200", 0) > 0
-        # Seed figures come from the plan, labelled as the seed's, beside (never instead of) ours.
-        assert result["seed"] == (case.seed.model_dump() if case.seed else None)
+        # One request at a time, then the plan's concurrency, then saturation from there upwards.
+        assert result["single_user"]["requests"] == case.single_user_requests
+        assert result["single_user"]["ok"] > 0
+        steps = result["saturation"]["steps"]
+        assert steps[0]["concurrency"] == case.concurrency and all(s["requests"] > 0 for s in steps)
+        assert result["saturation"]["rps"] == max(s["rps"] for s in steps) > 0
+        # The original's claims, labelled as its own, beside (never instead of) ours.
+        assert result["claim"]["name"] == case.claim and "claim" in result["claim"]["source"]
     sandbox_starts = saved["sandbox_start"]["sentiment"]["count"]
     assert sandbox_starts >= plan.benchmark[0].requests  # a fresh sandbox per request
+
+    # The baseline ran each benchmarked model alone in its own agent process and measured it.
+    alone = {r["model"]: r for r in saved["baseline"]}
+    assert set(alone) == {c.model for c in plan.benchmark}
+    for row in alone.values():
+        assert row["rss_mib"] > 0 and row["saturation"]["rps"] > 0 and row["single_user"]["ok"] > 0
 
     # Cost rows are derived from the measured RSS and throughput, not from the plan.
     rows = {r["model"]: r for r in saved["cost"]["rows"]}
     bench = {r["model"]: r for r in saved["benchmark"]}
     for name, row in rows.items():
-        assert row["rps"] == pytest.approx(bench[name]["summary"]["rps"])
+        assert row["rps"] == pytest.approx(bench[name]["saturation"]["rps"])
         assert row["rss_mib"] == pytest.approx(loaded[name]["rss_per_replica_mib"])
-    assert {r["scenario"] for r in saved["recommendations"]} == set(plan.scenarios)
+        assert row["baseline_rss_mib"] == pytest.approx(alone[name]["rss_mib"])
+        assert row["baseline_rps"] == pytest.approx(alone[name]["saturation"]["rps"])
+    # Recommendations are for the nodes the agents run on, read from their Node objects.
+    recs = saved["recommendations"]
+    assert {r["scenario"] for r in recs["rows"]} == set(plan.scenarios)
+    assert recs["node_shape"]["count"] == 2 and recs["node_shape"]["vcpus"] > 0
+    for rec in recs["rows"]:
+        assert rec["model"] is None or rec["nodes"] >= 1
 
     # The security phase ran every attempt; nothing was granted, so exfiltration was blocked.
     sec = saved["security"]
@@ -116,10 +136,11 @@ def test_demo_writes_a_report_of_what_it_measured(demo_run: DemoRun) -> None:
     assert attempts["exfiltrate-log.write"]["evidence"]["host_calls_denied_delta"] >= 1
 
     md = (demo_run.report_dir / "report.md").read_text()
-    assert "synthetic" in md and "seed" in md
+    assert "synthetic" in md and "Beside the original's claims" in md and "Sentiment Analysis" in md
     assert demo_run.data["benchmark"][0]["requests_sent"] == plan.benchmark[0].requests
-    # The security phase builds a probe function with componentize-py (minutes on two busy cores).
-    assert demo_run.seconds < 600, f"the tiny demo took {demo_run.seconds:.0f}s"
+    # A hang guard, not a timing assertion: the security phase builds a probe function with
+    # componentize-py and the baseline starts an agent per model (minutes on two busy cores).
+    assert demo_run.seconds < 1200, f"the tiny demo took {demo_run.seconds:.0f}s"
 
 
 def test_security_check_reports_a_disabled_protection(demo_run: DemoRun) -> None:
@@ -142,3 +163,14 @@ def test_security_check_reports_a_disabled_protection(demo_run: DemoRun) -> None
     assert attempts["exfiltrate-knowledge.query"].blocked  # still not granted
     assert result.score < 1.0
     assert result.score == sum(a.blocked for a in result.attempts) / len(result.attempts)
+
+
+def test_the_demos_report_renders_in_a_real_browser(demo_run: DemoRun, tmp_path: Path) -> None:
+    page = browser.render(demo_run.report_dir / "report.html", tmp_path)
+    saved = json.loads((demo_run.report_dir / "report.json").read_text())
+    assert page.dom.count("<table>") == len(tables.sections(saved))
+    assert page.dom.count('src="data:image/png;base64,') == 4
+    assert "Beside the original's claims" in page.dom and "Deployment recommendations" in page.dom
+    # The plots were decoded and drawn: their bars' colours are on screen.
+    assert page.pixels_near(browser.GREEN) > 500 and page.pixels_near(browser.BLUE) > 500
+    assert page.pixels_near(browser.GRAY) > 100 and page.distinct_colours() > 50

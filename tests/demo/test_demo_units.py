@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
+import threading
 from pathlib import Path
 
 import pytest
 
-from tarsctl.demo import claims, cost, recommend, report, security, tables
-from tarsctl.demo.plan import DEFAULT_PLAN, CostPlan, PlanError, Scenario, load_plan, parse_plan
+from tarsctl.demo import claims, cost, measure, recommend, report, security, tables
+from tarsctl.demo.plan import DEFAULT_PLAN, CostPlan, PlanError, SaturationPlan, Scenario, load_plan, parse_plan
 from tarsctl.demo.stats import next_concurrency, percentile, ratio, summarize
 from tests.demo import browser
 
@@ -338,3 +340,37 @@ def test_report_renders_in_a_real_browser(tmp_path: Path) -> None:
     assert page.pixels_near(browser.BLUE) > 500  # alone in its own agent, and memory
     assert page.pixels_near(browser.GRAY) > 200  # the original's claim
     assert page.distinct_colours() > 50  # text, borders and plots, not a blank page
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_saturation_steps_are_time_bounded_runs_of_the_load_generator() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m/infer"
+        # A million requests are allowed; the step's duration ends it (its deadline must not overflow).
+        found = measure.saturate(url, {"x": 1}, start=1, plan=SaturationPlan(seconds=0.5, max_concurrency=4))
+    finally:
+        server.shutdown()
+    steps = found["steps"]
+    assert steps[0]["concurrency"] == 1 and all(s["requests"] > 0 and s["errors"] == 0 for s in steps)
+    assert [s["concurrency"] for s in steps] == [1, 2, 4][: len(steps)]
+    assert found["rps"] == max(s["rps"] for s in steps) > 0
+
+
+def test_each_phase_shows_its_tables_before_the_report_exists() -> None:
+    data = sample_data()
+    data["meta"] = {"machine_vcpus": 2}  # all the demo holds of meta until the report is written
+    shown = [s.title for phase in tables.BY_PHASE for s in tables.for_phase(phase, data)]
+    assert "Beside the original's claims" in shown and "Deployment recommendations" in shown

@@ -103,6 +103,13 @@ def _result(stdout: str) -> Result:
     return Result(**json.loads(stdout))
 
 
+def _deadline_s(job: Job) -> float:
+    """How long the whole job may take: each request its timeout, or the duration and one more round."""
+    if job.duration_s is not None:
+        return job.duration_s + job.timeout_s * (1 + job.warmup) + 60
+    return job.timeout_s * max(1, job.requests + job.warmup) + 60
+
+
 def run(job: Job) -> Result:
     """Runs ``job`` in a separate process and waits for it."""
     completed = subprocess.run(
@@ -110,7 +117,7 @@ def run(job: Job) -> Result:
         input=_job_json(job),
         capture_output=True,
         text=True,
-        timeout=job.timeout_s * max(1, job.requests + job.warmup) + 60,
+        timeout=_deadline_s(job),
         check=False,
     )
     if completed.returncode != 0:

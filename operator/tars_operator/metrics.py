@@ -18,3 +18,8 @@ PLACEMENT_FAILURES = Counter(
     "tars_operator_placement_failures_total", "Reconciliations that left replicas unplaced", ["model"]
 )
 AGENTS = Gauge("tars_operator_agents", "Agents per TarsNode by state", ["tarsnode", "state"])
+API_REQUESTS = Counter(
+    "tars_operator_api_requests_total",
+    "Requests the operator's reconciles sent to the API server (kopf's watches not included)",
+    ["verb", "resource"],
+)

@@ -40,7 +40,9 @@ log = logging.getLogger("tars_operator")
 # After an operator start, how long placements on Ready nodes whose agents have not reported yet
 # are kept: a whole-cluster restart brings agents back over tens of seconds, not all at once.
 STARTUP_GRACE_S = 60.0
-REAPPLY_AFTER_S = 25.0
+# A model's Service and EndpointSlices are applied again after this long (by the 30 s safety net):
+# how long drift on them can last. Every 25 s, it was two requests per model per 30 s while idle.
+REAPPLY_AFTER_S = 300.0
 
 
 @dataclass
@@ -84,6 +86,17 @@ class Indexes:
             daemonsets={k: _first(v) for k, v in self.daemonsets.items()},
         )
 
+    def agents_snapshot(self, key: Key) -> Observed:
+        """Only what agent liveness needs: the TarsNode's Leases and the Nodes. The liveness timer
+        runs every second for every TarsNode; a whole snapshot each time was most of the idle CPU."""
+        return Observed(
+            tarsnodes={},
+            models={},
+            leases={key: list(self.leases.get(key, []))},
+            nodes={k: _first(v) for k, v in self.nodes.items()},
+            daemonsets={},
+        )
+
 
 def observed_load(tm: TarsModel, seen: Observed) -> float:
     """The model's load over all agents of its TarsNode with a current Lease, in the scaling metric
@@ -117,6 +130,7 @@ class Reconciler:
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
         self._detached: set[asyncio.Future[None]] = set()
+        self._slice_listings: dict[str, asyncio.Future[dict[str, set[str]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
 
     def detach(self, work: Awaitable[None]) -> None:
@@ -155,7 +169,9 @@ class Reconciler:
                     metrics.RECONCILIATIONS.labels(kind, result).inc()
                     metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
-    async def _contained(self, body: dict[str, Any], run: Callable[[], Awaitable[None]]) -> None:
+    async def _contained(
+        self, body: dict[str, Any], run: Callable[[], Awaitable[None]], record: TarsNodeRecord | TarsModelRecord
+    ) -> None:
         """Runs one object's reconcile. A failure (a spec the schema should have refused, a change the
         API server refuses) is shown on that object, as status conditions and an Event, and stops
         nothing else: the other models of a TarsNode are still reconciled."""
@@ -163,7 +179,8 @@ class Reconciler:
             await run()
         except Exception as exc:
             try:
-                await self._write_status(body, body["metadata"].get("generation", 0), {}, failure_conditions(exc))
+                generation = body["metadata"].get("generation", 0)
+                await self._write_status(body, generation, {}, failure_conditions(exc), record)
             except Exception:
                 log.exception("reporting the failure on %s/%s failed too", *_key_of(body))
             raise
@@ -185,7 +202,7 @@ class Reconciler:
         body = seen.tarsnodes.get(key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
-        await self._contained(body, lambda: self._reconcile_tarsnode_body(key, record, body, seen))
+        await self._contained(body, lambda: self._reconcile_tarsnode_body(key, record, body, seen), record)
 
     async def _reconcile_tarsnode_body(
         self, key: Key, record: TarsNodeRecord, body: dict[str, Any], seen: Observed
@@ -208,17 +225,27 @@ class Reconciler:
         )
         for state, count in (("ready", sum(a.ready for a in agents)), ("lost", sum(not a.ready for a in agents))):
             metrics.AGENTS.labels(tn.metadata.name, state).set(count)
-        await self._write_status(body, tn.metadata.generation, fields, conds)
+        await self._write_status(body, tn.metadata.generation, fields, conds, record)
+
+
+    def own_status(self, kind: str, body: dict[str, Any]) -> bool:
+        """True when ``body`` is the echo of the status this process just wrote: the reconcile that
+        wrote it already acted on everything it shows."""
+        key = _key_of(body)
+        record = self.records.tarsnodes.get(key) if kind == "TarsNode" else self.records.models.get(key)
+        version = body.get("metadata", {}).get("resourceVersion")
+        return record is not None and version is not None and record.status_written == version
 
     async def models_of(self, node_key: Key, indexes: Indexes) -> None:
-        """Reconciles every model of a TarsNode; an error of one stays with it (_contained)."""
-        for body in list(indexes.models.get(node_key, [])):
-            await self.tarsmodel(body, indexes.snapshot)
+        """Reconciles every model of a TarsNode, all at once (each holds the TarsNode's placement lock
+        only while deciding); an error of one stays with it (_contained)."""
+        bodies = list(indexes.models.get(node_key, []))
+        await asyncio.gather(*(self.tarsmodel(body, indexes.snapshot) for body in bodies))
 
     async def agents_moved(self, key: Key, indexes: Indexes) -> None:
         """Brings a TarsNode's status and its models up to date when its usable agents, or what they
         hold, changed since the last look."""
-        if self.agents_changed(key, indexes.snapshot()):
+        if self.agents_changed(key, indexes.agents_snapshot(key)):
             await self.tarsnode(key, indexes.snapshot, children=False)
             await self.models_of(key, indexes)
 
@@ -268,7 +295,7 @@ class Reconciler:
         body = self._model_body(key, seen)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
-        await self._contained(body, lambda: self._reconcile_tarsmodel_body(record, body, seen))
+        await self._contained(body, lambda: self._reconcile_tarsmodel_body(record, body, seen), record)
 
     async def _reconcile_tarsmodel_body(self, record: TarsModelRecord, body: dict[str, Any], seen: Observed) -> None:
         tm = TarsModel.model_validate(body)
@@ -332,19 +359,22 @@ class Reconciler:
     async def _act_on_model(
         self, tm: TarsModel, record: TarsModelRecord, body: dict[str, Any], plan: ModelPlan
     ) -> None:
-        await asyncio.gather(*(self._apply_if_changed(record, obj) for obj in plan.children))
-        await self._prune_slices(tm, record, plan.slice_names)
         if plan.unplaced:
             metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
         for type_, reason, message in plan.events:
             post_event(body, type_, reason, message)
-        await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions)
+        # Routing first: a status that says Ready is a model callers reach.
+        await asyncio.gather(
+            *(self._apply_if_changed(record, obj) for obj in plan.children),
+            self._prune_slices(tm, record, plan.slice_names),
+        )
+        await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
 
     async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any]) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than
         REAPPLY_AFTER_S ago. A model is reconciled on every status change of its own; re-sending
         unchanged children each time cost more requests than anything else. Drift on them is
-        repaired within REAPPLY_AFTER_S (the 30 s safety net reconciles every model)."""
+        repaired within REAPPLY_AFTER_S plus the 30 s of the safety net that reconciles every model."""
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
@@ -356,17 +386,37 @@ class Reconciler:
         record.applied[key] = (digest, now)
 
     async def _prune_slices(self, tm: TarsModel, record: TarsModelRecord, keep: set[str]) -> None:
-        """Deletes slices no longer wanted. The API is asked once per model per operator process
-        (slices a previous process left); after that, what this process applied is known."""
+        """Deletes slices no longer wanted. What a previous process left is listed once per namespace
+        per operator process (one list per model was a tenth of a restart's requests); after that, what
+        this process applied is known. A model never reconciled before has no slices of its own: any
+        left by an earlier model of that name are owned by it and go with it (garbage collection)."""
         namespace = tm.metadata.namespace
         if record.slices is None:
-            selector = f"{MODEL_LABEL}={tm.metadata.name},{SLICE_MANAGED_BY}={OPERATOR}"
-            existing = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace, selector)
-            record.slices = {item["metadata"]["name"] for item in existing}
+            fresh = tm.status is None or not tm.status.observed_generation
+            record.slices = set() if fresh else (await self._operator_slices(namespace)).get(tm.metadata.name, set())
         for name in record.slices - keep:
             await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", namespace, name)
             record.applied.pop(("discovery.k8s.io/v1", "EndpointSlice", namespace, name), None)
         record.slices = set(keep)
+
+    async def _operator_slices(self, namespace: str) -> dict[str, set[str]]:
+        """Model name -> the names of its slices, as the first asker in a namespace listed them."""
+        if namespace not in self._slice_listings:
+            self._slice_listings[namespace] = asyncio.ensure_future(self._list_slices(namespace))
+        return await asyncio.shield(self._slice_listings[namespace])
+
+    async def _list_slices(self, namespace: str) -> dict[str, set[str]]:
+        selector = f"{SLICE_MANAGED_BY}={OPERATOR}"
+        try:
+            items = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace, selector)
+        except Exception:
+            self._slice_listings.pop(namespace, None)  # the next asker lists again
+            raise
+        by_model: dict[str, set[str]] = {}
+        for item in items:
+            model = (item["metadata"].get("labels") or {}).get(MODEL_LABEL, "")
+            by_model.setdefault(model, set()).add(item["metadata"]["name"])
+        return by_model
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
         self.records.forget_model((namespace, name), tarsnode)
@@ -425,7 +475,12 @@ class Reconciler:
     # --- shared ---------------------------------------------------------------------------------
 
     async def _write_status(
-        self, body: dict[str, Any], generation: int, fields: dict[str, Any], conds: list[Any]
+        self,
+        body: dict[str, Any],
+        generation: int,
+        fields: dict[str, Any],
+        conds: list[Any],
+        record: TarsNodeRecord | TarsModelRecord,
     ) -> None:
         old = body.get("status") or {}
         conditions = merge_conditions(old.get("conditions", []), conds, generation)
@@ -438,4 +493,6 @@ class Reconciler:
                 message = cond["message"] or f"{cond['type']}={cond['status']}"
                 post_event(body, "Warning" if bad else "Normal", cond["reason"], message)
         meta = body["metadata"]
-        await self.kube.patch_status(API_VERSION, body["kind"], meta["namespace"], meta["name"], status)
+        written = await self.kube.patch_status(API_VERSION, body["kind"], meta["namespace"], meta["name"], status)
+        if written is not None:
+            record.status_written = written.get("metadata", {}).get("resourceVersion")

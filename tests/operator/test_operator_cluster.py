@@ -218,6 +218,9 @@ def test_models_are_placed_routed_and_scaled(
         what="nodes labelled with their agent's backend",
     )
 
+    # Renewed: under load the steps above can outlast a Lease, and an expired agent takes no replica.
+    for port, node in enumerate(simulated_nodes, start=9001):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
     control_plane.kubectl("scale", "tarsmodel/m", "--replicas=3", "-n", namespace)
     status = eventually(
         lambda: (s := _model(control_plane, namespace, "m")["status"])["replicas"] == 3 and s, what="three replicas"

@@ -13,6 +13,8 @@ Checks, all without running the user's code:
 - size: Python source at most :data:`MAX_PYTHON_BYTES` (the API's own bound), a component at most
   :data:`MAX_COMPONENT_BYTES`;
 - Python: ``compile()`` (syntax, with the line and column) and a module-level ``handle`` definition;
+- JavaScript: size and an exported ``handle`` (the node's build, componentize-js, parses it fully and
+  the component it makes then passes the WebAssembly checks);
 - WebAssembly: a component (not a core module) that Wasmtime compiles, whose type exports ``handle:
   func(input-json: string) -> result<string, string>`` and imports nothing but ``tars:guest/host``
   (with the right ``call`` signature) and the WASI interfaces the agent's linker provides.
@@ -24,6 +26,7 @@ import ast
 import base64
 import functools
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,14 @@ WASM_MAGIC = b"\0asm"
 COMPONENT_LAYER = b"\x01\x00"
 PYTHON_KEYS = (".py",)
 WASM_KEYS = (".wasm",)
+JAVASCRIPT_KEYS = (".js", ".mjs")
+MAX_JAVASCRIPT_BYTES = MAX_FUNCTION_CODE
+# `export function handle`, `export const handle =`, `export { handle }` or `export { f as handle }`: the
+# forms an ES module can export a function named handle with.
+_JS_EXPORTS_HANDLE = re.compile(
+    r"\bexport\s+function\s+handle\b|\bexport\s+(?:const|let|var)\s+handle\b"
+    r"|\bexport\s*\{[^}]*\bhandle\b[^}]*\}"
+)
 
 
 class InvalidFunction(ValueError):
@@ -53,9 +64,10 @@ class InvalidFunction(ValueError):
 class FunctionCode:
     """A function's code, as the checks need it: Python text or component bytes."""
 
-    language: str  # "python" or "wasm"
+    language: str  # "python", "javascript" or "wasm"
     python: str = ""
     wasm: bytes = b""
+    javascript: str = ""
     origin: str = "function.py"
 
 
@@ -93,6 +105,27 @@ def check_python(code: str, filename: str = "function.py") -> None:
         raise InvalidFunction(f"{filename}: {exc}") from None
     if not _defines_handle(tree):
         raise InvalidFunction(f"{filename}: defines no handle(input) at module level")
+
+
+# --- JavaScript -------------------------------------------------------------------------------------
+
+
+def check_javascript(code: str, filename: str = "function.js") -> None:
+    """Raises InvalidFunction unless ``code`` is within the size limit and exports ``handle``.
+
+    Python cannot parse JavaScript; the node's build does, and says where a syntax error is. This
+    catches the common mistakes (a CommonJS ``module.exports``, no ``export`` at all) before deploying.
+    """
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size > MAX_JAVASCRIPT_BYTES:
+        raise InvalidFunction(f"{filename}: {size} bytes of JavaScript exceed the limit of {MAX_JAVASCRIPT_BYTES}")
+    if "\0" in code:
+        raise InvalidFunction(f"{filename}: contains a NUL character")
+    if not _JS_EXPORTS_HANDLE.search(code):
+        raise InvalidFunction(
+            f"{filename}: exports no handle; an ES module must `export function handle(inputJson)` "
+            "(JSON text in, JSON text out)"
+        )
 
 
 # --- WebAssembly components -------------------------------------------------------------------------
@@ -197,7 +230,8 @@ def configmap_ref(source: str) -> tuple[str, str]:
 def code_from_configmap(configmap: Mapping[str, Any], name: str, key: str) -> FunctionCode:
     """The function stored under ``key``: text (``data``) for Python, base64 ``binaryData`` for a component.
 
-    The key's suffix says the language: ``.wasm`` is a component, anything else (``.py``) Python.
+    The key's suffix says the language: ``.wasm`` is a component, ``.js`` (or ``.mjs``) JavaScript source
+    in ``data``, anything else (``.py``) Python.
     """
     data = configmap.get("data") or {}
     binary = configmap.get("binaryData") or {}
@@ -208,6 +242,8 @@ def code_from_configmap(configmap: Mapping[str, Any], name: str, key: str) -> Fu
             return FunctionCode("wasm", wasm=raw if isinstance(raw, bytes) else base64.b64decode(raw), origin=origin)
         if key in data:
             raise InvalidFunction(f"{origin}: a component must be stored in binaryData, not data")
+    elif key.endswith(JAVASCRIPT_KEYS) and key in data:
+        return FunctionCode("javascript", javascript=str(data[key]), origin=origin)
     elif key in data:
         return FunctionCode("python", python=str(data[key]), origin=origin)
     elif key in binary:
@@ -232,6 +268,8 @@ def check_code(code: FunctionCode, engine: Any = None) -> None:
     """Raises InvalidFunction when ``code`` fails a check (``engine``: compile with this one, uncached)."""
     if code.language == "python":
         check_python(code.python, code.origin)
+    elif code.language == "javascript":
+        check_javascript(code.javascript, code.origin)
     elif engine is not None:
         check_component_bytes(code.wasm, code.origin, engine)
     elif (problem := _component_verdict(hashlib.sha256(code.wasm).hexdigest(), code.wasm, code.origin)) is not None:

@@ -1,10 +1,11 @@
 """``tarsctl fn deploy|invoke``: users' own guest functions.
 
 ``tarsctl fn deploy FILE --name N --node TARSNODE [--namespace NS] [--capability C ...]`` checks FILE
-(a Python file defining ``handle(input)``, or a WebAssembly component of the ``tars:guest``
-``function`` world) with the same checks the operator and the agents run, and refuses a bad one with
-the reason (for Python the line). A good one becomes a ConfigMap ``N`` (key ``function.py`` in
-``data``, or ``function.wasm`` in ``binaryData``) and a TarsModel ``N`` of kind ``function`` with
+(a Python file defining ``handle(input)``, a JavaScript ES module (``.js``) exporting ``handle``, or a
+WebAssembly component of the ``tars:guest`` ``function`` world) with the same checks the operator and
+the agents run, and refuses a bad one with the reason (for Python the line). A good one becomes a
+ConfigMap ``N`` (key ``function.py`` or ``function.js`` in ``data``, or ``function.wasm`` in
+``binaryData``) and a TarsModel ``N`` of kind ``function`` with
 source ``configmap://N/KEY``, both server-side applied; ``--dry-run`` prints them instead.
 
 ``tarsctl fn invoke N --data JSON (--gateway URL | --agent URL)`` posts JSON to
@@ -36,14 +37,19 @@ EXIT_FAILED = 1
 
 
 def read_function(path: Path) -> FunctionCode:
-    """FILE as a function: ``.wasm`` is a component, anything else Python source."""
+    """FILE as a function: ``.wasm`` is a component, ``.js``/``.mjs`` JavaScript, anything else Python.
+
+    JavaScript goes as source: its component (componentize-js, about 12 MB) would not fit a ConfigMap,
+    so the nodes build it, as they build Python."""
     if path.suffix == ".wasm":
         return FunctionCode("wasm", wasm=path.read_bytes(), origin=path.name)
+    if path.suffix in (".js", ".mjs"):
+        return FunctionCode("javascript", javascript=path.read_text(encoding="utf-8"), origin=path.name)
     return FunctionCode("python", python=path.read_text(encoding="utf-8"), origin=path.name)
 
 
 def configmap_key(code: FunctionCode) -> str:
-    return "function.wasm" if code.language == "wasm" else "function.py"
+    return {"wasm": "function.wasm", "javascript": "function.js"}.get(code.language, "function.py")
 
 
 def function_manifests(
@@ -65,7 +71,7 @@ def function_manifests(
     if code.language == "wasm":
         configmap["binaryData"] = {key: base64.b64encode(code.wasm).decode("ascii")}
     else:
-        configmap["data"] = {key: code.python}
+        configmap["data"] = {key: code.javascript if code.language == "javascript" else code.python}
     spec: dict[str, Any] = {
         "nodeRef": {"name": node},
         "kind": "function",
@@ -82,7 +88,7 @@ def function_manifests(
 
 
 def _payload_size(code: FunctionCode) -> int:
-    return len(code.wasm) if code.language == "wasm" else len(code.python.encode())
+    return len(code.wasm) if code.language == "wasm" else len((code.javascript or code.python).encode())
 
 
 def _kube() -> Any:
@@ -191,7 +197,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="fn_command", required=True)
 
     dep = actions.add_parser("deploy", help="check a function file, then apply it as a ConfigMap and a TarsModel")
-    dep.add_argument("file", help="Python file defining handle(input), or a .wasm component of tars:guest/function")
+    dep.add_argument(
+        "file",
+        help="Python file defining handle(input), JavaScript module (.js) exporting handle, or a .wasm component "
+        "of tars:guest/function (Rust, C, ...)",
+    )
     dep.add_argument("--name", required=True, help="name of the function (TarsModel and ConfigMap)")
     dep.add_argument("--node", required=True, help="the TarsNode whose agents serve it")
     dep.add_argument("--namespace", default="default")

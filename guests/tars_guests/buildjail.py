@@ -102,8 +102,10 @@ def run_sandboxed(
     readable: Sequence[Path],
     scratch: Path,
     timeout_s: float,
+    command: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs componentize-py ``args`` in the build sandbox; ``scratch`` (the cwd) is its one writable place.
+    """Runs componentize-py ``args`` (or another build's whole ``command``, e.g. componentize-js under
+    Node.js) in the build sandbox; ``scratch`` (the cwd) is its one writable place.
 
     Where namespaces cannot be made (an agent pod: non-root, no capabilities, a read-only root file
     system, which is itself the sandbox) the build runs with the empty site-packages and the limits
@@ -116,7 +118,7 @@ def run_sandboxed(
             writable=[os.path.realpath(scratch)],
             root=root,
             cwd=os.path.realpath(scratch),
-            command=componentize_py_command(args),
+            command=list(command) if command is not None else componentize_py_command(args),
             # An empty site-packages for the guest's Python path instead of the host's.
             env={"HOME": "/tmp", "PATH": "/usr/bin:/bin", "VIRTUAL_ENV": str(venv), "LANG": "C.UTF-8"},
         )

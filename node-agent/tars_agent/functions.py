@@ -8,7 +8,10 @@ Where a function's code comes from (a TarsModel of kind ``function``):
                                ``binaryData[KEY]`` (KEY ending ``.wasm``) a component
 ``file:///path/guest.py``      Python in a file on the node
 ``file:///path/fn.wasm``       a WebAssembly component of the ``tars:guest`` ``function`` world, in
-                               any language (guests/examples/rust builds one from Rust)
+                               any language (guests/examples/rust builds one from Rust, c/ from C)
+``configmap://NAME/KEY.js``    ``data[KEY.js]``: a JavaScript ES module exporting ``handle``, built
+``file:///path/fn.js``         here with componentize-js (:mod:`tars_guests.jsbuild`), then loaded as
+                               a component
 ============================== ======================================================================
 
 Every one passes :mod:`tars_api.functions`' checks (size, Python syntax, the component's type
@@ -43,11 +46,13 @@ from tars_agent.catalog import Catalog, ModelBundle, ModelFactory, SourceRequest
 from tars_agent.sandbox.base import GuestSource
 from tars_api.functions import (
     MAX_COMPONENT_BYTES,
+    MAX_JAVASCRIPT_BYTES,
     MAX_PYTHON_BYTES,
     ConfigMapReader,
     FunctionCode,
     InvalidFunction,
     check_component_type,
+    check_javascript,
     check_python,
     check_wasm_preamble,
     code_from_configmap,
@@ -236,9 +241,27 @@ def wasm_function_bundle(data: bytes, origin: str = "function.wasm") -> ModelBun
     return ModelBundle(guest=GuestSource(component=path))
 
 
+def javascript_function_bundle(source: str, origin: str = "function.js") -> ModelBundle:
+    """A guest from a JavaScript module exporting ``handle``: checked, built into a component here
+    (cached by content; the module's top level runs in the build sandbox), then loaded as one."""
+    from tars_guests.build import GuestBuildError
+    from tars_guests.jsbuild import BUILD_WALL_S, build_js
+
+    check_javascript(source, origin)
+    try:
+        built = build_js(source, timeout_s=BUILD_WALL_S)
+    except subprocess.TimeoutExpired:
+        raise InvalidFunction(f"{origin}: building did not finish within {BUILD_WALL_S} s") from None
+    except GuestBuildError as exc:
+        raise InvalidFunction(f"{origin}: building the function failed:\n{exc}") from None
+    return wasm_function_bundle(built.read_bytes(), origin)
+
+
 def code_bundle(code: FunctionCode) -> ModelBundle:
     if code.language == "python":
         return python_function_bundle(code.python, code.origin)
+    if code.language == "javascript":
+        return javascript_function_bundle(code.javascript, code.origin)
     return wasm_function_bundle(code.wasm, code.origin)
 
 
@@ -247,23 +270,25 @@ def code_bundle(code: FunctionCode) -> ModelBundle:
 
 def read_function_file(path: Path) -> FunctionCode:
     """A function file on the node, refused by size before it is read."""
-    limit = MAX_COMPONENT_BYTES if path.suffix == ".wasm" else MAX_PYTHON_BYTES
+    limit = {".wasm": MAX_COMPONENT_BYTES, ".js": MAX_JAVASCRIPT_BYTES}.get(path.suffix, MAX_PYTHON_BYTES)
     try:
         size = path.stat().st_size
         if size > limit:
             raise InvalidFunction(f"{path}: {size} bytes exceed the limit of {limit}")
         if path.suffix == ".wasm":
             return FunctionCode("wasm", wasm=path.read_bytes(), origin=str(path))
+        if path.suffix == ".js":
+            return FunctionCode("javascript", javascript=path.read_text(encoding="utf-8"), origin=str(path))
         return FunctionCode("python", python=path.read_text(encoding="utf-8"), origin=str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidFunction(f"{path}: cannot be read: {exc}") from None
 
 
-FUNCTION_FILE_SUFFIXES = (".py", ".wasm")
+FUNCTION_FILE_SUFFIXES = (".py", ".wasm", ".js")
 
 
 def function_file_factory(fallback: ModelFactory | None) -> ModelFactory:
-    """file:// for functions (a ``.py`` or ``.wasm`` file); every other file:// source goes to ``fallback``
+    """file:// for functions (a ``.py``, ``.js`` or ``.wasm`` file); every other file:// source goes to ``fallback``
     (the runtimes' factory: checkpoints, guest app directories)."""
 
     def factory(request: SourceRequest) -> ModelBundle:

@@ -56,6 +56,15 @@ def ready(url: str) -> bool:
         return False
 
 
+def model_ready(url: str, model: str = "kb") -> bool:
+    """The agent holds the model (its documents loaded first): what the agent reports to the operator."""
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=30) as reply:
+            return bool(json.loads(reply.read())["ready"])
+    except OSError:
+        return False
+
+
 @dataclass
 class AgentProcess:
     """One tars-agent; ``restart`` starts it again with the same port, state and store."""

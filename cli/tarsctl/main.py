@@ -8,7 +8,17 @@ import logging
 import sys
 
 # Each sub-command lives in its own module with a register(subparsers) hook.
-COMMAND_MODULES = ["crds", "cluster", "models", "demo_cmd", "security_cmd", "fn", "status_cmd", "samples_cmd"]
+COMMAND_MODULES = [
+    "crds",
+    "cluster",
+    "models",
+    "demo_cmd",
+    "security_cmd",
+    "fn",
+    "status_cmd",
+    "samples_cmd",
+    "knowledge_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,7 @@ def test_lease_body_shape() -> None:
     assert notes[ANNOTATION_READY] == "true"
     assert notes[ANNOTATION_LOAD] == "2"
     assert json.loads(notes[ANNOTATION_MODELS]) == {
-        "tars/echo": {"loaded": True, "inFlight": 2, "memoryMiB": 256, "rps": 0.0}
+        "tars/echo": {"loaded": True, "inFlight": 2, "memoryMiB": 256, "rps": 0.0, "tokens": 0.0}
     }
 
 

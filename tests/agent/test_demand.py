@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 
+from aiohttp.test_utils import TestClient, TestServer
+
 from tars_agent.agent import ConcurrencyMeter
+from tars_agent.assembly import sleep_bundle
 from tars_agent.demand import DEFAULT_MAX_TOKENS, requested_tokens
+from tars_agent.server import create_app
 from tars_api.tarsmodel import TarsModelSpec
+
+from .conftest import SharedBackend, make_agent, tars_model
 
 GENERATION = TarsModelSpec.model_validate(
     {"nodeRef": {"name": "n"}, "kind": "text-generation", "source": "file:///models/edge", "maxTokens": 256}
@@ -42,3 +48,27 @@ def test_the_meter_averages_weights_over_time() -> None:
     meter.end("m", 100)
     now[0] = 2.0
     assert meter.read() == {"m": 0.0}
+
+
+async def test_the_agent_reports_the_tokens_of_requests_in_flight(backend: SharedBackend) -> None:
+    """A generation request asking for 100 tokens that takes half a second shows in the token report;
+    the same request to a model of another kind adds no tokens."""
+    agent = make_agent(backend)
+    agent.catalog.builtins["sleep"] = sleep_bundle
+    for name, kind in (("gen", "text-generation"), ("fn", "function")):
+        model = tars_model(name, "builtin://sleep", kind=kind, capabilities=["clock.sleep"], maxTokens=256)
+        assert await agent.ensure_loaded(model), agent.repository.failed
+    client = TestClient(TestServer(create_app(agent)))
+    await client.start_server()
+    try:
+        agent.start_load_window()
+        for name in ("gen", "fn"):
+            answer = await client.post(f"/v1/functions/{name}:invoke", json={"sleep_ms": 500, "max_tokens": 100})
+            assert answer.status == 200, await answer.text()
+        tokens, in_flight = agent.token_report(), agent.load_report()
+    finally:
+        await client.close()
+        agent.close()
+    assert tokens["default/gen"] > 10  # 100 tokens for about half of the window
+    assert tokens["default/fn"] == 0
+    assert in_flight["default/gen"] > 0.1 and in_flight["default/fn"] > 0.1

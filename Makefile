@@ -63,6 +63,16 @@ e2e: install control-plane
 examples-wasm:
 	bash guests/examples/build.sh
 
+# Users' functions in JavaScript (componentize-js from npm) and C (clang, lld and wasi-libc from Debian,
+# wit-bindgen from crates.io), cached in ~/.cache/tars; installed on first use otherwise.
+.PHONY: guest-toolchains examples-c
+guest-toolchains:
+	PYTHON=$(PYTHON) bash hack/guest-toolchains.sh all
+
+# The C example, built to a component: guests/examples/build/greeter.wasm.
+examples-c:
+	PYTHON=$(PYTHON) bash guests/examples/c/build.sh
+
 cluster-up: control-plane
 	tarsctl cluster up --local
 

@@ -304,7 +304,11 @@ def start_agent(manifests: Path, selected: list[Case], port: int) -> subprocess.
         command += ["--model", str(manifests / f"{case.name}.yaml")]
     for root in file_roots(selected):
         command += ["--model-root", str(root)]
-    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return wait_until_ready(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port)
+
+
+def wait_until_ready(agent: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """The agent, once it answers ready on 127.0.0.1:port; its last words if it exits first."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if agent.poll() is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from models import free_port, wait_until_ready  # bench/ is the script's directory
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tars_common import oip_binary
@@ -44,12 +44,6 @@ MODELS = {
 Call = Callable[[], bool]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_agent(directory: Path, port: int, grpc_port: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "tars_agent.main", "--standalone", "--backend", "wasmtime", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
@@ -59,21 +53,7 @@ def start_agent(directory: Path, port: int, grpc_port: int) -> subprocess.Popen[
         body = {"apiVersion": "tars.hyperlight.dev/v1alpha1", "kind": "TarsModel", "metadata": {"name": name}}
         path.write_text(json.dumps({**body, "spec": spec}))
         command += ["--model", str(path)]
-    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise RuntimeError(f"agent exited: {agent.stderr.read().decode()[-2000:] if agent.stderr else ''}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return agent
-        except OSError:
-            pass
-        time.sleep(0.5)
-    agent.terminate()
-    raise RuntimeError("agent did not become ready in 300 s")
+    return wait_until_ready(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port)
 
 
 def rest_call(port: int, model: str, texts: list[str], binary: bool) -> Callable[[], Call]:

@@ -18,6 +18,7 @@ from tars_agent.agent import Agent, AgentConfig
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_agent.server import create_app as agent_app
 from tars_api import TarsModel
+from tars_gateway.discovery import apply_model, apply_node
 from tars_gateway.routes import Endpoint, RouteTable
 from tars_gateway.server import create_app as gateway_app
 
@@ -93,3 +94,32 @@ async def test_a_burst_from_zero_wakes_one_agent_and_counts_cold_apart_from_warm
     at_gateway = await samples(wired.gateway, "tars_gateway_answer_duration_seconds")
     assert at_gateway[(wired.model, "cold")] == 4
     assert at_gateway[(wired.model, "warm")] == 1
+
+
+def test_the_wake_target_is_placements_choice_and_stays_while_the_model_loads() -> None:
+    table = RouteTable()
+    apply_node(
+        table,
+        "ADDED",
+        {
+            "metadata": {"name": "tars"},
+            "status": {
+                "agents": [
+                    {"node": "n0", "address": "a0:1", "ready": True, "capacityMiB": 4096},
+                    {"node": "n1", "address": "a1:1", "ready": True, "capacityMiB": 4096},
+                ]
+            },
+        },
+    )
+    # Another model holds 3 GiB on n0: placement would put a new replica on n1.
+    placed = {"placements": [{"node": "n0", "replicas": 3}]}
+    busy = {"spec": {"nodeRef": {"name": "tars"}, "memoryMiB": 1024}, "status": placed}
+    apply_model(table, "ADDED", {"metadata": {"name": "other"}, **busy})
+    apply_model(table, "ADDED", {"metadata": {"name": "m"}, "spec": {"nodeRef": {"name": "tars"}, "memoryMiB": 256}})
+    first = table.pick("m")
+    assert first == Endpoint("a1:1", "n1")
+    table.started(first)  # busier now, but the model is loading there: the next request follows it
+    assert table.pick("m") == first
+    assert table.pick("m", exclude={"a1:1"}) == Endpoint("a0:1", "n0")  # a retry goes elsewhere
+    table.set_slice("m", "s", [(Endpoint("a1:1", "n1"), True)])
+    assert table.pick("m") == first and "m" not in table.waking

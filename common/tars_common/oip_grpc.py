@@ -279,12 +279,15 @@ async def start(
     port: int,
     max_message_bytes: int,
     tls: tuple[bytes, bytes] | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Serve the service on host:port (0: a free port); ``tls`` is (key PEM, cert PEM). Returns the
-    server and the port it took."""
+    server and the port it took. Without ``reuse_port`` a port another process holds is an error
+    (gRPC would otherwise share it silently, and split calls between unrelated servers)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
     server = grpc.aio.server(options=options)
     handlers = {name: _handler(name, method) for name, method in servicer(bridge).items()}

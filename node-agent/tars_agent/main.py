@@ -288,7 +288,7 @@ async def serve(
     )
     grpc_server, bridge = None, None
     if grpc_port is not None:
-        grpc_server, bridge = await start_grpc(agent, grpc_port, ssl_context is not None, grpc_tls)
+        grpc_server, bridge = await start_grpc(agent, grpc_port, ssl_context is not None, grpc_tls, reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -332,7 +332,7 @@ async def serve(
 
 
 async def start_grpc(
-    agent: Agent, port: int, https: bool, tls: tuple[bytes, bytes] | None
+    agent: Agent, port: int, https: bool, tls: tuple[bytes, bytes] | None, reuse_port: bool = False
 ) -> tuple[Any, oip_grpc.RestBridge | None]:
     """The gRPC service, a front door onto this process's REST listener (tars_common.oip_grpc).
     A port that cannot be bound leaves the agent serving REST, and says so."""
@@ -340,7 +340,8 @@ async def start_grpc(
     # Loopback to this very process: its certificate names the Service, not 127.0.0.1.
     bridge = oip_grpc.RestBridge(f"{'https' if https else 'http'}://{host}:{agent.config.port}", ssl_context=not https)
     try:
-        server, bound = await oip_grpc.start(bridge, agent.config.host, port, agent.config.max_body_bytes, tls)
+        limit = agent.config.max_body_bytes
+        server, bound = await oip_grpc.start(bridge, agent.config.host, port, limit, tls, reuse_port)
     except RuntimeError as exc:
         log.error("gRPC not served: port %d cannot be bound (%s); REST goes on", port, exc)
         return None, None

@@ -163,3 +163,20 @@ def test_openai_shapes() -> None:
         "param": "n",
         "code": None,
     }
+
+
+async def test_a_taken_grpc_port_is_refused_unless_shared_on_purpose() -> None:
+    # gRPC shares ports by default: two unrelated agents (or gateways of two namespaces) on one
+    # machine would split each other's calls without a word.
+    bridge = oip_grpc.RestBridge("http://127.0.0.1:9")
+    first, port = await oip_grpc.start(bridge, "127.0.0.1", 0, 1024)
+    shared, shared_port = await oip_grpc.start(bridge, "127.0.0.1", 0, 1024, reuse_port=True)
+    try:
+        with pytest.raises(RuntimeError):
+            await oip_grpc.start(bridge, "127.0.0.1", port, 1024)
+        again, again_port = await oip_grpc.start(bridge, "127.0.0.1", shared_port, 1024, reuse_port=True)
+        assert again_port == shared_port
+        await again.stop(None)
+    finally:
+        await first.stop(None)
+        await shared.stop(None)

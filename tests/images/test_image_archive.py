@@ -80,8 +80,9 @@ def test_cache_directory_belongs_to_the_runtime_user(files: dict[str, Any]) -> N
 
 def test_every_builtin_guest_is_prebuilt(archive: OciArchive, files: dict[str, Any]) -> None:
     manifest = json.loads(archive.read("/opt/tars/prebuilt/manifest.json"))
-    # Every TARS app (text_generation also serves file:// GPT-2 checkpoints) and the echo test guest.
-    assert set(manifest["guests"]) == set(APPS) | {"echo"}
+    # Every TARS app (text_generation also serves file:// GPT-2 checkpoints) and the echo and sleep
+    # test guests.
+    assert set(manifest["guests"]) == set(APPS) | {"echo", "sleep"}
     assert {app for app, _inputs, _outputs in BUILTIN_GUESTS.values()} <= set(manifest["guests"])
     for entry in manifest["guests"].values():
         for kind in ("component", "compiled"):

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tars_agent.sandbox.probe import native_available
 from tars_agent.sandbox.wasmtime_backend import (
     WasmtimeBackend,
     compiled_cache_dir,
@@ -29,6 +31,9 @@ from tars_agent.sandbox.wasmtime_backend import (
     prebuilt_compiled,
     wasmtime_version,
 )
+
+if TYPE_CHECKING:
+    from tars_agent.sandbox.native_backend import NativeBackend
 
 MANIFEST = "manifest.json"
 
@@ -65,6 +70,23 @@ def prebuild_models(models_dir: Path) -> dict[str, object]:
     return {"onnxruntime": onnxruntime.__version__, "all-minilm-l6-v2": prebuild_encoder(models_dir)}
 
 
+def _native_backend() -> NativeBackend | None:
+    if not native_available():
+        return None
+    from tars_agent.sandbox.native_backend import NativeBackend
+
+    return NativeBackend()
+
+
+def _compile_into(out: Path, key: str, compile: Callable[[], object]) -> Path:
+    """``out/compiled/<key>.cwasm``: compiled now, or taken from the compiled cache a previous build left."""
+    path = out / "compiled" / f"{key}.cwasm"
+    if not path.is_file():
+        compile()
+        shutil.copyfile(prebuilt_compiled(key) or compiled_cache_dir() / f"{key}.cwasm", path)
+    return path
+
+
 def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]:
     """Fills ``out`` and returns the manifest written to ``out/manifest.json``."""
     from tars_guests.build import componentize_py_version
@@ -72,6 +94,8 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
     (out / "guests").mkdir(parents=True, exist_ok=True)
     (out / "compiled").mkdir(parents=True, exist_ok=True)
     backend = WasmtimeBackend()  # its engine: the settings the agent deserializes with
+    # The native path's code too, when the extension is installed (an image that carries it).
+    native = _native_backend()
     entries: dict[str, dict[str, object]] = {}
     try:
         for name, built in sorted(builtin_guests(names).items()):
@@ -79,13 +103,9 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
             component_path = out / "guests" / built.name
             if component_path.resolve() != built.resolve():
                 shutil.copyfile(built, component_path)
-            key = compiled_cache_key(data)
-            compiled_path = out / "compiled" / f"{key}.cwasm"
             started = time.perf_counter()
-            if not compiled_path.is_file():
-                # Compiled now, or taken from the compiled cache a previous build left.
-                backend.load_component(built)
-                shutil.copyfile(prebuilt_compiled(key) or compiled_cache_dir() / f"{key}.cwasm", compiled_path)
+            compile_here = functools.partial(backend.load_component, built)
+            compiled_path = _compile_into(out, compiled_cache_key(data), compile_here)
             entries[name] = {
                 "component": component_path.relative_to(out).as_posix(),
                 "compiled": compiled_path.relative_to(out).as_posix(),
@@ -93,6 +113,10 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
                 "compiledBytes": compiled_path.stat().st_size,
                 "compileSeconds": round(time.perf_counter() - started, 2),
             }
+            if native is not None:
+                compile_native = functools.partial(native.load_component, built)
+                native_path = _compile_into(out, native.cache_key(data), compile_native)
+                entries[name]["compiledNative"] = native_path.relative_to(out).as_posix()
     finally:
         backend.close()
     manifest: dict[str, object] = {

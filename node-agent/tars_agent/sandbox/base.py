@@ -90,6 +90,8 @@ class SandboxBackend(ABC):
     """One way of running guests (``wasmtime`` or ``hyperlight``)."""
 
     name: str
+    # How the backend runs guests, e.g. "native" or "python" for wasmtime; for logs and benchmarks.
+    path: str = ""
 
     @abstractmethod
     def prepare(self, guest: GuestSource, host_call: HostCall, limits: Limits) -> PreparedGuest:

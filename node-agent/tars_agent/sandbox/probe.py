@@ -20,6 +20,7 @@ from tars_agent.sandbox.base import SandboxBackend
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 BACKENDS = ("auto", "wasmtime", "hyperlight")
+WASMTIME_PATHS = ("auto", "native", "python")
 
 _SANDBOX_CHECK = """
 from hyperlight_sandbox import Sandbox
@@ -102,11 +103,36 @@ def select_backend(requested: str, probe: KvmProbe) -> tuple[str, str]:
     return "wasmtime", f"fell back to wasmtime: {probe.reason}"
 
 
+def native_available() -> bool:
+    """Whether the ``tars_native`` extension (node-agent/native, built by ``make install``) imports."""
+    try:
+        import tars_native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wasmtime_backend(path: str | None = None) -> SandboxBackend:
+    """Wasmtime through the native extension, or through wasmtime-py.
+
+    ``path`` (default ``$TARS_WASMTIME_PATH``, else ``auto``): ``native``, ``python``, or ``auto``
+    (native when the extension imports). Both run the same sandbox with the same limits.
+    """
+    path = path or os.environ.get("TARS_WASMTIME_PATH") or "auto"
+    if path not in WASMTIME_PATHS:
+        raise BackendUnavailable(f"unknown wasmtime path {path!r}; expected one of {', '.join(WASMTIME_PATHS)}")
+    if path == "native" or (path == "auto" and native_available()):
+        from tars_agent.sandbox.native_backend import NativeBackend
+
+        return NativeBackend()
+    from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+
+    return WasmtimeBackend()
+
+
 def create_backend(name: str) -> SandboxBackend:
     if name == "hyperlight":
         from tars_agent.sandbox.hyperlight_backend import HyperlightBackend
 
         return HyperlightBackend()
-    from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
-
-    return WasmtimeBackend()
+    return wasmtime_backend()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, Func, Linker, ResourceAny, Variant
@@ -39,6 +40,7 @@ from tars_agent.sandbox.base import (
 )
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 
 HOST_INTERFACE = "tars:guest/host@0.1.0"
 # The WASI version wasmtime-py 50 implements (guests built for any 0.2.x resolve to it); overriding a
@@ -75,6 +77,34 @@ def prebuilt_compiled(key: str) -> Path | None:
     root = prebuilt_dir()
     path = root / "compiled" / f"{key}.cwasm" if root else None
     return path if path and path.is_file() else None
+
+
+def load_compiled(
+    key: str,
+    compile: Callable[[], C],
+    deserialize: Callable[[Path], C],
+    serialize: Callable[[C], bytes | bytearray],
+    unreadable: type[Exception],
+) -> C:
+    """Compiled code for ``key``: the image's prebuilt copy, our cache directory, or compiled now.
+
+    The image's read-only prebuilt code first, then our own cache directory: deserialize trusts its
+    bytes, so only the image build and this agent write either. Code made for another CPU or Wasmtime
+    fails to load and is compiled again (into the writable cache).
+    """
+    cached = compiled_cache_dir() / f"{key}.cwasm"
+    for candidate in (prebuilt_compiled(key), cached):
+        if candidate is not None and candidate.is_file():
+            try:
+                return deserialize(candidate)
+            except unreadable:
+                log.warning("discarding unreadable compiled component %s", candidate)
+    component = compile()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_bytes(serialize(component))
+    os.replace(tmp, cached)
+    return component
 
 
 def epoch_ticks(milliseconds: int) -> int:
@@ -210,6 +240,7 @@ def _host_adapter(host_call: HostCall) -> Callable[[object, str, str], Variant]:
 
 class WasmtimeBackend(SandboxBackend):
     name = "wasmtime"
+    path = "python"
 
     def __init__(self) -> None:
         config = Config()
@@ -234,28 +265,15 @@ class WasmtimeBackend(SandboxBackend):
         data = Path(path).read_bytes()
         key = compiled_cache_key(data)
         with self._lock:
-            if key in self._components:
-                return self._components[key]
-            cache = compiled_cache_dir()
-            cached = cache / f"{key}.cwasm"
-            component: Component | None = None
-            # The image's read-only prebuilt code first, then our own cache directory: deserialize
-            # trusts its bytes, so only the image build and this agent write either. Code made for
-            # another CPU or Wasmtime fails to load and is compiled again (into the writable cache).
-            for candidate in (prebuilt_compiled(key), cached):
-                if component is None and candidate is not None and candidate.is_file():
-                    try:
-                        component = Component.deserialize_file(self.engine, str(candidate))
-                    except WasmtimeError:
-                        log.warning("discarding unreadable compiled component %s", candidate)
-            if component is None:
-                component = Component(self.engine, data)
-                cache.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-                tmp.write_bytes(component.serialize())
-                os.replace(tmp, cached)
-            self._components[key] = component
-            return component
+            if key not in self._components:
+                self._components[key] = load_compiled(
+                    key,
+                    compile=lambda: Component(self.engine, data),
+                    deserialize=lambda file: Component.deserialize_file(self.engine, str(file)),
+                    serialize=Component.serialize,
+                    unreadable=WasmtimeError,
+                )
+            return self._components[key]
 
     def prepare(self, guest: GuestSource, host_call: HostCall, limits: Limits) -> WasmtimeGuest:
         stat = Path(guest.component).stat()

@@ -42,10 +42,19 @@ async def run(agent: Agent, name: str, payload: dict[str, Any]) -> Any:
 
 
 async def test_the_guest_waits_in_the_host_without_burning_cpu(sleeper: Agent) -> None:
-    cpu, wall = time.process_time(), time.perf_counter()
-    answer = await run(sleeper, "sleep", {"sleep_ms": 1000})
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    assert answer == {"slept_ms": 1000}
+    """CPU time of the worker thread that runs the guest (the guest and its host calls run there), so
+    other threads of the test process do not count."""
+    model = sleeper.repository.find("sleep")
+    assert model is not None
+
+    def call() -> tuple[str, float, float]:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        with request_deadline(5.0):
+            answer = model.pool.run(json.dumps({"sleep_ms": 1000}))
+        return answer, time.thread_time() - cpu, time.perf_counter() - wall
+
+    answer, cpu, wall = await sleeper.executor.run(call, 10.0)
+    assert json.loads(answer) == {"slept_ms": 1000}
     assert wall >= 1.0
     assert cpu < 0.5, f"a 1 s wait used {cpu:.2f} s of CPU: it spins"
 

@@ -44,9 +44,11 @@ async def wired() -> AsyncIterator[Wired]:
     model = f"cold-{uuid.uuid4().hex[:6]}"
     backend = WasmtimeBackend()
     agents: list[TestClient] = []
+    closing: list[Agent] = []
     for _ in range(2):
         agent = Agent(AgentConfig(workers=2, warm_pool_size=1), backend)
         agent.on_demand = {model: sleeping_model(model)}.get
+        closing.append(agent)
         client = TestClient(TestServer(agent_app(agent)))
         await client.start_server()
         agents.append(client)
@@ -63,7 +65,8 @@ async def wired() -> AsyncIterator[Wired]:
     await gateway.close()
     for client in agents:
         await client.close()
-    backend.close()
+    for agent in closing:
+        agent.close()  # stops the backend too
 
 
 async def samples(client: TestClient, metric: str) -> dict[tuple[str, str], float]:

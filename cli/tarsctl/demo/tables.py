@@ -165,6 +165,8 @@ def baseline(data: dict[str, Any]) -> Section | None:
         [
             "alone: a standalone agent holding only that model, driven directly (no gateway), one after another; "
             "its RSS is the whole process (runtime and model), what a container per model pays",
+            "a model that calls other models through host capabilities (tars-reasoning's optional nn.generate) "
+            "finds none loaded when alone and skips that step, so alone it does less work per request",
         ],
     )
 

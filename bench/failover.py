@@ -2,7 +2,10 @@
 
 Reports the time from the kill to the placement moving and to the model being ready again elsewhere,
 the requests that failed (goal 0: the gateway retries on another agent) and latency p50/p99 before and
-during the fault. Run: python bench/failover.py [--agents 3 --replicas 2 --rounds 3]
+during the fault. With --models N, N models share the agents: the victim is the agent holding the most
+placements, moved and ready wait for all of them (goal: within 10 s at 100 models), and traffic goes to
+up to four of the victim's models. Run: python bench/failover.py [--agents 3 --replicas 2 --rounds 3
+--models 1]
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import signal
 import statistics
 import time
+from collections import Counter
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -24,11 +29,11 @@ console = Console()
 REQUEST = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["failover is boring"]}]}
 
 
-def model(replicas: int) -> dict[str, Any]:
+def model(replicas: int, name: str = "sentiment") -> dict[str, Any]:
     return {
         "apiVersion": "tars.hyperlight.dev/v1alpha1",
         "kind": "TarsModel",
-        "metadata": {"name": "sentiment"},
+        "metadata": {"name": name},
         "spec": {
             "nodeRef": {"name": "tars"},
             "kind": "sentiment",
@@ -39,13 +44,29 @@ def model(replicas: int) -> dict[str, Any]:
     }
 
 
-def status(fleet: Fleet) -> dict[str, Any]:
-    result: dict[str, Any] = fleet.get_json("tarsmodel", "sentiment").get("status", {})
-    return result
+def statuses(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """Every model's status, from one list."""
+    listed = json.loads(fleet.kubectl("get", "tarsmodels", "-n", fleet.namespace, "-o", "json").stdout)
+    return {item["metadata"]["name"]: item.get("status", {}) for item in listed["items"]}
 
 
 def placed_off(fleet: Fleet, node: str) -> bool:
-    return node not in {p["node"] for p in status(fleet).get("placements", [])}
+    return all(node not in {p["node"] for p in s.get("placements", [])} for s in statuses(fleet).values())
+
+
+def all_ready(fleet: Fleet, names: list[str], replicas: int) -> bool:
+    found = statuses(fleet)
+    return all(found.get(name, {}).get("readyReplicas") == replicas for name in names)
+
+
+def most_placed(fleet: Fleet) -> tuple[str, list[str]]:
+    """The agent holding the most placements, and the models it holds."""
+    held: dict[str, list[str]] = {}
+    for name, status in sorted(statuses(fleet).items()):
+        for placement in status.get("placements", []):
+            held.setdefault(placement["node"], []).append(name)
+    node = max(held, key=lambda n: len(held[n]))
+    return node, held[node]
 
 
 def p(values: list[float], q: float) -> float:
@@ -58,48 +79,60 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", type=int, default=1)
     args = parser.parse_args()
+    names = ["sentiment"] if args.models == 1 else [f"sentiment-{i}" for i in range(args.models)]
 
     fleet, nodes = Fleet.create("failover", args.agents, console.print)
     rows = []
     try:
         fleet.start_operator()
         fleet.kubectl("apply", "-n", fleet.namespace, "-f", str(EXAMPLE_TARSNODE))
-        fleet.kubectl("apply", "-n", fleet.namespace, "-f", "-", input=json.dumps(model(args.replicas)))
+        models = [model(args.replicas, name) for name in names]
+        listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": models})
+        fleet.kubectl("apply", "-n", fleet.namespace, "-f", "-", input=listed)
         fleet.start_agents(nodes)
         gateway = fleet.start_gateway()
-        url = f"http://127.0.0.1:{gateway.port}/v2/models/sentiment/infer"
+        ready_timeout = 60 + args.models  # a real guest loads per placement
         for round_ in range(args.rounds):
-            until(lambda: status(fleet).get("readyReplicas") == args.replicas)
-            with SteadyLoad(url, REQUEST) as before:
+            until(partial(all_ready, fleet, names, args.replicas), timeout=ready_timeout, poll=0.2)
+            victim, held = most_placed(fleet)
+            urls = [f"http://127.0.0.1:{gateway.port}/v2/models/{name}/infer" for name in held[:4]]
+            with ExitStack() as stack:
+                before = [stack.enter_context(SteadyLoad(url, REQUEST)) for url in urls]
                 time.sleep(2)
-            victim = status(fleet)["placements"][0]["node"]
-            with SteadyLoad(url, REQUEST) as during:
+            with ExitStack() as stack:
+                during = [stack.enter_context(SteadyLoad(url, REQUEST)) for url in urls]
                 time.sleep(0.5)
                 killed = time.monotonic()
                 fleet.processes[f"agent-{victim}"].stop(signal.SIGKILL)
-                moved = until(partial(placed_off, fleet, victim))
-                ready = until(lambda: status(fleet).get("readyReplicas") == args.replicas)
+                moved = until(partial(placed_off, fleet, victim), poll=0.1)
+                ready = until(partial(all_ready, fleet, names, args.replicas), timeout=ready_timeout, poll=0.1)
                 time.sleep(0.5)
-            failed = sum(n for code, n in during.statuses.items() if code != 200)
+            statuses_during = sum((load.statuses for load in during), Counter[int]())
+            latencies_before = [x for load in before for x in load.latencies]
+            latencies_during = [x for load in during for x in load.latencies]
             rows.append(
                 {
                     "round": round_ + 1,
+                    "placements_moved": len(held),
                     "moved_s": moved - killed,
                     "ready_s": ready - killed,
-                    "requests": sum(during.statuses.values()),
-                    "failed": failed,
-                    "p50_before_ms": p(before.latencies, 0.5),
-                    "p99_before_ms": p(before.latencies, 0.99),
-                    "p50_during_ms": p(during.latencies, 0.5),
-                    "p99_during_ms": p(during.latencies, 0.99),
+                    "requests": sum(statuses_during.values()),
+                    "failed": sum(n for code, n in statuses_during.items() if code != 200),
+                    "p50_before_ms": p(latencies_before, 0.5),
+                    "p99_before_ms": p(latencies_before, 0.99),
+                    "p50_during_ms": p(latencies_during, 0.5),
+                    "p99_during_ms": p(latencies_during, 0.99),
                 }
             )
             fleet.start_agent(victim)
     finally:
         fleet.stop(delete_namespace=True)
 
-    table = Table(title=f"agent SIGKILL under load ({args.agents} agents, {args.replicas} replicas)")
+    table = Table(
+        title=f"agent SIGKILL under load ({args.agents} agents, {args.models} models, {args.replicas} replicas)"
+    )
     for column in rows[0]:
         table.add_column(column)
     for row in rows:

@@ -154,7 +154,8 @@ def _child_event(group: str, version: str, plural: str) -> None:
         edited = type == "DELETED" or not written_last_by(dict(body))
         if key in tarsnodes_index and (edited or plural == "daemonsets"):
             indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-            await memo.reconciler.tarsnode(key, indexes.snapshot, children=edited, settle_s=0.2)
+            # A status moving comes in bursts (the DaemonSet's, as its pods start): one write per second.
+            await memo.reconciler.tarsnode(key, indexes.snapshot, children=edited, settle_s=0.2 if edited else 1.0)
 
 
 for _group, _version, _plural in CHILD_KINDS:
@@ -232,7 +233,7 @@ async def agent_pod_changed(
     record = None if type == "DELETED" else pod_record(dict(body))
     if memo.reconciler.agent_pod_seen(key, name, record) and key in tarsnodes_index:
         indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-        await memo.reconciler.tarsnode(key, indexes.snapshot, children=False, settle_s=0.2)
+        await memo.reconciler.tarsnode(key, indexes.snapshot, children=False, settle_s=1.0)
 
 
 @kopf.on.event("", "v1", "nodes")

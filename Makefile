@@ -95,6 +95,7 @@ bench: install control-plane images
 	$(PYTHON) bench/reconcile.py
 	$(PYTHON) bench/autoscale.py
 	$(PYTHON) bench/failover.py
+	$(PYTHON) bench/knowledge.py
 
 clean:
 	rm -rf $(STAMP) .pytest_cache .mypy_cache .ruff_cache

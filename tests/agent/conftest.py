@@ -6,8 +6,10 @@ is shared by the session so each component is compiled (or loaded from the compi
 
 from __future__ import annotations
 
+import atexit
+import functools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ from tars_agent.assembly import echo_bundle
 from tars_agent.capabilities import CallContext, default_registry
 from tars_agent.catalog import Catalog, ModelBundle, SourceRequest
 from tars_agent.functions import inline_function_bundle
-from tars_agent.sandbox.base import GuestSource
+from tars_agent.sandbox.base import GuestSource, SandboxBackend
+from tars_agent.sandbox.probe import native_available
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_api import TarsModel
 from tars_api.tarsnode import SandboxLimits
@@ -38,13 +41,29 @@ class SharedBackend(WasmtimeBackend):
         pass
 
 
-@pytest.fixture(scope="session")
-def backend(guests: dict[str, Path]) -> Iterator[SharedBackend]:
+@functools.cache
+def backend_on_path(path: str) -> SandboxBackend:
+    """The session's Wasmtime backend on ``path``: ``native`` (tars_native) or ``python`` (wasmtime-py)."""
+    if path == "native":
+        from tars_agent.sandbox.native_backend import NativeBackend
+
+        return NativeBackend()
     shared = SharedBackend()
+    atexit.register(WasmtimeBackend.close, shared)  # its epoch ticker stops before the interpreter does
+    return shared
+
+
+# The path the agent takes by default (test_native_path fails when the extension is missing); the
+# limit tests run on both paths (test_isolation, test_hostile_functions, test_native_path).
+DEFAULT_PATH = "native" if native_available() else "python"
+
+
+@pytest.fixture(scope="session")
+def backend(guests: dict[str, Path]) -> SandboxBackend:
+    shared = backend_on_path(DEFAULT_PATH)
     for path in guests.values():
         shared.load_component(path)
-    yield shared
-    WasmtimeBackend.close(shared)
+    return shared
 
 
 def hostile_bundle(_request: SourceRequest) -> ModelBundle:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from tars_agent import functions
 from tars_agent.agent import Agent, AgentConfig
 from tars_agent.capabilities import default_registry
 from tars_agent.catalog import Catalog
-from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_agent.sandbox.base import SandboxBackend
 from tars_api import TarsModel
 from tars_api.tarsnode import SandboxLimits
+from tests.agent.conftest import DEFAULT_PATH, SharedBackend, backend_on_path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "guests" / "examples" / "build.sh"
@@ -112,18 +113,10 @@ def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_components(tmp_path_factory.mktemp("components"))
 
 
-class SharedBackend(WasmtimeBackend):
-    """One backend for the session (each component compiles once); agents must not stop its ticker."""
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="session")
-def backend() -> Iterator[SharedBackend]:
-    shared = SharedBackend()
-    yield shared
-    WasmtimeBackend.close(shared)
+def backend() -> SandboxBackend:
+    """One backend for the session (each component compiles once), on the agent's default path."""
+    return backend_on_path(DEFAULT_PATH)
 
 
 def function_model(name: str, namespace: str = "tenant-a", **spec: Any) -> TarsModel:
@@ -138,7 +131,7 @@ class ConfigMaps(dict[tuple[str, str], dict[str, Any]]):
         return self.get((namespace, name))
 
 
-def make_agent(backend: WasmtimeBackend, configmaps: ConfigMaps, **config: Any) -> Agent:
+def make_agent(backend: SandboxBackend, configmaps: ConfigMaps, **config: Any) -> Agent:
     catalog = Catalog()
     functions.install(catalog, configmaps.read)
     # The tests' function files and components live under pytest's temporary directories.

@@ -44,6 +44,17 @@ def settled(operator: OperatorProcess, quiet_s: float = 3.0, timeout: float = 90
     raise AssertionError(f"the operator never went quiet: {last}")
 
 
+def others_gone(control_plane: ControlPlane) -> None:
+    """Waits out earlier tests' namespaces: their objects, deleted meanwhile, would move the counters."""
+    eventually(
+        lambda: not any(
+            ns["status"].get("phase") == "Terminating" for ns in control_plane.get_json("namespaces")["items"]
+        ),
+        timeout=180,
+        what="earlier namespaces gone",
+    )
+
+
 def delta(before: Counts, after: Counts, fragment: str) -> float:
     return sum(value - before.get(name, 0.0) for name, value in after.items() if fragment in name)
 
@@ -67,6 +78,7 @@ def measured(operator: OperatorProcess, change: Callable[[int], object], attempt
 def test_a_new_tarsnode_applies_each_child_once(
     control_plane: ControlPlane, namespace: str, operator: OperatorProcess
 ) -> None:
+    others_gone(control_plane)
     before = settled(operator)
     apply(control_plane, namespace, tarsnode())
     eventually(lambda: control_plane.get_json("daemonset", "tars-agent", "-n", namespace), what="DaemonSet")
@@ -79,6 +91,7 @@ def test_a_new_tarsnode_applies_each_child_once(
 def test_a_status_write_does_not_reconcile_the_model_again(
     control_plane: ControlPlane, namespace: str, operator: OperatorProcess
 ) -> None:
+    others_gone(control_plane)
     apply(control_plane, namespace, tarsnode())
     put_lease(control_plane, namespace, lease_for(namespace, "node-a", 9401, {}, capacity=10_000))
     apply(control_plane, namespace, tarsmodel("quiet"))

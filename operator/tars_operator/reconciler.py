@@ -227,7 +227,6 @@ class Reconciler:
             metrics.AGENTS.labels(tn.metadata.name, state).set(count)
         await self._write_status(body, tn.metadata.generation, fields, conds, record)
 
-
     def own_status(self, kind: str, body: dict[str, Any]) -> bool:
         """True when ``body`` is the echo of the status this process just wrote: the reconcile that
         wrote it already acted on everything it shows."""

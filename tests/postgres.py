@@ -33,7 +33,7 @@ def postgres_bin() -> Path:
     return Path(found[-1]).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -44,7 +44,7 @@ class PostgresServer:
         self.bin = postgres_bin()
         self.root = Path(root or tempfile.mkdtemp(prefix="tars-pg-"))
         self.data = self.root / "data"
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.root / "postgres.log"
 

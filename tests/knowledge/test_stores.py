@@ -207,3 +207,19 @@ def test_a_recreated_tenant_replaces_what_caches_hold(embedder: MiniLMEmbedder, 
     eventually(lambda: json.dumps([h.id for h in two.query(TENANT, "new model", 5)]) == '["fresh"]', 10, "reset")
     one.close()
     two.close()
+
+
+def test_an_agent_starts_while_postgres_is_down(tmp_path: Path) -> None:
+    """The store connects lazily: the agent serves its other models; knowledge calls wait for it."""
+    from tars_agent.agent import Agent, AgentConfig
+    from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+    from tests.postgres import free_port
+
+    dsn = f"postgresql://tars_agent:x@127.0.0.1:{free_port()}/tars"  # nothing listens there
+    agent = Agent(AgentConfig(knowledge_backend="postgres", knowledge_dsn=dsn), WasmtimeBackend(), "test")
+    try:
+        assert agent.services.knowledge_store is not None
+        with pytest.raises(StoreUnavailable):
+            agent.services.knowledge_store.upsert(TENANT, DOCS[:1], np.zeros((1, 4), np.float32), 10)
+    finally:
+        agent.close()

@@ -334,14 +334,17 @@ class PostgresStore(_SqlStore):
         self.description = "postgresql " + _redacted(dsn)
         self._lock = threading.Lock()
         self._conn: Any = None
-        with self._tx() as cur:
-            # Two agents starting together must not race on CREATE TABLE IF NOT EXISTS.
-            cur.execute("SELECT pg_advisory_xact_lock(7325001)")
-            cur.execute(_POSTGRES_SCHEMA)
+        self._schema_ready = False  # connects lazily: an agent starts (and serves other models) while it is down
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._conn = self._psycopg.connect(self._dsn, connect_timeout=self._timeout, autocommit=True)
+        if not self._schema_ready:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                # Two agents starting together must not race on CREATE TABLE IF NOT EXISTS.
+                cur.execute("SELECT pg_advisory_xact_lock(7325001)")
+                cur.execute(_POSTGRES_SCHEMA)
+            self._schema_ready = True
         return self._conn
 
     @contextmanager

@@ -55,11 +55,19 @@ static bool environment(function_string_t *ret) {
   return true;
 }
 
+static char *volatile hoard;  // chunks chained through their first bytes: the compiler cannot drop them
+
 static void memory_bomb(void) {
   for (;;) {
     char *chunk = malloc(1 << 20);
-    if (chunk == NULL) abort();  // out of memory: trap, as the Rust and Python runtimes do
+    if (chunk == NULL) {
+      // What Rust's allocator prints before it aborts: the agent reads it as the memory limit.
+      fprintf(stderr, "memory allocation of %d bytes failed\n", 1 << 20);
+      abort();
+    }
     memset(chunk, 7, 1 << 20);
+    *(char **)chunk = hoard;
+    hoard = chunk;
   }
 }
 

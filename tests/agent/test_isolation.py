@@ -12,7 +12,18 @@ from typing import Any
 import pytest
 
 from tars_agent.agent import Agent
-from tars_agent.sandbox.base import FailureReason, GuestFailure
+from tars_agent.sandbox.base import FailureReason, GuestFailure, SandboxBackend
+
+from .conftest import backend_on_path
+
+
+@pytest.fixture(scope="module", params=["native", "python"])
+def backend(request: pytest.FixtureRequest, guests: dict[str, Any]) -> SandboxBackend:
+    """Every test here runs on both Wasmtime paths: the native one and wasmtime-py."""
+    shared = backend_on_path(request.param)
+    for path in guests.values():
+        shared.load_component(path)
+    return shared
 
 
 async def call(agent: Agent, name: str, payload: dict[str, Any]) -> Any:

@@ -13,10 +13,17 @@ from typing import Any
 import pytest
 
 from tars_agent.agent import Agent
-from tars_agent.sandbox.base import FailureReason, GuestFailure
+from tars_agent.sandbox.base import FailureReason, GuestFailure, SandboxBackend
+from tests.agent.conftest import backend_on_path
 from tests.functions.conftest import HOSTILE_PYTHON, ConfigMaps, SharedBackend, function_model, make_agent
 
 LANGUAGES = ["python", "rust"]
+
+
+@pytest.fixture(scope="module", params=["native", "python"])
+def backend(request: pytest.FixtureRequest) -> SandboxBackend:
+    """Every test here runs on both Wasmtime paths: the native one and wasmtime-py."""
+    return backend_on_path(request.param)
 
 
 @pytest.fixture

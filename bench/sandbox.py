@@ -308,9 +308,7 @@ def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels
         table.add_column(col, justify="right")
     for guest, by_path in starts.items():
         for path, s in by_path.items():
-            table.add_row(
-                guest, path, *(f"{s[k]:.3f} ms" for k in ("start_p50_ms", "start_p99_ms", "call_p50_ms"))
-            )
+            table.add_row(guest, path, *(f"{s[k]:.3f} ms" for k in ("start_p50_ms", "start_p99_ms", "call_p50_ms")))
     console.print(table)
     table = Table(title="Idle warm sandboxes (compiled guest)")
     for col in ("path", "slots", "RSS total", "RSS / slot"):

@@ -95,6 +95,24 @@ sources_digest() {
   ) | sha256sum | cut -c1-64
 }
 
+# The native data plane's wheel (hack/build-native.sh, built on this Debian bookworm host like the
+# base) goes into the build context where the Containerfile looks for it; the image has no Rust
+# toolchain. Without it the image's agents run the wasmtime-py path.
+NATIVE_STAGE="$ROOT/node-agent/native/wheels"
+stage_native_wheel() {
+  rm -rf "$NATIVE_STAGE"
+  local wheels=("$HOME/.cache/tars/wheels/"tars_native-*.whl)
+  if [ -f "${wheels[0]}" ]; then
+    mkdir -p "$NATIVE_STAGE" && cp "${wheels[0]}" "$NATIVE_STAGE/"
+  else
+    log "no tars_native wheel in ~/.cache/tars/wheels (hack/build-native.sh): the image's agents use the wasmtime-py path"
+  fi
+}
+
+native_digest() {
+  cat "$NATIVE_STAGE"/*.whl 2>/dev/null | sha256sum | cut -c1-64
+}
+
 build() {
   mkdir -p "$OUT"
   # One build at a time per machine: a second `make images` waits, then finds the archive up to date.
@@ -104,7 +122,8 @@ build() {
   local started=$SECONDS tag revision key
   tag=$(base_tag)
   revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
-  key=$(printf '%s\n' "$tag" "$REFERENCE" "$revision" "$(sources_digest)" | sha256sum | cut -c1-64)
+  stage_native_wheel
+  key=$(printf '%s\n' "$tag" "$REFERENCE" "$revision" "$(sources_digest)" "$(native_digest)" | sha256sum | cut -c1-64)
   if [ -f "$RECORD" ] && [ -f "$ARCHIVE" ] && [ -f "$SBOM" ] && grep -q "\"key\": \"$key\"" "$RECORD"; then
     log "$REFERENCE is up to date: $ARCHIVE"
     return

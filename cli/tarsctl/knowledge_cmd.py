@@ -106,4 +106,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             sub.add_argument("input", help="JSON-lines file, or - for stdin")
         sub.set_defaults(func=run)
-

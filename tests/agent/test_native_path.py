@@ -98,4 +98,3 @@ def test_pool_slots_come_back_when_instances_are_freed(guests: dict[str, Path]) 
     for _ in range(POOL_INSTANCES + 10):
         guest.instantiate().close()
     assert json.loads(guest.instantiate().handle("[7]")) == [7]
-

@@ -43,8 +43,10 @@ def test_claims_match_the_original_claims_file() -> None:
     assert f"{claims.AVERAGE_LOAD_MS:.0f} ms average load time" in text
     assert f"{claims.TOTAL_MEMORY_MB:,.0f} MB total" in text and f"{claims.NODE_RPS:,.0f}+ RPS per node" in text
     with pytest.raises(PlanError, match="claimed nothing for 'GPT-3'"):
-        parse_plan({**MINIMAL, "benchmark": [{"model": "m", "body": {}, "requests": 1, "concurrency": 1,
-                                                "claim": "GPT-3"}]}, Path("."))
+        parse_plan(
+            {**MINIMAL, "benchmark": [{"model": "m", "body": {}, "requests": 1, "concurrency": 1, "claim": "GPT-3"}]},
+            Path("."),
+        )
 
 
 def test_saturation_search_doubles_until_throughput_stops_growing() -> None:

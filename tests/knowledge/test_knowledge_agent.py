@@ -57,6 +57,7 @@ def test_postgres_down_refuses_writes_with_503_and_answers_stale_reads(tmp_path:
         status, answer, headers = call(agent.url, {"question": QUESTION, "documents": [{"id": "new", "text": "x y"}]})
         assert status == 503, answer
         assert int(headers["Retry-After"]) >= 1 and "nothing was written" in answer["error"]
+
         # Reads still answer, from this agent's cache, and say so.
         def stale_answer() -> dict[str, Any]:
             status, answer, _ = call(agent.url, {"question": QUESTION})

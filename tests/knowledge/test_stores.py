@@ -127,9 +127,7 @@ def test_sqlite_locked_refuses_writes_and_serves_stale_reads(embedder: MiniLMEmb
     base.close()
 
 
-def test_postgres_unreachable_refuses_writes_and_serves_stale_reads(
-    embedder: MiniLMEmbedder, tmp_path: Path
-) -> None:
+def test_postgres_unreachable_refuses_writes_and_serves_stale_reads(embedder: MiniLMEmbedder, tmp_path: Path) -> None:
     server = PostgresServer().init().start()  # its own server: this test kills it
     try:
         server.psql("CREATE ROLE tars_agent LOGIN PASSWORD 'agent-secret' NOSUPERUSER NOBYPASSRLS")

@@ -47,8 +47,8 @@ def settled(operator: OperatorProcess, quiet_s: float = 3.0, timeout: float = 90
 def others_gone(control_plane: ControlPlane) -> None:
     """Waits out earlier tests' namespaces: their objects, deleted meanwhile, would move the counters."""
     eventually(
-        lambda: not any(
-            ns["status"].get("phase") == "Terminating" for ns in control_plane.get_json("namespaces")["items"]
+        lambda: (
+            not any(ns["status"].get("phase") == "Terminating" for ns in control_plane.get_json("namespaces")["items"])
         ),
         timeout=180,
         what="earlier namespaces gone",

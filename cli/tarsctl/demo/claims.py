@@ -61,9 +61,7 @@ def parse_table(markdown: str) -> list[Claim]:
             in_table = True
         elif in_table and line.startswith("|") and not set(cells[0]) <= {"-"}:
             name, params, memory, latency, rps, use = cells
-            rows.append(
-                Claim(name, params, _number(memory, "MB"), _number(latency, "ms"), _number(rps, "RPS"), use)
-            )
+            rows.append(Claim(name, params, _number(memory, "MB"), _number(latency, "ms"), _number(rps, "RPS"), use))
         elif in_table and not line.startswith("|"):
             break
     return rows

@@ -486,9 +486,7 @@ class Demo:
             for case in cases:
                 step(f"{case.model} alone in its own agent")
                 rows.append(
-                    baseline.measure_one(
-                        docs[case.model], case, self.tarsnode_doc, self.workdir, self.plan.saturation
-                    )
+                    baseline.measure_one(docs[case.model], case, self.tarsnode_doc, self.workdir, self.plan.saturation)
                 )
                 step(case.model, done=True)
         return rows

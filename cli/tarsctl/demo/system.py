@@ -60,9 +60,7 @@ def machine_resources() -> dict[str, str]:
 def set_node_resources(state: localcluster.ClusterState, node: str, resources: dict[str, str]) -> None:
     """A simulated Node's capacity and allocatable (its status), so what reads them reads the truth."""
     patch = {"status": {"capacity": resources, "allocatable": resources}}
-    localcluster.kubectl(
-        state, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
-    )
+    localcluster.kubectl(state, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
 
 
 def apply_docs(state: localcluster.ClusterState, namespace: str, docs: list[dict[str, Any]]) -> None:

@@ -139,7 +139,9 @@ def versus_claims(data: dict[str, Any]) -> Section | None:
         "here and used in no calculation; ratio = ours / claimed (below 1 is lower latency or memory, above 1 "
         "is more req/s)",
         f"the original claimed its 5 models loaded in {claims.AVERAGE_LOAD_MS:.0f} ms on average; ours, apply to "
-        f"loaded on an agent: {statistics.mean(loaded):.0f} ms on average" if loaded else "",
+        f"loaded on an agent: {statistics.mean(loaded):.0f} ms on average"
+        if loaded
+        else "",
         f"the original claimed {claims.NODE_RPS:,.0f}+ req/s per node; our most for one model: "
         f"{best['saturation']['rps']:.0f} req/s ({best['model']}) on {data['meta']['machine_vcpus']} vCPUs",
     ]

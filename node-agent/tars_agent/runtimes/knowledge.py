@@ -317,4 +317,3 @@ class KnowledgeBase:
                     raise KnowledgeError(f"{path}: must hold a list of documents")
                 documents += [validate_document(item, i) for i, item in enumerate(items)]
         return self.upsert(tenant, documents)
-

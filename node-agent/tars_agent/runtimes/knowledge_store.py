@@ -168,9 +168,7 @@ class _SqlStore:
 
     def changes(self, tenant: str, incarnation: int, since: int) -> Changes:
         with self._tx(tenant) as cur:
-            cur.execute(
-                self._q("SELECT incarnation, version FROM tars_knowledge_tenants WHERE tenant = ?"), (tenant,)
-            )
+            cur.execute(self._q("SELECT incarnation, version FROM tars_knowledge_tenants WHERE tenant = ?"), (tenant,))
             row = cur.fetchone()
             if row is None:
                 return Changes(0, 0, reset=since > 0 or incarnation != 0)

@@ -319,7 +319,7 @@ async def _openai(request: web.Request, schema: type[openai_compat.OpenAIRequest
         except ValidationError as exc:
             field, message = first_error_field(exc)
             raise ApiError(400, f"{field}: {message}", field=field) from None
-        model = await lookup_model(request.app[AGENT], wanted.model)
+        model = await lookup_model(request.app[AGENT], wanted.model, request)
         if model.spec.kind != ModelKind.TEXT_GENERATION:
             kind = model.spec.kind
             raise ApiError(400, f"model {wanted.model!r} is a {kind} model, not text-generation", field="model")

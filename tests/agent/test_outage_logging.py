@@ -51,7 +51,8 @@ async def test_unreachable_api_server_logs_once_per_loop(
     monkeypatch.setenv("KUBECONFIG", str(config))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     caplog.set_level(logging.DEBUG)
-    agent = make_agent(backend)
+    # A state directory: an agent without one warns once at start that documents stay in memory.
+    agent = make_agent(backend, state_dir=tmp_path)
     cluster = ClusterAgent(agent, "node-x", "127.0.0.1:1")
     tasks = [asyncio.create_task(cluster.renew_forever()), asyncio.create_task(cluster.sync_forever())]
     try:

@@ -9,6 +9,7 @@ the tests) stands for the agent of each simulated node.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -334,6 +335,11 @@ def etcd_healthy(state: ClusterState, timeout: float = 2.0) -> bool:
 
 def _alive(pid: int, binary: str) -> bool:
     """True only if pid is running the binary we started, so `down` never signals a stranger."""
+    own = next((child for child in _children.values() if child.pid == pid), None)
+    if own is not None:
+        # A child of this process: its exit status is the truth (a reading of /proc/PID/cmdline once
+        # called a live etcd gone, and the retry then started a second etcd on the same data).
+        return own.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     except OSError:
@@ -522,6 +528,7 @@ def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
                 time.sleep(0.1)
             if _alive(pid, str(bin_dir() / name)):
                 os.kill(pid, signal.SIGKILL)
+    _kill_strays(directory)
     if directory.exists() and (directory / "state.json").exists():
         import shutil
 
@@ -530,6 +537,23 @@ def down(quiet: bool = False, log: Callable[[str], None] = print) -> list[str]:
     if not quiet:
         log(f"stopped {', '.join(names)}" if names else "no local control plane was running")
     return names
+
+
+def _kill_strays(directory: Path) -> None:
+    """Kills any component still running on this directory's data that the state no longer names (a
+    start that failed half-way): a second etcd on the same data waits forever for its lock."""
+    marker = f"={directory}/".encode()
+    binaries = {str(bin_dir() / name).encode() for name in COMPONENTS}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] in binaries and any(marker in arg for arg in argv[1:]):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def simulated_node(name: str, *, kvm: bool = True, labels: dict[str, str] | None = None) -> dict:

@@ -40,7 +40,9 @@ class PodRecord:
 def pod_record(body: dict[str, Any]) -> PodRecord:
     status = body.get("status", {})
     reason, message, restarts = "", "", 0
-    for container in status.get("containerStatuses", []):
+    # Init containers first: a pod whose init container cannot be pulled or crashes never starts its
+    # agent container, which only says PodInitializing.
+    for container in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
         restarts += int(container.get("restartCount", 0))
         state = container.get("state", {})
         last = container.get("lastState", {}).get("terminated", {})

@@ -29,6 +29,15 @@ def test_image_pull_failure_names_the_image_fix() -> None:
     assert "x:nope" in cond.message and "spec.agent.image" in cond.message
 
 
+def test_an_init_container_that_cannot_be_pulled_is_the_pods_fault() -> None:
+    body = pod("a-1", {"waiting": {"reason": "PodInitializing"}})
+    body["status"]["initContainerStatuses"] = [
+        {"name": "state-owner", "state": {"waiting": {"reason": "ErrImagePull", "message": "x:nope not found"}}}
+    ]
+    record = pod_record(body)
+    assert (record.reason, record.message) == ("ErrImagePull", "x:nope not found")
+
+
 def test_crash_loop_reports_the_last_exit_and_the_log_command() -> None:
     record = pod_record(
         pod(

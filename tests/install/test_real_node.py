@@ -239,42 +239,47 @@ def _pods_healthy(install: Install, name: str, reasons: set[str]) -> dict[str, A
 
 
 def test_a_wrong_image_and_a_crashing_agent_show_in_conditions_and_tarsctl_status(install: Install) -> None:
-    _tarsnode(install, "wrong-tag", {"image": f"{IMAGE.rsplit(':', 1)[0]}:no-such-tag", "port": 8091})
-    cond = _pods_healthy(install, "wrong-tag", {"ErrImagePull", "ImagePullBackOff"})
-    assert "no-such-tag" in cond["message"] and "Next: check spec.agent.image" in cond["message"], cond
-    # A TLS Secret whose key is not a key: the agent exits at start, again and again.
-    secret = {"tls.crt": "bm90IGEgY2VydA==", "tls.key": "bm90IGEga2V5"}
-    install.plane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "broken-tls", "namespace": install.namespace},
-                "type": "Opaque",
-                "data": secret,
-            }
-        ),
-    )
-    _tarsnode(install, "crashing", {"tlsSecretName": "broken-tls", "port": 8092})
-    cond = _pods_healthy(install, "crashing", {"CrashLoopBackOff", "Error"})
-    assert "kubectl logs" in cond["message"], cond
+    try:
+        _tarsnode(install, "wrong-tag", {"image": f"{IMAGE.rsplit(':', 1)[0]}:no-such-tag", "port": 8091})
+        cond = _pods_healthy(install, "wrong-tag", {"ErrImagePull", "ImagePullBackOff"})
+        assert "no-such-tag" in cond["message"] and "Next: check spec.agent.image" in cond["message"], cond
+        # A TLS Secret whose key is not a key: the agent exits at start, again and again.
+        secret = {"tls.crt": "bm90IGEgY2VydA==", "tls.key": "bm90IGEga2V5"}
+        install.plane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "broken-tls", "namespace": install.namespace},
+                    "type": "Opaque",
+                    "data": secret,
+                }
+            ),
+        )
+        _tarsnode(install, "crashing", {"tlsSecretName": "broken-tls", "port": 8092})
+        cond = _pods_healthy(install, "crashing", {"CrashLoopBackOff", "Error"})
+        assert "kubectl logs" in cond["message"], cond
 
-    def both_faults_named() -> subprocess.CompletedProcess[str] | None:
-        # Each TarsNode's conditions follow its own pods' events: wait until both are shown at once.
-        command = [sys.executable, "-m", "tarsctl.main", "status", "-n", install.namespace]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=install.plane.env)
-        named = "Next: check spec.agent.image" in result.stdout and "kubectl logs" in result.stdout
-        return result if named else None
+        def both_faults_named() -> subprocess.CompletedProcess[str] | None:
+            # Each TarsNode's conditions follow its own pods' events: wait until both are shown at once.
+            command = [sys.executable, "-m", "tarsctl.main", "status", "-n", install.namespace]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=install.plane.env)
+            named = "Next: check spec.agent.image" in result.stdout and "kubectl logs" in result.stdout
+            return result if named else None
 
-    result = eventually(both_faults_named, timeout=90, what="tarsctl status naming both faults and what to do")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert f"TarsNode {install.namespace}/wrong-tag: NOT OK" in result.stdout, result.stdout
-    assert f"TarsNode {install.namespace}/crashing: NOT OK" in result.stdout, result.stdout
-    for name in ("wrong-tag", "crashing"):
-        install.plane.kubectl("delete", "tarsnode", name, "-n", install.namespace)
+        result = eventually(both_faults_named, timeout=90, what="tarsctl status naming both faults and what to do")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"TarsNode {install.namespace}/wrong-tag: NOT OK" in result.stdout, result.stdout
+        assert f"TarsNode {install.namespace}/crashing: NOT OK" in result.stdout, result.stdout
+    finally:
+        # Always: their agent pods take the real node's CPU requests, and the next test rolls the agent.
+        for name in ("wrong-tag", "crashing"):
+            install.plane.kubectl(
+                "delete", "tarsnode", name, "-n", install.namespace, "--ignore-not-found", check=False
+            )
 
 
 def test_helm_upgrade_rolls_the_agents_while_a_client_sees_no_failure(install: Install) -> None:

@@ -206,7 +206,15 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 def state_dir_owner(image: str, pull_policy: str) -> dict[str, Any]:
     """Gives the node's state directory to the agent's user: a hostPath is created root-owned and
     fsGroup does not apply to it. Root with CAP_CHOWN only, nothing else."""
-    give = "import os, sys; os.chmod(sys.argv[1], 0o700); os.chown(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]))"
+    # Once given, the directory is left alone: root without CAP_FOWNER may not chmod what it no longer
+    # owns, and every later start of the pod runs this again.
+    give = (
+        "import os, sys\n"
+        "path, uid = sys.argv[1], int(sys.argv[2])\n"
+        "if os.stat(path).st_uid != uid:\n"
+        "    os.chmod(path, 0o700)\n"
+        "    os.chown(path, uid, uid)\n"
+    )
     return {
         "name": "state-owner",
         "image": image,

@@ -33,7 +33,7 @@ from tars_agent.sandbox.base import (
     SandboxBackend,
     check_output,
 )
-from tars_agent.sandbox.wasmtime_backend import _GuestStderr, classify_trap, load_compiled
+from tars_agent.sandbox.wasmtime_backend import GuestStderr, classify_trap, load_compiled
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class NativeInstance(GuestInstance):
             raise GuestFailure(FailureReason.REJECTED, text[:1024])
         if kind == "timeout":
             raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its CPU time limit")
-        stderr = _GuestStderr()
+        stderr = GuestStderr()
         head, stderr.out_of_memory = self._instance.stderr()
         stderr.head += head
         raise classify_trap(text, stderr)

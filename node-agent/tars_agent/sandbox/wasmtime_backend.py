@@ -111,7 +111,7 @@ def epoch_ticks(milliseconds: int) -> int:
     return max(1, math.ceil(milliseconds / 1000 / EPOCH_TICK_S))
 
 
-class _GuestStderr:
+class GuestStderr:
     """Keeps the start of the guest's stderr for logs and notices out-of-memory reports."""
 
     def __init__(self) -> None:
@@ -129,7 +129,7 @@ def _discard(_data: bytes) -> None:
     return None
 
 
-def classify_trap(message: str, stderr: _GuestStderr) -> GuestFailure:
+def classify_trap(message: str, stderr: GuestStderr) -> GuestFailure:
     """Maps a Wasmtime trap to the failure a client is told about."""
     if "wasm trap: interrupt" in message:
         return GuestFailure(FailureReason.TIMEOUT, "guest exceeded its CPU time limit")
@@ -144,7 +144,7 @@ def classify_trap(message: str, stderr: _GuestStderr) -> GuestFailure:
 class WasmtimeInstance(GuestInstance):
     def __init__(self, prepared: WasmtimeGuest) -> None:
         self._limits = prepared.limits
-        self._stderr = _GuestStderr()
+        self._stderr = GuestStderr()
         store = Store(prepared.engine)
         store.set_limits(memory_size=prepared.limits.memory_bytes)
         wasi = WasiConfig()  # nothing preopened, no env, no sockets, no inherited stdio

@@ -134,6 +134,16 @@ class ResourceRequirements(ApiModel):
 class AgentSpec(ApiModel):
     """How the node-agent pods run."""
 
+    # Both listeners bind on the pod's IP: the same port for both would crash-loop every agent pod.
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.grpcPort != self.port",
+            message="grpcPort must differ from port (both are served by every agent pod)",
+            holds=lambda s: s.grpc_port != s.port,
+            field_path=".grpcPort",
+        ),
+    )
+
     image: str = Field(
         default="ghcr.io/tars-hyperlight/tars:0.1.0",
         description="The node-agent container image: [registry[:port]/]path[:tag][@sha256:digest].",

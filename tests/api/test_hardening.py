@@ -51,6 +51,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("image with spaces", agent(image="tars agent:1"), "image"),
     ("image in upper case", agent(image="ghcr.io/Tars/Agent:1"), "image"),
     ("tls secret with slash", agent(tlsSecretName="a/b"), "tlsSecretName"),
+    ("gRPC on the HTTP port", agent(port=9000, grpcPort=9000), "grpcPort must differ from port"),
+    ("gRPC on the default HTTP port", agent(grpcPort=8080), "grpcPort must differ from port"),
     ("file source with ..", model(source="file:///../../etc/passwd"), "source"),
     ("file source with inner ..", model(source="file:///var/lib/tars/../../etc/shadow"), "source"),
     ("file source with .", model(source="file:///var/./lib"), "source"),

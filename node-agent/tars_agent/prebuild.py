@@ -39,12 +39,16 @@ MANIFEST = "manifest.json"
 
 
 def builtin_guests(names: Sequence[str] | None = None) -> dict[str, Path]:
-    """The guests builtin models run (all: the TARS apps and the echo and sleep test guests), built or cached."""
+    """The guests builtin models run (all: the TARS apps, the compiled guests and the echo and sleep
+    test guests), built or cached. Compiled guests are never built here in an image: it takes the
+    ones hack/images.sh staged (tars_guests.compiled)."""
     from tars_guests.apps import APPS, build_app
     from tars_guests.build import build_guest
+    from tars_guests.compiled import COMPILED, build_compiled
     from tars_guests.testapps import ECHO_APP, SLEEP_APP
 
     builders: dict[str, Callable[[], Path]] = {name: functools.partial(build_app, name) for name in APPS}
+    builders.update({f"compiled-{name}": functools.partial(build_compiled, name) for name in COMPILED})
     builders["echo"] = functools.partial(build_guest, ECHO_APP)
     builders["sleep"] = functools.partial(build_guest, SLEEP_APP)
     if names is not None:

@@ -160,6 +160,9 @@ class Agent:
         self.tokens = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
         self.on_demand: Callable[[str], TarsModel | None] | None = None
+        # Cluster mode clears this until its first sync: until then nothing says what it must serve,
+        # and a restarted agent that called itself ready would take traffic with no model loaded.
+        self.synced = True
         # functions.invoke reaches the other models loaded here.
         self.services.attach_repository(self.repository)
 
@@ -170,7 +173,7 @@ class Agent:
     def ready(self) -> bool:
         wedged = self.executor.saturated_for() > self.config.unready_after_saturated_s
         settled = set(self.repository.models) | set(self.repository.failed)
-        return not self.draining and not wedged and self.desired <= settled
+        return self.synced and not self.draining and not wedged and self.desired <= settled
 
     async def ensure_loaded(self, model: TarsModel, prefill: bool = True) -> bool:
         """Loads a model (idempotent); False, logged and remembered, when it cannot be loaded. A request

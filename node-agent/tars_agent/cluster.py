@@ -153,6 +153,7 @@ class ClusterAgent:
         # (scaled to zero) loads it on the spot; the load shows in the Lease and the autoscaler follows.
         self.known: dict[str, TarsModel] = {}
         agent.on_demand = self.known.get
+        agent.synced = False
         # configmap:// function sources are read from the model's namespace with this agent's client.
         read_configmap = functions.kubernetes_configmap_reader(self.api)
         agent.catalog.schemes["configmap"] = functions.configmap_factory(read_configmap)
@@ -257,6 +258,7 @@ class ClusterAgent:
         for key in set(self.agent.desired) - set(wanted):
             await self.agent.ensure_unloaded(key)
         await asyncio.gather(*(self.agent.ensure_loaded(model) for model in wanted.values()))
+        self.agent.synced = True
         await self.reconcile_knowledge(items)
 
     async def reconcile_knowledge(self, items: list[dict[str, Any]]) -> None:

@@ -57,6 +57,8 @@ async def test_unreachable_api_server_logs_once_per_loop(
     tasks = [asyncio.create_task(cluster.renew_forever()), asyncio.create_task(cluster.sync_forever())]
     try:
         await asyncio.sleep(7)  # renewals every 2 s, watch retries every 2 s
+        # Never synced, so it cannot know what it must serve: not ready (it used to say ready).
+        assert not agent.ready()
     finally:
         for task in tasks:
             task.cancel()

@@ -9,6 +9,10 @@ Run: ``python bench/sandbox.py [--samples 500] [--slots 1000] [--seconds 4] [--c
    on each path (one process, then one per core sharing the port) and by the reference host
    (``tars-refhost``: hyper + the same Wasmtime engine settings, no Python). Load comes from a
    separate process (wrk when installed, else aiohttp) on the same cores, so figures are a floor.
+4. Sentiment over HTTP (issue 18's goal: p50 <= 1 ms at the agent, >= 3,000 req/s per node):
+   ``builtin://sentiment-vader`` (the compiled VADER guest) on the agent, one process per core, beside
+   the componentize-py VADER guest served the same way and the reference host running the compiled one.
+   ``--sentiment-only`` runs this part alone.
 
 Figures are printed with the issue-18 goals beside them, then one JSON line.
 """
@@ -40,7 +44,9 @@ from rich.table import Table
 
 from tars_agent.sandbox.base import GuestSource, HostCallRefused, Limits, SandboxBackend
 from tars_agent.sandbox.probe import wasmtime_backend
+from tars_guests.apps import build_app
 from tars_guests.build import build_guest
+from tars_guests.compiled import build_compiled
 from tars_guests.testapps import ECHO_APP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +56,15 @@ PATHS = ("python", "native")
 # The compiled function's input; every server gets the same body.
 FUNCTION_INPUT = json.dumps({"text": "hello world, hello sandbox"})
 GOALS = {"rps": 10_000, "p50_ms": 5.0, "p99_ms": 20.0, "vs_reference": 1.5}
+SENTIMENT_INPUT = json.dumps({"text": "The new release is great, but the docs are not!"})
+# p50 at one connection (what one caller meets at the agent); req/s at 64 connections (saturation).
+SENTIMENT_GOALS = {"p50_ms": 1.0, "rps": 3_000}
 
 MODEL_YAML = """\
 apiVersion: tars.hyperlight.dev/v1alpha1
 kind: TarsModel
 metadata: {{name: fn}}
-spec: {{nodeRef: {{name: bench}}, kind: function, source: "file://{component}"}}
+spec: {{nodeRef: {{name: bench}}, kind: {kind}, source: "{source}"}}
 """
 NODE_YAML = """\
 apiVersion: tars.hyperlight.dev/v1alpha1
@@ -98,6 +107,8 @@ def bench_guests() -> dict[str, tuple[Path, str]]:
         "rust textstats (compiled)": (compiled_guest(), FUNCTION_INPUT),
         "c greeter (clang, wit-bindgen c)": (c_guest(), greeter_input),
         "javascript greeter (componentize-js)": (js_guest(), greeter_input),
+        "python VADER sentiment (componentize-py)": (build_app("sentiment"), SENTIMENT_INPUT),
+        "rust VADER sentiment (compiled)": (build_compiled("vader"), SENTIMENT_INPUT),
     }
 
 
@@ -169,16 +180,21 @@ def wait_ready(url: str, answers: int) -> None:
 
 
 @contextmanager
-def agents(path: str, processes: int, component: Path) -> Iterator[str]:
-    """``processes`` agents on one port (``--reuse-port``) serving the function; yields its URL."""
+def agents(
+    path: str, processes: int, component: Path | None, source: str = "", kind: str = "function"
+) -> Iterator[str]:
+    """``processes`` agents on one port (``--reuse-port``) serving ``component`` (or the model at
+    ``source``, e.g. a builtin) as model ``fn``; yields its invoke URL."""
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "fn.yaml"
-        model.write_text(MODEL_YAML.format(component=component))
-        node = Path(tmp) / "node.yaml"
-        node.write_text(NODE_YAML.format(root=component.parent))
+        model.write_text(MODEL_YAML.format(kind=kind, source=source or f"file://{component}"))
         port = free_port()
         cmd = [sys.executable, "-c", "from tars_agent.main import main; main()", "--standalone"]
-        cmd += ["--model", str(model), "--node-config", str(node), "--backend", "wasmtime"]
+        cmd += ["--model", str(model), "--backend", "wasmtime"]
+        if component is not None:
+            node = Path(tmp) / "node.yaml"
+            node.write_text(NODE_YAML.format(root=component.parent))
+            cmd += ["--node-config", str(node)]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--workers", "4", "--max-queue", "4096", "--log-level", "warning", "--reuse-port"]
         env = {**os.environ, "TARS_WASMTIME_PATH": path}
@@ -228,9 +244,9 @@ def _wrk_ms(text: str, label: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
-def wrk_load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+def wrk_load(url: str, concurrency: int, seconds: float, body: str = FUNCTION_INPUT) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(body=FUNCTION_INPUT))
+        script.write(WRK_SCRIPT.format(body=body))
     try:
         cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -243,7 +259,7 @@ def wrk_load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
     return {"rps": ok / seconds, "errors": errors, "p50_ms": _wrk_ms(out, "50%"), "p99_ms": _wrk_ms(out, "99%")}
 
 
-async def _aiohttp_load(url: str, concurrency: int, seconds: float) -> tuple[int, int, list[float]]:
+async def _aiohttp_load(url: str, concurrency: int, seconds: float, body: str) -> tuple[int, int, list[float]]:
     import aiohttp
 
     ok = errors = 0
@@ -255,7 +271,7 @@ async def _aiohttp_load(url: str, concurrency: int, seconds: float) -> tuple[int
             nonlocal ok, errors
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                async with session.post(url, data=FUNCTION_INPUT) as resp:
+                async with session.post(url, data=body) as resp:
                     await resp.read()
                     if resp.status == 200:
                         ok += 1
@@ -267,16 +283,16 @@ async def _aiohttp_load(url: str, concurrency: int, seconds: float) -> tuple[int
     return ok, errors, latencies
 
 
-def _aiohttp_process(url: str, concurrency: int, seconds: float, out: multiprocessing.Queue) -> None:
-    out.put(asyncio.run(_aiohttp_load(url, concurrency, seconds)))
+def _aiohttp_process(url: str, concurrency: int, seconds: float, body: str, out: multiprocessing.Queue) -> None:
+    out.put(asyncio.run(_aiohttp_load(url, concurrency, seconds, body)))
 
 
-def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+def load(url: str, concurrency: int, seconds: float, body: str = FUNCTION_INPUT) -> dict[str, float]:
     """req/s and latency from a load generator in a separate process."""
     if shutil.which("wrk"):
-        return wrk_load(url, concurrency, seconds)
+        return wrk_load(url, concurrency, seconds, body)
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    p = multiprocessing.Process(target=_aiohttp_process, args=(url, concurrency, seconds, queue))
+    p = multiprocessing.Process(target=_aiohttp_process, args=(url, concurrency, seconds, body, queue))
     p.start()
     ok, errors, lat = queue.get()
     p.join()
@@ -300,6 +316,49 @@ def http_numbers(component: Path, levels: list[int], seconds: float) -> dict[str
         with server() as url:
             results[name] = [{"concurrency": level, **load(url, level, seconds)} for level in levels]
     return results
+
+
+def sentiment_numbers(seconds: float) -> dict[str, list[dict[str, float]]]:
+    """Sentiment over HTTP at 1 and 64 connections, one agent process per core on the native path."""
+    cores = os.cpu_count() or 1
+    compiled, python = build_compiled("vader"), build_app("sentiment")
+    servers = {
+        f"agent, builtin://sentiment-vader (compiled), {cores} proc": lambda: agents(
+            "native", cores, None, "builtin://sentiment-vader", "sentiment"
+        ),
+        f"agent, componentize-py VADER guest, {cores} proc": lambda: agents("native", cores, python),
+        f"reference Rust host, compiled VADER, {cores} workers": lambda: reference_host(compiled, cores),
+    }
+    results = {}
+    for name, server in servers.items():
+        with server() as url:
+            results[name] = [{"concurrency": c, **load(url, c, seconds, SENTIMENT_INPUT)} for c in (1, 64)]
+    return results
+
+
+def print_sentiment(console: Console, sentiment: dict[str, list[dict[str, float]]]) -> None:
+    goal = SENTIMENT_GOALS
+    table = Table(
+        title=f"Sentiment over HTTP, fresh sandbox per request (goal: p50 <= {goal['p50_ms']} ms at 1 conn, "
+        f">= {goal['rps']} req/s per node at 64 conns)"
+    )
+    for col in ("server", "c=1 p50 ms", "c=1 req/s", "c=64 req/s", "c=64 p50 / p99 ms"):
+        table.add_column(col, justify="right")
+    for name, (one, many) in sentiment.items():
+        errors = f" ({many['errors'] + one['errors']:.0f} err)" if many["errors"] + one["errors"] else ""
+        table.add_row(
+            name,
+            f"{one['p50_ms']:.2f}",
+            f"{one['rps']:.0f}",
+            f"{many['rps']:.0f}{errors}",
+            f"{many['p50_ms']:.1f} / {many['p99_ms']:.1f}",
+        )
+    console.print(table)
+    one, many = next(iter(sentiment.values()))
+    verdict = "met" if one["p50_ms"] <= goal["p50_ms"] and many["rps"] >= goal["rps"] else "NOT met"
+    console.print(
+        f"goal sentiment (compiled guest at the agent): p50 {one['p50_ms']:.2f} ms, {many['rps']:.0f} req/s: {verdict}"
+    )
 
 
 def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels: list[int]) -> None:
@@ -344,8 +403,14 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--sentiment-only", action="store_true", help="only the sentiment-over-HTTP part")
     args = parser.parse_args()
     console = Console()
+    if args.sentiment_only:
+        sentiment = sentiment_numbers(args.seconds)
+        print_sentiment(console, sentiment)
+        print(json.dumps({"bench": "sandbox", "sentiment": sentiment}))
+        return
 
     guests = bench_guests()
     backends = {path: wasmtime_backend(path) for path in PATHS}
@@ -358,8 +423,10 @@ def main() -> None:
     for backend in backends.values():
         backend.close()
     http = http_numbers(compiled, args.concurrency, args.seconds)
+    sentiment = sentiment_numbers(args.seconds)
     print_tables(console, starts, slots, http, args.concurrency)
-    print(json.dumps({"bench": "sandbox", "start": starts, "idle": slots, "http": http}))
+    print_sentiment(console, sentiment)
+    print(json.dumps({"bench": "sandbox", "start": starts, "idle": slots, "http": http, "sentiment": sentiment}))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class Case:
     parameters: str
     max_tokens: int = 256
     latency_requests: int = 200
+    seed: bool = True  # one of the five seed models (False: a comparison, left out of the load goal)
     results: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
@@ -157,6 +158,19 @@ def cases(edge_dir: Path, small_dir: Path | None) -> list[Case]:
             {"inputs": [text_tensor("text", "The new release is great, but the docs are not!")]},
             "7.5k lexicon entries",
         ),
+        # The same model as the componentize-py guest that served it before the compiled one, loaded
+        # as a user's .wasm function and served the same way: what compiling the builtin bought.
+        Case(
+            "Sentiment, Python guest (componentize-py)",
+            "sentiment-python",
+            f"file://{build_app('sentiment')}",
+            "sentiment",
+            [],
+            "infer",
+            {"inputs": [text_tensor("text", "The new release is great, but the docs are not!")]},
+            "7.5k lexicon entries",
+            seed=False,
+        ),
         Case(
             "TARS Reasoning",
             "tars-reasoning",
@@ -183,7 +197,8 @@ def rss_mib() -> float:
 
 def file_roots(selected: list[Case]) -> tuple[Path, ...]:
     """The checkpoint directories the agent must allow (its model roots) for the file:// cases."""
-    return tuple(Path(c.source.removeprefix("file://")) for c in selected if c.source.startswith("file://"))
+    paths = [Path(c.source.removeprefix("file://")) for c in selected if c.source.startswith("file://")]
+    return tuple(path.parent if path.is_file() else path for path in paths)  # a .wasm: its directory
 
 
 def measure_loads(selected: list[Case]) -> None:
@@ -372,7 +387,7 @@ def render(selected: list[Case], clients: int, seconds: float, console: Console)
             verdict = "met" if r["p50_ms"] <= GOAL_REASONING_P50_MS else "NOT met"
             label = f"goal tars-reasoning p50 <= {GOAL_REASONING_P50_MS:.0f} ms"
             console.print(f"{label} -> {r['p50_ms']:.0f} ms: {verdict}")
-    average = statistics.mean(c.results["load_ms"] for c in selected)
+    average = statistics.mean(c.results["load_ms"] for c in selected if c.seed)
     verdict = "met" if average <= GOAL_AVERAGE_LOAD_MS else "NOT met"
     console.print(f"goal average load time <= {GOAL_AVERAGE_LOAD_MS:.0f} ms -> {average:.0f} ms: {verdict}")
     console.print(f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -33,7 +33,7 @@ from tars_agent.sandbox.base import (
     SandboxBackend,
     check_output,
 )
-from tars_agent.sandbox.wasmtime_backend import GuestStderr, classify_trap, load_compiled
+from tars_agent.sandbox.wasmtime_backend import ComponentsByFile, GuestStderr, classify_trap, load_compiled
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class NativeBackend(SandboxBackend):
         tars_native.init_engine(POOL_INSTANCES)
         self._components: dict[str, tars_native.NativeComponent] = {}
         self._lock = threading.Lock()
+        self._by_file = ComponentsByFile(self.load_component)
 
     @staticmethod
     def cache_key(component_bytes: bytes) -> str:
@@ -130,4 +131,4 @@ class NativeBackend(SandboxBackend):
             return self._components[key]
 
     def prepare(self, guest: GuestSource, host_call: HostCall, limits: Limits) -> NativeGuest:
-        return NativeGuest(self.load_component(guest.component), host_call, limits)
+        return NativeGuest(self._by_file.get(guest.component), host_call, limits)

@@ -103,6 +103,10 @@ class Discovery:
     def stop(self) -> None:
         self._stop.set()
 
+    def _apply(self, apply: Callable[[RouteTable, str, dict[str, Any]], None], kind: str, body: dict[str, Any]) -> None:
+        apply(self.table, kind, body)
+        self.table.changed()
+
     def _follow(
         self,
         name: str,
@@ -115,7 +119,7 @@ class Discovery:
                 for event in watch.Watch().stream(list_fn, timeout_seconds=60, **kwargs):
                     obj = event["object"]
                     body = obj if isinstance(obj, dict) else self.serializer.sanitize_for_serialization(obj)
-                    self.loop.call_soon_threadsafe(apply, self.table, event["type"], body)
+                    self.loop.call_soon_threadsafe(self._apply, apply, event["type"], body)
                     if self._stop.is_set():
                         return
             except Exception:

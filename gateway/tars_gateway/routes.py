@@ -11,7 +11,7 @@ operator then places the model where it is already loaded.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 
@@ -32,6 +32,13 @@ class RouteTable:
     waking: dict[str, str] = field(default_factory=dict)  # model at zero -> agent address it is woken on
     in_flight: dict[str, int] = field(default_factory=dict)
     _ticket: itertools.count = field(default_factory=itertools.count)
+    # Called by changed(): requests held for an agent look again at once instead of polling the table.
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    def changed(self) -> None:
+        """Whoever updates the table (discovery) says so here."""
+        for listener in list(self.listeners):
+            listener()
 
     def set_slice(self, model: str, slice_name: str, endpoints: list[tuple[Endpoint, bool]]) -> None:
         self.slices.setdefault(model, {})[slice_name] = endpoints

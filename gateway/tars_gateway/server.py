@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -58,6 +59,8 @@ ATTEMPTS = Counter(
 EJECTIONS = Counter("tars_gateway_ejections_total", "Agents ejected after failing attempts in a row", ["agent"])
 EJECTED = Gauge("tars_gateway_ejected_agents", "Agents ejected right now")
 RETRYABLE_STATUS = {502, 503}
+# A held request looks again this often even when nothing says the table changed (a safety net).
+RECHECK_S = 1.0
 MAX_BODY = 8 * 1024 * 1024
 TABLE: web.AppKey[RouteTable] = web.AppKey("table", RouteTable)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
@@ -77,12 +80,22 @@ def _json_error(status: int, error: str, retry_after: int | None = None) -> web.
 async def _wait_for_endpoint(
     table: RouteTable, outliers: Outliers, model: str, tried: set[str], wait_s: float
 ) -> Endpoint | None:
+    """An agent for the request; while there is none, the request is held until the table changes
+    (discovery saw an agent or the model become ready) and forwarded then, not at the next poll."""
     deadline = time.monotonic() + wait_s
-    while True:
-        endpoint = table.pick(model, tried, avoid=outliers.ejected(time.monotonic()))
-        if endpoint is not None or time.monotonic() >= deadline:
-            return endpoint
-        await asyncio.sleep(0.02)
+    changed = asyncio.Event()
+    table.listeners.append(changed.set)
+    try:
+        while True:
+            changed.clear()
+            endpoint = table.pick(model, tried, avoid=outliers.ejected(time.monotonic()))
+            remaining = deadline - time.monotonic()
+            if endpoint is not None or remaining <= 0:
+                return endpoint
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_S))
+    finally:
+        table.listeners.remove(changed.set)
 
 
 def _failed(request: web.Request, model: str, endpoint: Endpoint, outcome: str, error: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from aiohttp import web
@@ -120,6 +121,7 @@ async def test_a_request_at_zero_waits_for_an_agent_to_appear() -> None:
     async def agent_becomes_ready() -> None:
         await asyncio.sleep(0.3)
         table.node_agents["tars"] = [Endpoint(f"127.0.0.1:{upstream.port}")]
+        table.changed()  # as discovery does after each update
 
     try:
         waker = asyncio.create_task(agent_becomes_ready())
@@ -127,6 +129,44 @@ async def test_a_request_at_zero_waits_for_an_agent_to_appear() -> None:
         await waker
         assert response.status == 200
         assert (await response.json())["served_by"] == "woken"
+    finally:
+        await client.close()
+        await upstream.close()
+
+
+class CountingTable(RouteTable):
+    """The real table, counting how often a request looks for an agent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picks = 0
+
+    def pick(self, model: str, exclude: Collection[str] = (), avoid: Collection[str] = ()) -> Endpoint | None:
+        self.picks += 1
+        return super().pick(model, exclude, avoid)
+
+
+async def test_a_held_request_looks_again_when_the_table_changes_not_on_a_poll() -> None:
+    """Held for an agent, a request is woken by the table's change and forwarded then; it does not
+    poll the table meanwhile (a burst held from zero polling every 20 ms burned the CPU it waited for)."""
+    upstream = await _upstream("woken")
+    table = CountingTable()
+    table.model_nodes["m"] = "tars"
+    client = await _gateway(table, wake_timeout=30.0)
+
+    async def agent_becomes_ready() -> None:
+        await asyncio.sleep(0.6)  # less than the gateway's safety-net recheck (1 s)
+        table.node_agents["tars"] = [Endpoint(f"127.0.0.1:{upstream.port}")]
+        table.changed()
+
+    try:
+        waker = asyncio.create_task(agent_becomes_ready())
+        response = await client.post("/v2/models/m/infer", json={"x": 1})
+        await waker
+        assert response.status == 200
+        assert (await response.json())["served_by"] == "woken"
+        assert table.picks <= 3, f"{table.picks} looks at the table in 0.6 s: the held request polled it"
+        assert table.listeners == []  # the request stopped listening once forwarded
     finally:
         await client.close()
         await upstream.close()
@@ -141,6 +181,7 @@ async def test_a_request_is_held_while_the_only_agent_drains_until_its_successor
     async def rolled() -> None:
         await asyncio.sleep(2.0)
         table.set_slice("m", "s", [(Endpoint(f"127.0.0.1:{successor.port}"), True)])
+        table.changed()
 
     try:
         roll = asyncio.create_task(rolled())

@@ -160,6 +160,8 @@ class Agent:
         self.tokens = ConcurrencyMeter()
         # Cluster mode sets this: a model of this agent's TarsNode by name, to load on first request.
         self.on_demand: Callable[[str], TarsModel | None] | None = None
+        # Models loaded here for a waiting request (woken from zero): when, on the monotonic clock.
+        self.woken: dict[ModelKey, float] = {}
         # Cluster mode clears this until its first sync: until then nothing says what it must serve,
         # and a restarted agent that called itself ready would take traffic with no model loaded.
         self.synced = True
@@ -195,7 +197,14 @@ class Agent:
             return False
         return True
 
+    async def wake(self, model: TarsModel) -> bool:
+        """Loads a model for a request waiting on it (a cold start): without ``prefill``, and kept a
+        while even though it is not placed here (``tars_agent.cluster.to_unload``)."""
+        self.woken[ModelKey(model.metadata.namespace, model.metadata.name)] = time.monotonic()
+        return await self.ensure_loaded(model, prefill=False)
+
     async def ensure_unloaded(self, key: ModelKey) -> None:
+        self.woken.pop(key, None)
         self.desired.discard(key)
         await self.repository.unload(key)
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
+import time
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,9 @@ from tars_api.tarsmodel import TarsModel
 log = logging.getLogger(__name__)
 
 RESYNC_INTERVAL_S = 30
+# How long a model woken from zero by a request stays loaded here while not placed here: the time the
+# operator needs to see its load in the Lease and place it (Knative's scale-to-zero grace is as long).
+WOKEN_GRACE_S = 30.0
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -80,6 +86,25 @@ def placed_models(
         except ValidationError as exc:
             invalid[key] = str(exc.errors(include_url=False)[0]["msg"])
     return wanted, invalid
+
+
+def to_unload(
+    loaded: Collection[ModelKey],
+    wanted: Collection[ModelKey],
+    woken: Mapping[ModelKey, float],
+    known: Collection[str],
+    now: float,
+    grace_s: float = WOKEN_GRACE_S,
+) -> set[ModelKey]:
+    """Models to unload: those no longer placed here, except one woken from zero here by a request
+    (``woken``: when, on the monotonic clock) less than ``grace_s`` ago whose TarsModel still exists.
+    Unloaded at the next sync, before the operator placed it, its next request was a cold start again
+    and its load vanished from the Lease the autoscaler reads."""
+    return {
+        key
+        for key in set(loaded) - set(wanted)
+        if not (key.name in known and now - woken.get(key, -math.inf) < grace_s)
+    }
 
 
 def knowledge_present(items: list[dict[str, Any]]) -> dict[str, bool]:
@@ -255,7 +280,7 @@ class ClusterAgent:
         wanted, invalid = placed_models(items, self.node, self.tarsnode)
         for key, reason in invalid.items():
             self.agent.repository.failed[key] = f"invalid TarsModel: {reason}"
-        for key in set(self.agent.desired) - set(wanted):
+        for key in to_unload(self.agent.desired, wanted, self.agent.woken, self.known, time.monotonic()):
             await self.agent.ensure_unloaded(key)
         await asyncio.gather(*(self.agent.ensure_loaded(model) for model in wanted.values()))
         self.agent.synced = True

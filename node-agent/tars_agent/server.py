@@ -136,7 +136,7 @@ async def lookup_model(agent: Agent, name: str, request: web.Request | None = No
         if model is None and agent.on_demand is not None and (wanted := agent.on_demand(name)) is not None:
             if request is not None:
                 request[COLD_START] = True
-            await agent.ensure_loaded(wanted, prefill=False)
+            await agent.wake(wanted)
             model = agent.repository.find(name)
     except AmbiguousModel as exc:
         raise ApiError(409, str(exc)) from None

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from tars_agent.capabilities import ModelKey
-from tars_agent.cluster import placed_models, placed_on
+from tars_agent.cluster import WOKEN_GRACE_S, placed_models, placed_on, to_unload
 from tars_api.lease import (
     ANNOTATION_ADDRESS,
     ANNOTATION_BACKEND,
@@ -119,3 +119,18 @@ def test_concurrency_is_averaged_over_time_not_sampled() -> None:
     meter.begin("m")
     now[0] = 3.0
     assert meter.read() == {"m": 2.0}
+
+
+def test_a_model_woken_from_zero_stays_loaded_until_the_operator_can_place_it() -> None:
+    woken, placed, gone = ModelKey("tars", "woken"), ModelKey("tars", "placed"), ModelKey("tars", "unplaced")
+    loaded = {woken, placed, gone}
+    at = {woken: 100.0}
+    known = {"woken", "placed", "unplaced"}
+    # Not placed here yet, woken 1 s ago: kept; a model simply no longer placed here: unloaded.
+    assert to_unload(loaded, {placed}, at, known, now=101.0) == {gone}
+    # Placed meanwhile: kept whatever the time.
+    assert to_unload(loaded, {placed, woken}, at, known, now=100.0 + 10 * WOKEN_GRACE_S) == {gone}
+    # Past the grace and still not placed (its TarsModel at zero without autoscaling): unloaded.
+    assert to_unload(loaded, {placed}, at, known, now=100.0 + WOKEN_GRACE_S) == {woken, gone}
+    # Its TarsModel deleted: unloaded at once, grace or not.
+    assert to_unload(loaded, {placed}, at, {"placed", "unplaced"}, now=101.0) == {woken, gone}

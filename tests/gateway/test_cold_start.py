@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tars_agent.agent import Agent, AgentConfig
+from tars_agent.capabilities import ModelKey
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_agent.server import create_app as agent_app
 from tars_api import TarsModel
@@ -30,6 +31,7 @@ class Wired:
     gateway: TestClient
     agents: list[TestClient]
     model: str
+    agent_objects: list[Agent]
 
 
 def sleeping_model(name: str) -> TarsModel:
@@ -61,7 +63,7 @@ async def wired() -> AsyncIterator[Wired]:
     settings = argparse.Namespace(attempts=3, wake_timeout=5.0, upstream_timeout=30.0)
     gateway = TestClient(TestServer(gateway_app(table, settings)))
     await gateway.start_server()
-    yield Wired(gateway, agents, model)
+    yield Wired(gateway, agents, model, closing)
     await gateway.close()
     for client in agents:
         await client.close()
@@ -93,6 +95,9 @@ async def test_a_burst_from_zero_wakes_one_agent_and_counts_cold_apart_from_warm
     # The agent with the most free memory took the whole burst; the other never loaded the model.
     assert woken[1] == {(f"default/{wired.model}", "cold"): 4, (f"default/{wired.model}", "warm"): 1}
     assert (f"default/{wired.model}", "cold") not in woken[0]
+    # ... and remembers it woke the model, which keeps it loaded until the operator places it there.
+    assert list(wired.agent_objects[1].woken) == [ModelKey("default", wired.model)]
+    assert wired.agent_objects[0].woken == {}
 
     at_gateway = await samples(wired.gateway, "tars_gateway_answer_duration_seconds")
     assert at_gateway[(wired.model, "cold")] == 4

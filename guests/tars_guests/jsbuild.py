@@ -69,6 +69,27 @@ await writeFile(out, component);
 """
 
 
+class JavaScriptUnavailable(GuestBuildError):
+    """This machine cannot build JavaScript functions (no Node.js or npm): a property of the agent, not
+    of the function, so it is not reported as an invalid function."""
+
+
+# What the agent says when it cannot build: the image ships no Node.js (see the README's functions section).
+_UNAVAILABLE = (
+    "this agent cannot build JavaScript functions: {missing} not found on its PATH (the tars image ships "
+    "neither Node.js nor componentize-js); serve JavaScript functions from agents with Node.js 18+ and "
+    "npm, or build the component yourself (python -m tars_guests.jsbuild FILE.js -o FILE.wasm) and "
+    "deploy it from the nodes with source file:///path/FILE.wasm"
+)
+
+
+def node_binary() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise JavaScriptUnavailable(_UNAVAILABLE.format(missing="Node.js (node)"))
+    return node
+
+
 def lock_digest() -> str:
     """Names the toolchain: the lock file pins every package, so its digest is the version."""
     return hashlib.sha256((_LOCK_DIR / "package-lock.json").read_bytes()).hexdigest()[:16]
@@ -88,9 +109,10 @@ def install_toolchain(timeout_s: float = 900) -> Path:
     target = toolchain_dir()
     if (target / _CLI).is_file():
         return target
+    node_binary()
     npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        raise GuestBuildError("building JavaScript functions needs Node.js and npm (e.g. apt-get install nodejs npm)")
+    if npm is None:
+        raise JavaScriptUnavailable(_UNAVAILABLE.format(missing="npm"))
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.parent, target.name):
         if (target / _CLI).is_file():
@@ -133,15 +155,17 @@ def build_js(source: str, *, timeout_s: float = BUILD_WALL_S) -> Path:
     """The component built from a JavaScript module's ``source`` (built now, or taken from the cache).
 
     Raises GuestBuildError with componentize-js's message when it refuses the module (a syntax error,
-    no ``handle`` export, a top level that throws), and ``subprocess.TimeoutExpired`` after
-    ``timeout_s``. The build runs in :mod:`tars_guests.buildjail`'s sandbox: it sees the source, the WIT
-    files and the toolchain read-only and writes only its scratch directory."""
+    no ``handle`` export, a top level that throws), JavaScriptUnavailable when this machine has no
+    Node.js or npm, and ``subprocess.TimeoutExpired`` after ``timeout_s``. The build runs in
+    :mod:`tars_guests.buildjail`'s sandbox: it sees the source, the WIT files and the toolchain
+    read-only and writes only its scratch directory."""
     directory = cache_dir() / "js"
     directory.mkdir(parents=True, exist_ok=True)
     key = source_key(source)
     target = directory / f"{key}.wasm"
     if target.is_file():
         return target
+    node = node_binary()  # before the toolchain: one installed earlier is no use without Node.js
     toolchain = install_toolchain()
     wit = wit_dir()
     with _build_lock(directory, key):
@@ -153,7 +177,7 @@ def build_js(source: str, *, timeout_s: float = BUILD_WALL_S) -> Path:
             (scratch / "function.js").write_text(_WRAPPER, encoding="utf-8")
             out = scratch / "function.wasm"
             entry = (toolchain / _CLI).as_uri()
-            command = [shutil.which("node") or "node", "--input-type=module", "-e", _DRIVER, "--", entry]
+            command = [node, "--input-type=module", "-e", _DRIVER, "--", entry]
             command += [str(scratch / "function.js"), str(wit), str(out), *DISABLED_FEATURES]
             result = run_sandboxed([], readable=[toolchain, wit], scratch=scratch, timeout_s=timeout_s, command=command)
             if result.returncode != 0 or not out.is_file():

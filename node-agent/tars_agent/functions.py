@@ -245,11 +245,13 @@ def javascript_function_bundle(source: str, origin: str = "function.js") -> Mode
     """A guest from a JavaScript module exporting ``handle``: checked, built into a component here
     (cached by content; the module's top level runs in the build sandbox), then loaded as one."""
     from tars_guests.build import GuestBuildError
-    from tars_guests.jsbuild import BUILD_WALL_S, build_js
+    from tars_guests.jsbuild import BUILD_WALL_S, JavaScriptUnavailable, build_js
 
     check_javascript(source, origin)
     try:
         built = build_js(source, timeout_s=BUILD_WALL_S)
+    except JavaScriptUnavailable:
+        raise  # the agent's lack, not the function's fault: reported as such, never as InvalidFunction
     except subprocess.TimeoutExpired:
         raise InvalidFunction(f"{origin}: building did not finish within {BUILD_WALL_S} s") from None
     except GuestBuildError as exc:

@@ -8,8 +8,11 @@ cargo's target directory lives in ~/.cache/tars, so later sessions rebuild nothi
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ from tars_agent.catalog import Catalog
 from tars_agent.sandbox.base import SandboxBackend
 from tars_api import TarsModel
 from tars_api.tarsnode import SandboxLimits
+from tarsctl import localcluster
 from tests.agent.conftest import DEFAULT_PATH, SharedBackend, backend_on_path
+from tests.fixtures import ControlPlane, eventually
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "guests" / "examples" / "build.sh"
@@ -157,3 +162,47 @@ async def agent(backend: SharedBackend, configmaps: ConfigMaps) -> AsyncIterator
     instance = make_agent(backend, configmaps)
     yield instance
     instance.close()
+
+
+@contextmanager
+def cluster_agent_process(
+    control_plane: ControlPlane, namespace: str, node: str, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """A real tars-agent process in cluster mode for TarsNode ``tars`` of ``namespace``, standing for the
+    agent pod on ``node`` (the environment the pod gets); yields its URL once it is live."""
+    port = localcluster.free_port()
+    environment = {
+        **control_plane.env,
+        "NODE_NAME": node,
+        "POD_IP": "127.0.0.1",
+        "POD_NAMESPACE": namespace,
+        "POD_NAME": f"tars-agent-{node}",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "tars_agent.main", "--backend", "wasmtime", "--host", "127.0.0.1"]
+    # These tests call functions from the host without a token: open is the explicit choice (the
+    # default, namespace, is tested with the access rules).
+    command += ["--default-access", "open", "--port", str(port), "--tarsnode", "tars"]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=environment)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        live = f"{url}/v2/health/live"
+        eventually(lambda: urllib.request.urlopen(live, timeout=1).status == 200, timeout=120, what="agent up")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        print(log.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def cluster_agent(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...], tmp_path: Path
+) -> Iterator[str]:
+    """A real tars-agent process in cluster mode, standing for the agent on the first simulated node."""
+    with cluster_agent_process(control_plane, namespace, simulated_nodes[0], tmp_path / "agent.log") as url:
+        yield url

@@ -6,17 +6,14 @@ in cluster mode: ``tarsctl fn deploy`` (configmap://), placement, the agent read
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from tarsctl import fn, localcluster
+from tarsctl import fn
 from tests.fixtures import ControlPlane, eventually
 from tests.functions.conftest import BROKEN_PYTHON, USER_PYTHON
 
@@ -41,41 +38,6 @@ def run_tarsctl_fn(*argv: str) -> int:
     args = parser.parse_args(["fn", *argv])
     result: int = args.func(args)
     return result
-
-
-@pytest.fixture
-def cluster_agent(
-    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...], tmp_path: Path
-) -> Iterator[str]:
-    """A real tars-agent process in cluster mode, standing for the agent on the first simulated node."""
-    port = localcluster.free_port()
-    log = tmp_path / "agent.log"
-    env = {
-        **control_plane.env,
-        "NODE_NAME": simulated_nodes[0],
-        "POD_IP": "127.0.0.1",
-        "POD_NAMESPACE": namespace,
-        "POD_NAME": f"tars-agent-{simulated_nodes[0]}",
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [sys.executable, "-m", "tars_agent.main", "--backend", "wasmtime", "--host", "127.0.0.1"]
-    # These tests call functions from the host without a token: open is the explicit choice (the
-    # default, namespace, is tested with the access rules).
-    command += ["--default-access", "open"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--tarsnode", "tars"], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        eventually(lambda: urllib.request.urlopen(f"{url}/v2/health/live", timeout=1).status == 200, what="agent up")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(log.read_text(errors="replace")[-3000:])
 
 
 def test_functions_deployed_with_tarsctl_run_on_a_real_agent(

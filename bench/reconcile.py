@@ -34,6 +34,7 @@ from tarsctl.localcluster import load_api_client
 
 console = Console()
 REQUESTS = "tars_operator_api_requests_total"
+API_SECONDS = "tars_operator_api_request_duration_seconds"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -52,18 +53,29 @@ def watch_until(list_fn, namespace: str, done: dict[str, float], expected: int, 
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The operator's counters, summed per metric name and first label value."""
+    """The operator's counters and histograms' sums and counts, summed per metric name and first
+    label value (the exposition sorts labels: the API request metrics' first is the resource)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     totals: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("tars_operator_") and "_total" in line:
-            name, value = line.rsplit(" ", 1)
-            metric, _, labels = name.partition("{")
+        name, _, value = line.rpartition(" ")
+        metric, _, labels = name.partition("{")
+        if line.startswith("tars_operator_") and metric.endswith(("_total", "_sum", "_count")):
             first = labels.split('"')[1] if '"' in labels else ""
             for key in (metric, f"{metric}:{first}"):
                 totals[key] = totals.get(key, 0.0) + float(value)
     return totals
+
+
+def mean_api_ms(counters: dict[str, float]) -> dict[str, int]:
+    """Mean time the API server took per request, by resource (the operator's worker threads' view)."""
+    prefix = f"{API_SECONDS}_count:"
+    return {
+        k[len(prefix) :]: round(1000 * counters[f"{API_SECONDS}_sum:{k[len(prefix) :]}"] / n)
+        for k, n in counters.items()
+        if k.startswith(prefix) and n
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -242,6 +254,7 @@ def main() -> None:
                     "requests_by_resource": {
                         k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith(f"{REQUESTS}:")
                     },
+                    "api_mean_ms_by_resource": mean_api_ms(counters),
                     "rss_mib": round(rss),
                     "idle_cpu_percent": round(idle_cpu * 100, 1),
                     "restart_converge_s": round(restart_s, 1),

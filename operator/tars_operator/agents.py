@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tars_api.labels import BACKEND_LABEL, NODE_LABEL, TARSNODE_LABEL
-from tars_api.lease import AgentReport, lease_expired, parse_agent_annotations
+from tars_api.lease import LEASE_DURATION_S, AgentReport, lease_expired, parse_agent_annotations
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -126,3 +126,14 @@ def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime)
     if lease.report.draining:
         return f"agent on {lease.node} is draining"
     return None
+
+
+def next_expiry_s(leases: list[LeaseRecord], now: datetime, longest_s: float) -> float:
+    """Seconds until the first of these Leases that is still fresh expires, at most ``longest_s``
+    (a renewal meanwhile moves that moment later; a new Lease arrives as a watch event)."""
+    waits = [
+        (lease.renew_time - now).total_seconds() + (lease.duration_s or LEASE_DURATION_S)
+        for lease in leases
+        if lease.renew_time is not None and not lease_expired(lease.renew_time, lease.duration_s, now)
+    ]
+    return max(0.0, min([longest_s, *waits]))

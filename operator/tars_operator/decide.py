@@ -43,6 +43,10 @@ class ModelPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
     @property
+    def ready(self) -> bool:
+        return any(c.type == "Ready" and c.status for c in self.conditions)
+
+    @property
     def slice_names(self) -> set[str]:
         return {c["metadata"]["name"] for c in self.children if c["kind"] == "EndpointSlice"}
 

@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -19,7 +20,7 @@ import kopf
 from tars_api import GROUP, VERSION
 from tars_api.labels import AGENT_APP, MANAGED_BY, NAME, NAMESPACE_LABEL, OPERATOR, TARSNODE_LABEL
 from tars_operator import builders
-from tars_operator.agents import LeaseRecord, NodeRecord, lease_record, node_record
+from tars_operator.agents import LeaseRecord, NodeRecord, lease_record, next_expiry_s, node_record
 from tars_operator.kube import API_CONCURRENCY, written_last_by
 from tars_operator.metrics import MANAGED
 from tars_operator.podfaults import pod_record
@@ -39,6 +40,11 @@ CHILD_KINDS = [
     ("policy", "v1", "poddisruptionbudgets"),
 ]
 RBAC = "rbac.authorization.k8s.io/v1"
+# A Lease counts as expired once strictly older than its duration: look just after that moment.
+EXPIRY_MARGIN_S = 0.05
+# The longest the agents daemon sleeps: a Lease that appears meanwhile is seen by then, well before
+# it could expire (8 s), so its expiry is not missed.
+AGENTS_RECHECK_S = 2.0
 
 Bodies = kopf.Index[Key, dict[str, Any]]
 Leases = kopf.Index[Key, LeaseRecord]
@@ -78,31 +84,35 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: An
 
 
 # --- indexes ---------------------------------------------------------------------------------------
+# Coroutines although they never wait: kopf runs a plain function in its thread pool, one hop per
+# watch event, queued behind whatever else holds the pool's threads.
 
 
 @kopf.index(GROUP, VERSION, "tarsnodes")
-def tarsnodes_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def tarsnodes_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index(GROUP, VERSION, "tarsmodels")
-def models_index(namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def models_index(namespace: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, spec.get("nodeRef", {}).get("name", "")): dict(body)}
 
 
 @kopf.index("coordination.k8s.io", "v1", "leases", labels={NAME: AGENT_APP})
-def leases_index(body: kopf.Body, **_: Any) -> dict[Key, LeaseRecord] | None:
+async def leases_index(body: kopf.Body, **_: Any) -> dict[Key, LeaseRecord] | None:
     record = lease_record(body)
     return {(record.namespace, record.tarsnode): record} if record else None
 
 
 @kopf.index("", "v1", "nodes")
-def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeRecord]:
+async def nodes_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeRecord]:
     return {name: node_record(body)}
 
 
 @kopf.index("apps", "v1", "daemonsets", labels={MANAGED_BY: OPERATOR})
-def daemonsets_index(namespace: str, labels: kopf.Labels, status: kopf.Status, **_: Any) -> dict[Key, dict[str, Any]]:
+async def daemonsets_index(
+    namespace: str, labels: kopf.Labels, status: kopf.Status, **_: Any
+) -> dict[Key, dict[str, Any]]:
     return {(namespace, labels.get(TARSNODE_LABEL, "")): dict(status)}
 
 
@@ -162,15 +172,22 @@ for _group, _version, _plural in CHILD_KINDS:
     _child_event(_group, _version, _plural)
 
 
-@kopf.timer(GROUP, VERSION, "tarsnodes", interval=1.0, id="agents-watch")
+@kopf.daemon(GROUP, VERSION, "tarsnodes", id="agents-watch", cancellation_timeout=5.0)
 async def watch_agents(
-    namespace: str, name: str, memo: OperatorMemo,
+    namespace: str, name: str, memo: OperatorMemo, stopped: kopf.DaemonStopped,
     tarsnodes_index: Bodies, models_index: Bodies, leases_index: Leases, nodes_index: Nodes, daemonsets_index: Bodies,
     **_: Any,
 ) -> None:  # fmt: skip
-    """Lease expiry makes no watch event, so liveness is re-checked on a short timer."""
-    indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-    await memo.reconciler.agents_moved((namespace, name), indexes)
+    """Lease expiry makes no watch event, so the daemon sleeps until the TarsNode's next Lease would
+    expire and looks again. A 1 s timer per TarsNode did the same by polling: 100 kopf handler runs a
+    second at 100 TarsNodes, and up to a second late. A daemon, not one operator-wide loop: kopf
+    stops daemons while peering pauses this replica."""
+    key = (namespace, name)
+    while not stopped:
+        indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
+        await memo.reconciler.agents_moved(key, indexes)
+        leases = list(leases_index.get(key, []))
+        await stopped.wait(next_expiry_s(leases, datetime.now(UTC), AGENTS_RECHECK_S) + EXPIRY_MARGIN_S)
 
 
 # The first run waits a whole interval: at creation (or an operator start) the TarsNode's own event
@@ -202,6 +219,11 @@ async def sweep_orphan(
     if type != "DELETED" and (labels[NAMESPACE_LABEL], labels[TARSNODE_LABEL]) not in tarsnodes_index:
         log.info("removing %s: its TarsNode is gone", name)
         await memo.reconciler.kube.delete(RBAC, "ClusterRoleBinding", None, name)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(type: str, name: str, meta: kopf.Meta, memo: OperatorMemo, **_: Any) -> None:
+    memo.reconciler.namespace_seen(name, type != "DELETED" and bool(meta.get("deletionTimestamp")))
 
 
 # --- agents and nodes -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tars_api.labels import FIELD_MANAGER
 from tars_common.kube import CONNECTION_POOL_SIZE
-from tars_operator.metrics import API_REQUESTS
+from tars_operator.metrics import API_REQUESTS, API_SECONDS
 
 log = logging.getLogger(__name__)
 # Reconciles run concurrently in worker threads, each with its own pooled connection.
@@ -70,9 +70,11 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        API_REQUESTS.labels(method, resource_of(path)).inc()
-        response = self.api.call_api(*request, _request_timeout=30)
-        response.read()
+        resource = resource_of(path)
+        API_REQUESTS.labels(method, resource).inc()
+        with API_SECONDS.labels(method, resource).time():
+            response = self.api.call_api(*request, _request_timeout=30)
+            response.read()
         if not 200 <= response.status < 300:
             raise ApiException(http_resp=response)
         return json.loads(response.data) if response.data else None

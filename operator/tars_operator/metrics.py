@@ -23,3 +23,9 @@ API_REQUESTS = Counter(
     "Requests the operator's reconciles sent to the API server (kopf's watches not included)",
     ["verb", "resource"],
 )
+API_SECONDS = Histogram(
+    "tars_operator_api_request_duration_seconds",
+    "Time from sending a request to the API server to its answer, in the worker thread",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -132,6 +132,7 @@ class Reconciler:
         self._detached: set[asyncio.Future[None]] = set()
         self._slice_listings: dict[str, asyncio.Future[dict[str, set[str]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
+        self.terminating: set[str] = set()  # namespaces being deleted
 
     def detach(self, work: Awaitable[None]) -> None:
         """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
@@ -198,9 +199,19 @@ class Reconciler:
             "TarsNode", key, record.slot, lambda: self._reconcile_tarsnode(key, record, seen_fn()), settle_s
         )
 
+    def gone(self, body: dict[str, Any]) -> bool:
+        """True for an object being deleted or in a namespace being deleted. Reconciling
+        one there re-created children the API server refuses: with 1,000 models in it, every agent
+        Lease removed reconciled them all, each failing and posting Events kopf retried nine times."""
+        meta = body.get("metadata", {})
+        return bool(meta.get("deletionTimestamp")) or meta.get("namespace") in self.terminating
+
+    def namespace_seen(self, name: str, terminating: bool) -> None:
+        (self.terminating.add if terminating else self.terminating.discard)(name)
+
     async def _reconcile_tarsnode(self, key: Key, record: TarsNodeRecord, seen: Observed) -> None:
         body = seen.tarsnodes.get(key)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        if body is None or self.gone(body):
             return
         await self._contained(body, lambda: self._reconcile_tarsnode_body(key, record, body, seen), record)
 
@@ -292,7 +303,7 @@ class Reconciler:
 
     async def _reconcile_tarsmodel(self, key: Key, record: TarsModelRecord, seen: Observed) -> None:
         body = self._model_body(key, seen)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        if body is None or self.gone(body):
             return
         await self._contained(body, lambda: self._reconcile_tarsmodel_body(record, body, seen), record)
 
@@ -362,12 +373,21 @@ class Reconciler:
             metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
         for type_, reason, message in plan.events:
             post_event(body, type_, reason, message)
-        # Routing first: a status that says Ready is a model callers reach.
-        await asyncio.gather(
+        routed = asyncio.gather(
             *(self._apply_if_changed(record, obj) for obj in plan.children),
             self._prune_slices(tm, record, plan.slice_names),
         )
-        await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
+        if plan.ready:
+            # Routing first: a status that says Ready is a model callers reach.
+            await routed
+            await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
+        else:
+            # Not Ready yet, so nothing waits: the placements are written alongside the routing. After
+            # it, they waited on a new model's Service, whose ClusterIP allocation took 2.9 s mean with
+            # 200 models arriving on a loaded machine.
+            await asyncio.gather(
+                routed, self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
+            )
 
     async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any]) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than

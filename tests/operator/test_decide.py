@@ -67,3 +67,10 @@ def test_load_errors_are_reported_per_agent() -> None:
     plan = decide_model(tarsmodel(), ModelFacts(True, [agent("n1")], load_errors={"n1": "weights missing"}))
     degraded = condition(plan, "Degraded")
     assert degraded.reason == "LoadFailed" and "agent on n1: weights missing" in degraded.message
+
+
+def test_ready_only_when_an_agent_holding_it_is_routed() -> None:
+    # The reconciler writes a Ready status only after the routing is applied, and any other at once.
+    assert decide_model(tarsmodel(), ModelFacts(True, [agent("n1", loaded=True)])).ready is True
+    assert decide_model(tarsmodel(), ModelFacts(True, [agent("n1")])).ready is False
+    assert decide_model(tarsmodel(), ModelFacts(False)).ready is False

@@ -483,3 +483,28 @@ def test_a_failing_model_shows_its_error_and_blocks_no_other(
     finally:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
             control_plane.kubectl("delete", kind, f"deny-{namespace}")
+
+
+def test_a_namespace_being_deleted_is_left_to_the_namespace_controller(
+    control_plane: ControlPlane, simulated_nodes: tuple[str, ...], operator: OperatorProcess
+) -> None:
+    """Deleting a namespace removes its agents' Leases, which woke every model's reconcile there: each
+    re-created the Service and slices already removed, and the API server refused them all."""
+    namespace = f"t-gone-{int(time.time() * 1000) % 10**8}"
+    control_plane.kubectl("create", "namespace", namespace)
+    apply(control_plane, namespace, tarsnode())
+    names = [f"m{i}" for i in range(6)]
+    for port, node in enumerate(simulated_nodes, start=9301):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {f"{namespace}/{n}": True for n in names}))
+    for name in names:
+        apply(control_plane, namespace, tarsmodel(name))
+    for name in names:
+        eventually(lambda name=name: _model(control_plane, namespace, name).get("status", {}).get("placements"))
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+    eventually(
+        lambda: control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        timeout=90,
+        what="the namespace gone",
+    )
+    refused = [line for line in operator.log_text().splitlines() if f"namespace {namespace} because" in line]
+    assert refused == []

@@ -1,0 +1,31 @@
+"""Agent liveness from Lease records: when the operator must look again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tars_api.lease import AgentReport
+from tars_operator.agents import LeaseRecord, next_expiry_s
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def lease(node: str, renewed_s_ago: float | None, duration_s: int | None = 8) -> LeaseRecord:
+    renewed = None if renewed_s_ago is None else NOW - timedelta(seconds=renewed_s_ago)
+    report = AgentReport(address="10.0.0.1:9400", backend="wasmtime", capacity_mib=1024, ready=True)
+    return LeaseRecord("ai", "tars", node, renewed, duration_s, report)
+
+
+def test_wakes_when_the_first_fresh_lease_expires() -> None:
+    leases = [lease("n1", 2.0), lease("n2", 5.0), lease("n3", 1.0, duration_s=30)]
+    assert next_expiry_s(leases, NOW, longest_s=10.0) == 3.0
+
+
+def test_expired_and_unrenewed_leases_do_not_wake_it_again() -> None:
+    leases = [lease("dead", 20.0), lease("never", None), lease("n1", 0.0, duration_s=30)]
+    assert next_expiry_s(leases, NOW, longest_s=10.0) == 10.0
+    assert next_expiry_s([], NOW, longest_s=10.0) == 10.0
+
+
+def test_a_lease_at_its_last_moment_wakes_it_at_once() -> None:
+    assert next_expiry_s([lease("n1", 8.0)], NOW, longest_s=10.0) == 0.0

@@ -2,8 +2,10 @@
 
 Run: ``python bench/sandbox.py [--samples 500] [--slots 1000] [--seconds 4] [--concurrency 1 64]``.
 
-1. Fresh sandbox start and call, per guest (:func:`bench_guests`: a componentize-py guest and a
-   compiled Rust one), on the wasmtime-py path and the native path (``tars_native``).
+1. Fresh sandbox start and call of a trivial function in each of the four languages of users'
+   functions (:func:`bench_guests`: the greeter examples in Python, JavaScript and C, Rust's textstats
+   example; then the VADER guests), on the wasmtime-py path and the native path (``tars_native``).
+   ``--start-only`` runs this part alone.
 2. Idle memory of ``--slots`` warm (started, unused) sandboxes of the compiled guest, per path.
 3. HTTP: the compiled function invoked over HTTP with a fresh sandbox per request, served by the agent
    on each path (one process, then one per core sharing the port) and by the reference host
@@ -45,9 +47,7 @@ from rich.table import Table
 from tars_agent.sandbox.base import GuestSource, HostCallRefused, Limits, SandboxBackend
 from tars_agent.sandbox.probe import wasmtime_backend
 from tars_guests.apps import build_app
-from tars_guests.build import build_guest
 from tars_guests.compiled import build_compiled
-from tars_guests.testapps import ECHO_APP
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TARS_CACHE_DIR", Path.home() / ".cache" / "tars"))
@@ -92,6 +92,16 @@ def c_guest() -> Path:
     return Path(built.stdout.strip().splitlines()[-1])
 
 
+def python_guest() -> Path:
+    """The Python example function (guests/examples/python), built as the agent builds users' Python."""
+    from tars_agent.functions import python_function_bundle
+
+    source = (ROOT / "guests/examples/python/greeter.py").read_text()
+    component = python_function_bundle(source, "greeter.py").guest.component
+    assert component is not None
+    return component
+
+
 def js_guest() -> Path:
     """The JavaScript example function (guests/examples/js), built by componentize-js (cached by content)."""
     from tars_guests.jsbuild import build_js
@@ -103,7 +113,7 @@ def bench_guests() -> dict[str, tuple[Path, str]]:
     """Guests measured for start and call: label -> (component, input). One row per guest and path."""
     greeter_input = json.dumps({"name": "bench", "lang": "fr"})
     return {
-        "python echo (componentize-py)": (build_guest(ECHO_APP), '{"x": 1}'),
+        "python greeter (componentize-py)": (python_guest(), greeter_input),
         "rust textstats (compiled)": (compiled_guest(), FUNCTION_INPUT),
         "c greeter (clang, wit-bindgen c)": (c_guest(), greeter_input),
         "javascript greeter (componentize-js)": (js_guest(), greeter_input),
@@ -361,7 +371,7 @@ def print_sentiment(console: Console, sentiment: dict[str, list[dict[str, float]
     )
 
 
-def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels: list[int]) -> None:
+def print_starts(console: Console, starts: dict) -> None:
     table = Table(title="Fresh sandbox: start and call (goal: start p50 <= 0.1 ms compiled, <= 1 ms componentize-py)")
     for col in ("guest", "path", "start p50", "start p99", "call p50"):
         table.add_column(col, justify="right")
@@ -369,6 +379,10 @@ def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels
         for path, s in by_path.items():
             table.add_row(guest, path, *(f"{s[k]:.3f} ms" for k in ("start_p50_ms", "start_p99_ms", "call_p50_ms")))
     console.print(table)
+
+
+def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels: list[int]) -> None:
+    print_starts(console, starts)
     table = Table(title="Idle warm sandboxes (compiled guest)")
     for col in ("path", "slots", "RSS total", "RSS / slot"):
         table.add_column(col, justify="right")
@@ -404,6 +418,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--sentiment-only", action="store_true", help="only the sentiment-over-HTTP part")
+    parser.add_argument("--start-only", action="store_true", help="only the fresh-sandbox start and call table")
     args = parser.parse_args()
     console = Console()
     if args.sentiment_only:
@@ -418,6 +433,10 @@ def main() -> None:
         label: {path: start_numbers(backend, component, input_json, args.samples) for path, backend in backends.items()}
         for label, (component, input_json) in guests.items()
     }
+    if args.start_only:
+        print_starts(console, starts)
+        print(json.dumps({"bench": "sandbox", "start": starts}))
+        return
     compiled, _ = guests["rust textstats (compiled)"]
     slots = {path: idle_slots(backend, compiled, args.slots) for path, backend in backends.items()}
     for backend in backends.values():

@@ -148,6 +148,19 @@ async def test_bad_javascript_is_refused_with_the_reason(
     assert error.startswith("InvalidFunction: ") and expected in error, error
 
 
+async def test_an_agent_without_nodejs_says_so_rather_than_blaming_the_function(
+    agent: Agent, configmaps: ConfigMaps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the tars image: no node or npm on the PATH, no toolchain installed; a source never built here.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("TARS_JS_TOOLCHAIN", str(tmp_path / "no-toolchain"))
+    configmaps[("tenant-a", "js")] = {"data": {"function.js": f"// {tmp_path}\n{JS_EXAMPLE.read_text()}"}}
+    assert not await agent.ensure_loaded(function_model("js", source="configmap://js/function.js"))
+    error = agent.repository.failed[ModelKey("tenant-a", "js")]
+    assert error.startswith("JavaScriptUnavailable: this agent cannot build JavaScript functions: Node.js"), error
+    assert "python -m tars_guests.jsbuild" in error  # and what to do instead
+
+
 # --- hostile functions ------------------------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ the operator and the gateway.
    holds it, wakes the model on the agent placement would choose and forwards once it is loaded);
    first-answer p50 (goal <= 50 ms) and p99, beside a warm answer of the same models. The guest's
    compiled code is already on the agents (as an image already pulled on a node). The gateway's
-   tars_gateway_answer_duration_seconds{start="cold"} count is read back from its /metrics.
+   tars_gateway_answer_duration_seconds{start="cold"} count is read back from its /metrics, and the
+   agents' mean time for a cold answer (their tars_agent_answer_duration_seconds{start="cold"}) beside
+   it, with the machine's load average while measured.
 Run: python bench/autoscale.py [--agents 3]
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import threading
 import time
 import urllib.request
@@ -127,15 +130,30 @@ def reconciled(fleet: Fleet, name: str) -> bool:
     return bool(fleet.get_json("tarsmodel", name).get("status", {}).get("conditions"))
 
 
-def cold_counts(gateway: str) -> float:
-    with urllib.request.urlopen(f"{gateway}/metrics", timeout=10) as response:
+def cold_totals(base: str, metric: str) -> tuple[float, float]:
+    """(count, sum in seconds) of the cold answers in the histogram ``metric`` at ``base``/metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return sum(
-        sample.value
+    cold = [
+        sample
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "tars_gateway_answer_duration_seconds_count" and sample.labels.get("start") == "cold"
+        if sample.labels.get("start") == "cold"
+    ]
+    return (
+        sum(s.value for s in cold if s.name == f"{metric}_count"),
+        sum(s.value for s in cold if s.name == f"{metric}_sum"),
     )
+
+
+def agents_cold_totals(agent_ports: list[int]) -> tuple[float, float]:
+    totals = [cold_totals(f"http://127.0.0.1:{p}", "tars_agent_answer_duration_seconds") for p in agent_ports]
+    return sum(c for c, _ in totals), sum(s for _, s in totals)
+
+
+def mean_ms(after: tuple[float, float], before: tuple[float, float]) -> float:
+    count = after[0] - before[0]
+    return 1000 * (after[1] - before[1]) / count if count else math.nan
 
 
 def from_zero(fleet: Fleet, gateway: str, agent_ports: list[int]) -> dict[str, float]:
@@ -150,7 +168,9 @@ def from_zero(fleet: Fleet, gateway: str, agent_ports: list[int]) -> dict[str, f
     for port in agent_ports:
         post(f"http://127.0.0.1:{port}/v2/models/asleep-prime/infer", TEXT_REQUEST)
     time.sleep(2)  # let the gateway see every model
-    cold_before = cold_counts(gateway)
+    gateway_before = cold_totals(gateway, "tars_gateway_answer_duration_seconds")
+    agents_before = agents_cold_totals(agent_ports)
+    load_1m, load_5m, _ = os.getloadavg()
     cold: list[float] = []
     warm: list[float] = []
     failed = 0
@@ -166,7 +186,12 @@ def from_zero(fleet: Fleet, gateway: str, agent_ports: list[int]) -> dict[str, f
         "first_answer_p50_ms": stats.percentile(cold, 50),
         "first_answer_p99_ms": stats.percentile(cold, 99),
         "warm_answer_p50_ms": stats.percentile(warm, 50),
-        "cold_counted_by_gateway": cold_counts(gateway) - cold_before,
+        "cold_counted_by_gateway": cold_totals(gateway, "tars_gateway_answer_duration_seconds")[0] - gateway_before[0],
+        # Where a cold answer's time goes: inside the agent (load and call) against the whole trip.
+        "agent_cold_mean_ms": mean_ms(agents_cold_totals(agent_ports), agents_before),
+        # The machine's load when the cold starts were measured (2 cores, shared): report it beside them.
+        "load_average_1m": load_1m,
+        "load_average_5m": load_5m,
     }
 
 

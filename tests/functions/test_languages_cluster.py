@@ -64,10 +64,11 @@ class Shell:
         return result.stdout
 
 
-def objects(control_plane: ControlPlane, namespace: str) -> dict[str, str]:
-    """Every ConfigMap and TarsModel of the namespace, by kind/name, with its resourceVersion."""
+def objects(control_plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    """Every ConfigMap and TarsModel of the namespace, by kind/name, with what a deploy would change (not
+    the resourceVersion: the operator's status writes move it)."""
     found = control_plane.get_json("configmaps,tarsmodels", "-n", namespace)["items"]
-    return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in found}
+    return {f"{o['kind']}/{o['metadata']['name']}": [o.get("data"), o.get("binaryData"), o.get("spec")] for o in found}
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +156,9 @@ def test_an_agent_without_nodejs_refuses_javascript_saying_why(
     source = tmp_path / "greeter.js"
     source.write_text(f"// {namespace}\n" + JS_EXAMPLE.read_text())
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(TARSNODE))
-    with cluster_agent_process(
-        control_plane, namespace, simulated_nodes[1], tmp_path / "agent.log", env={"PATH": str(tools), "TARS_JS_TOOLCHAIN": str(tmp_path / "no-toolchain")}
-    ) as agent:
+    image_like = {"PATH": str(tools), "TARS_JS_TOOLCHAIN": str(tmp_path / "no-toolchain")}
+    log = tmp_path / "agent.log"
+    with cluster_agent_process(control_plane, namespace, simulated_nodes[1], log, image_like) as agent:
         shell = Shell(control_plane, namespace, agent)
         deploy = ["tarsctl", "fn", "deploy", str(source), "--name", "greeter-js", "--node", "tars", "--wait", "300"]
         result = shell(deploy)

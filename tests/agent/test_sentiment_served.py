@@ -2,12 +2,14 @@
 
 A real agent on the Wasmtime path it takes by default (native when tars_native is installed) answers
 both routes with vaderSentiment's own scores on the reference sentences, counts the requests in its
-metrics, and keeps the Python app as the guest Hyperlight runs from source. Where the crate is not
-installed (the container image), the component staged by the build machine is the one served.
+metrics, and keeps the Python app as the guest Hyperlight runs from source; that app still serves as a
+user's .wasm function (the example of a Python guest with a library). Where the crate is not installed
+(the container image), the component staged by the build machine is the one served.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from tars_agent.agent import Agent, AgentConfig
 from tars_agent.capabilities import ModelKey
 from tars_agent.server import create_app
 from tars_api import TarsModel
-from tars_guests.apps import app_dir
+from tars_guests.apps import app_dir, build_app
 from tars_guests.compiled import STAGED_ENV, build_compiled, built_elsewhere, stage
 from tests.agent.test_compiled_vader import DEMO
 from tests.models.test_guests import SENTENCES
@@ -102,3 +104,24 @@ def test_without_the_crate_the_staged_component_is_served(tmp_path: Path, monkey
     assert built_elsewhere("vader", no_crates) == prebuilt / "guests" / "compiled-vader.wasm"
     # A checkout (the crate is there) builds from its sources whatever is staged.
     assert built_elsewhere("vader") is None
+
+
+async def test_the_python_vader_app_serves_as_a_users_wasm_function() -> None:
+    """The componentize-py app, kept as an example of a Python guest with a library, loaded from a file."""
+    component = build_app("sentiment")
+    agent = Agent(
+        AgentConfig(warm_pool_size=1, workers=2, model_roots=(component.parent,)), backend_on_path(DEFAULT_PATH)
+    )
+    model = TarsModel.model_validate(
+        {
+            "metadata": {"name": "vader-py", "namespace": "default"},
+            "spec": {"nodeRef": {"name": "test"}, "kind": "function", "source": f"file://{component}"},
+        }
+    )
+    try:
+        assert await agent.ensure_loaded(model), agent.repository.failed
+        loaded = agent.repository.models[ModelKey("default", "vader-py")]
+        answer = await agent.repository.invoke(loaded, json.dumps({"texts": SENTENCES}))
+        assert json.loads(answer) == {"results": [ANALYZER.polarity_scores(s) for s in SENTENCES]}
+    finally:
+        agent.close()

@@ -21,6 +21,9 @@ from tars_operator.metrics import API_REQUESTS, API_SECONDS
 log = logging.getLogger(__name__)
 # Reconciles run concurrently in worker threads, each with its own pooled connection.
 API_CONCURRENCY = CONNECTION_POOL_SIZE
+# Services that allocate a ClusterIP applied at once, at most. Under load one took 2-5 s (3-15x any
+# other apply); 200 new models' Services held all the threads while their slices and status waited.
+ALLOCATING_SERVICES = 4
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -50,9 +53,15 @@ def written_last_by(obj: dict[str, Any], manager: str = FIELD_MANAGER) -> bool:
     return writers == {manager}
 
 
+def allocates_ip(obj: dict[str, Any]) -> bool:
+    """True for a Service the API server gives a cluster IP (not a headless one)."""
+    return obj["kind"] == "Service" and obj.get("spec", {}).get("clusterIP") != "None"
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
+        self._allocating = asyncio.Semaphore(ALLOCATING_SERVICES)
 
     def _call(
         self,
@@ -98,6 +107,9 @@ class Kube:
         return found
 
     async def apply(self, obj: dict[str, Any]) -> Any:
+        if allocates_ip(obj):
+            async with self._allocating:
+                return await asyncio.to_thread(self.apply_sync, obj)
         return await asyncio.to_thread(self.apply_sync, obj)
 
     async def patch_status(

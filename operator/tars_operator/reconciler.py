@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import kopf
 
-from tars_api import API_VERSION, TarsModel, TarsNode
+from tars_api import API_VERSION, GROUP, TarsModel, TarsNode
 from tars_api.functions import validate_function
 from tars_api.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
 from tars_api.lease import lease_expired
@@ -43,6 +43,8 @@ STARTUP_GRACE_S = 60.0
 # A model's Service and EndpointSlices are applied again after this long (by the 30 s safety net):
 # how long drift on them can last. Every 25 s, it was two requests per model per 30 s while idle.
 REAPPLY_AFTER_S = 300.0
+# Annotation on a model's Service and slices: the digest of the object as the operator applied it.
+APPLIED = f"{GROUP}/applied"
 
 
 @dataclass
@@ -133,6 +135,9 @@ class Reconciler:
         self._slice_listings: dict[str, asyncio.Future[dict[str, set[str]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
         self.terminating: set[str] = set()  # namespaces being deleted
+        # kind -> kopf's live index of (namespace, name) -> the APPLIED annotation of that kind's
+        # objects, complete before any reconcile runs (handlers.py hands them over at startup).
+        self.applied_indexes: Mapping[str, Mapping[Key, Collection[str]]] = {}
 
     def detach(self, work: Awaitable[None]) -> None:
         """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
@@ -396,13 +401,23 @@ class Reconciler:
         repaired within REAPPLY_AFTER_S plus the 30 s of the safety net that reconciles every model."""
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
         now = time.monotonic()
         last = record.applied.get(key)
+        if last is None and self._applied_before(obj) == digest:
+            # Applied so by an earlier operator process: after a restart with 1,000 models, sending
+            # every Service and slice again took most of the minute the operator needed to converge.
+            last = record.applied[key] = (digest, now)
         if last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
             return
-        await self.kube.apply(obj)
+        annotations = {**meta.get("annotations", {}), APPLIED: digest}
+        await self.kube.apply({**obj, "metadata": {**meta, "annotations": annotations}})
         record.applied[key] = (digest, now)
+
+    def _applied_before(self, obj: dict[str, Any]) -> str | None:
+        index = self.applied_indexes.get(obj["kind"], {})
+        found: str | None = _first(index.get((obj["metadata"].get("namespace", ""), obj["metadata"]["name"])))
+        return found
 
     async def _prune_slices(self, tm: TarsModel, record: TarsModelRecord, keep: set[str]) -> None:
         """Deletes slices no longer wanted. What a previous process left is listed once per namespace

@@ -7,10 +7,12 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ControlPlane, OperatorProcess, eventually
+from tars_api.labels import MODEL_LABEL
+from tests.fixtures import ControlPlane, OperatorProcess, eventually, start_operator
 from tests.operator.test_operator_cluster import apply, lease_for, put_lease, tarsmodel, tarsnode
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -105,3 +107,33 @@ def test_a_status_write_costs_the_model_no_more_writes(
     # One spec change: one status write, and no re-sent Service or slices on the write's echo.
     assert delta(before, after, requests("PATCH", "tarsmodels/status")) == 1
     assert delta(before, after, requests("PATCH", "services")) == 0
+
+
+def test_a_restarted_operator_sends_no_unchanged_routing_again(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """A new operator process (here: a higher-priority replica taking over) reconciles every model,
+    and finds their Services and slices as it would apply them: it sends none again."""
+    others_gone(control_plane)
+    apply(control_plane, namespace, tarsnode())
+    put_lease(control_plane, namespace, lease_for(namespace, "node-a", 9411, {}, capacity=10_000))
+    for name in ("r1", "r2"):
+        apply(control_plane, namespace, tarsmodel(name))
+    for name in ("r1", "r2"):
+        eventually(
+            lambda name=name: control_plane.get_json("endpointslices", "-n", namespace, "-l", f"{MODEL_LABEL}={name}")[
+                "items"
+            ],
+            what=f"{name} routed",
+        )
+    settled(operator)
+    fresh = start_operator(control_plane, tmp_path / "fresh.log", priority=500, lifetime=5)
+    try:
+        eventually(lambda: delta({}, counters(fresh), 'kind="TarsModel"') >= 2, timeout=60, what="models reconciled")
+        after = settled(fresh)
+        assert delta({}, after, requests("PATCH", "endpointslices")) == 0
+        # The TarsNode's own headless Service: a new process applies a TarsNode's children once.
+        assert delta({}, after, requests("PATCH", "services")) == 1
+    finally:
+        fresh.process.terminate()
+        fresh.process.wait(timeout=15)

@@ -81,6 +81,29 @@ async def test_spreads_load_over_agents() -> None:
         await b.close()
 
 
+async def test_requests_reuse_the_gateways_connection_to_an_agent() -> None:
+    """Keep-alive to the agents: a connection per request would add a TCP handshake (and on a busy
+    machine a scheduling round trip) to every answer."""
+    peers: list[tuple[str, int]] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername")[:2])  # type: ignore[union-attr]
+        return web.json_response({"served_by": "a"})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    upstream = TestServer(app)
+    await upstream.start_server()
+    client = await _gateway(table_with("m", [(f"127.0.0.1:{upstream.port}", True)]))
+    try:
+        for _ in range(5):
+            assert (await client.post("/v2/models/m/infer", json={})).status == 200
+        assert len(peers) == 5 and len(set(peers)) == 1, peers
+    finally:
+        await client.close()
+        await upstream.close()
+
+
 async def test_retries_around_a_dead_or_failing_agent() -> None:
     alive, failing = await _upstream("alive"), await _upstream("failing", status=503)
     dead = await _upstream("dead")

@@ -55,8 +55,7 @@ def staged_name(name: str) -> str:
 
 def built_elsewhere(name: str, crates: Path = COMPILED_DIR) -> Path | None:
     """The component staged by the build machine, when the crate is not here (an installed package)."""
-    if name not in COMPILED:
-        raise KeyError(f"no compiled guest {name!r} (known: {', '.join(COMPILED)})")
+    crate_dir(name)  # a known name
     if (crates / name / "Cargo.toml").is_file():
         return None
     roots = [Path(os.environ[STAGED_ENV])] if os.environ.get(STAGED_ENV) else []
@@ -71,11 +70,20 @@ def built_elsewhere(name: str, crates: Path = COMPILED_DIR) -> Path | None:
     )
 
 
+# Digesting the crate costs a few milliseconds of every model load: once per process (the sources are
+# part of the checkout the process runs from), as tars_guests.apps does for the apps.
+_built: dict[str, Path] = {}
+
+
 def build_compiled(name: str) -> Path:
     """The component of compiled guest ``name`` (built now, or from the cache)."""
-    staged = built_elsewhere(name)
-    if staged is not None:
-        return staged
+    built = _built.get(name)
+    if built is None or not built.is_file():
+        built = _built[name] = built_elsewhere(name) or _build(name)
+    return built
+
+
+def _build(name: str) -> Path:
     key = compiled_digest(name)
     prebuilt = prebuilt_component(key)
     if prebuilt is not None:

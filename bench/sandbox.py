@@ -328,6 +328,29 @@ def http_numbers(component: Path, levels: list[int], seconds: float) -> dict[str
     return results
 
 
+def servers_cpu_s() -> float:
+    """User + system CPU seconds of this process's live children: the servers under test (the load
+    generator is started after one reading and has ended before the next)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone since the listing
+        if int(fields[1]) == os.getpid():
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_load(url: str, concurrency: int, seconds: float, body: str) -> dict[str, float]:
+    """:func:`load`, plus the servers' CPU milliseconds per answered request: on a machine other work
+    keeps busy, a steadier measure of what a request costs than req/s."""
+    before = servers_cpu_s()
+    result = load(url, concurrency, seconds, body)
+    answered = max(1.0, result["rps"] * seconds)
+    return {**result, "server_cpu_ms": round((servers_cpu_s() - before) * 1000 / answered, 3)}
+
+
 def sentiment_numbers(seconds: float) -> dict[str, list[dict[str, float]]]:
     """Sentiment over HTTP at 1 and 64 connections, one agent process per core on the native path."""
     cores = os.cpu_count() or 1
@@ -342,7 +365,7 @@ def sentiment_numbers(seconds: float) -> dict[str, list[dict[str, float]]]:
     results = {}
     for name, server in servers.items():
         with server() as url:
-            results[name] = [{"concurrency": c, **load(url, c, seconds, SENTIMENT_INPUT)} for c in (1, 64)]
+            results[name] = [{"concurrency": c, **cpu_load(url, c, seconds, SENTIMENT_INPUT)} for c in (1, 64)]
     return results
 
 
@@ -352,7 +375,7 @@ def print_sentiment(console: Console, sentiment: dict[str, list[dict[str, float]
         title=f"Sentiment over HTTP, fresh sandbox per request (goal: p50 <= {goal['p50_ms']} ms at 1 conn, "
         f">= {goal['rps']} req/s per node at 64 conns)"
     )
-    for col in ("server", "c=1 p50 ms", "c=1 req/s", "c=64 req/s", "c=64 p50 / p99 ms"):
+    for col in ("server", "c=1 p50 ms", "c=1 req/s", "c=64 req/s", "c=64 p50 / p99 ms", "server CPU ms/req"):
         table.add_column(col, justify="right")
     for name, (one, many) in sentiment.items():
         errors = f" ({many['errors'] + one['errors']:.0f} err)" if many["errors"] + one["errors"] else ""
@@ -362,6 +385,7 @@ def print_sentiment(console: Console, sentiment: dict[str, list[dict[str, float]
             f"{one['rps']:.0f}",
             f"{many['rps']:.0f}{errors}",
             f"{many['p50_ms']:.1f} / {many['p99_ms']:.1f}",
+            f"{many['server_cpu_ms']:.2f}",
         )
     console.print(table)
     one, many = next(iter(sentiment.values()))

@@ -16,6 +16,7 @@ import pytest
 from tars_agent.runtimes.services import BUILTIN_GUESTS
 from tars_api.tarsnode import AgentSpec
 from tars_guests.apps import APPS
+from tars_guests.compiled import COMPILED, staged_name
 
 from .image_support import ROOT, OciArchive, buildah, images_script
 
@@ -80,9 +81,10 @@ def test_cache_directory_belongs_to_the_runtime_user(files: dict[str, Any]) -> N
 
 def test_every_builtin_guest_is_prebuilt(archive: OciArchive, files: dict[str, Any]) -> None:
     manifest = json.loads(archive.read("/opt/tars/prebuilt/manifest.json"))
-    # Every TARS app (text_generation also serves file:// GPT-2 checkpoints) and the echo and sleep
-    # test guests.
-    assert set(manifest["guests"]) == set(APPS) | {"echo", "sleep"}
+    # Every TARS app (text_generation also serves file:// GPT-2 checkpoints), the compiled guests
+    # (staged by hack/images.sh: the image has no cargo) and the echo and sleep test guests.
+    compiled = {staged_name(name).removesuffix(".wasm") for name in COMPILED}
+    assert set(manifest["guests"]) == set(APPS) | compiled | {"echo", "sleep"}
     assert {app for app, _inputs, _outputs in BUILTIN_GUESTS.values()} <= set(manifest["guests"])
     for entry in manifest["guests"].values():
         for kind in ("component", "compiled"):
@@ -117,6 +119,16 @@ def run_in(container: str, *command: str) -> str:
 @pytest.mark.parametrize("program", ["tars-operator", "tars-agent", "tars-gateway", "tarsctl"])
 def test_programs_start_in_the_image(container: str, program: str) -> None:
     assert "usage:" in run_in(container, program, "--help")
+
+
+def test_the_sentiment_builtin_is_the_staged_compiled_guest(container: str) -> None:
+    """The image has no crate and no cargo: builtin://sentiment-vader serves the component make images staged."""
+    program = (
+        "from tars_agent.runtimes.services import COMPILED_BUILTINS; from tars_guests.compiled import build_compiled; "
+        "print(build_compiled(COMPILED_BUILTINS['sentiment-vader']))"
+    )
+    out = run_in(container, "python", "-c", program)
+    assert out.splitlines()[-1] == "/opt/tars/prebuilt/guests/compiled-vader.wasm"
 
 
 def test_the_image_runs_as_its_user_and_imports_every_part(container: str) -> None:

@@ -185,7 +185,10 @@ class Fleet:
                 "POD_NAME": f"{tarsnode}-agent-{node}",
                 "TARS_PORT": str(port),
             }
+            # Each agent its own gRPC port too: on one host they would otherwise all want 8081.
+            grpc = str(localcluster.free_port())
             argv = [sys.executable, "-m", "tars_agent.main", "--config", str(config), "--port", str(port)]
+            argv += ["--grpc-port", grpc]
             started.append(self._spawn(f"agent-{node}", argv, port, env))
         for process in started:
             wait_http(f"http://127.0.0.1:{process.port}/v2/health/live", process)

@@ -78,6 +78,19 @@ def mean_api_ms(counters: dict[str, float]) -> dict[str, int]:
     }
 
 
+def settled(port: int, quiet_s: float = 3.0, timeout: float = 120.0) -> dict[str, float]:
+    """The operator's counters once its API requests stopped moving: the latencies above are done
+    when the last model is routed, while its Services (applied a few at a time) may still be going."""
+    deadline = time.perf_counter() + timeout
+    last, since = scrape(port), time.perf_counter()
+    while time.perf_counter() < deadline and time.perf_counter() - since < quiet_s:
+        time.sleep(0.5)
+        now = scrape(port)
+        if now.get(REQUESTS) != last.get(REQUESTS):
+            last, since = now, time.perf_counter()
+    return last
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -204,7 +217,7 @@ def main() -> None:
         model_latency = [placed[n] - model_applied[n] for n in placed]
         routed_latency = [routed[n] - model_applied[n] for n in routed]
 
-        counters = scrape(operator.port)
+        counters = settled(operator.port)
         requests = counters.get(REQUESTS, 0.0)
         reconciles = counters.get("tars_operator_reconciliations_total", 0.0)
         pid = operator.popen.pid

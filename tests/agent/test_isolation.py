@@ -14,7 +14,7 @@ import pytest
 from tars_agent.agent import Agent
 from tars_agent.sandbox.base import FailureReason, GuestFailure, SandboxBackend
 
-from .conftest import backend_on_path
+from .conftest import backend_on_path, tars_model
 
 
 @pytest.fixture(scope="module", params=["native", "python"])
@@ -24,6 +24,21 @@ def backend(request: pytest.FixtureRequest, guests: dict[str, Any]) -> SandboxBa
     for path in guests.values():
         shared.load_component(path)
     return shared
+
+
+# One limit each: under a loaded machine the 300 ms CPU deadline of "tight" could stop a memory bomb or
+# an output flood before it reached the limit the test is about (seen: TIMEOUT where MEMORY was due).
+ONE_LIMIT_MODELS = [
+    tars_model("small-memory", "builtin://hostile", limits={"memoryMiB": 64}),
+    tars_model("small-output", "builtin://hostile", limits={"outputBytes": 4096}),
+]
+
+
+@pytest.fixture
+async def one_limit_agent(agent: Agent) -> Agent:
+    for model in ONE_LIMIT_MODELS:
+        assert await agent.ensure_loaded(model), agent.repository.failed
+    return agent
 
 
 async def call(agent: Agent, name: str, payload: dict[str, Any]) -> Any:
@@ -83,11 +98,11 @@ async def test_environment_is_empty(agent: Agent) -> None:
     assert await call(agent, "hostile", {"do": "env"}) == {"env": {}}
 
 
-async def test_memory_limit_stops_allocation(agent: Agent) -> None:
-    failed = await failure(agent, "tight", {"do": "allocate", "mib": 512})
+async def test_memory_limit_stops_allocation(one_limit_agent: Agent) -> None:
+    failed = await failure(one_limit_agent, "small-memory", {"do": "allocate", "mib": 512})
     assert failed.reason is FailureReason.MEMORY
     # A modest allocation under the limit works in the next (fresh) sandbox.
-    assert await call(agent, "tight", {"do": "allocate", "mib": 8}) == {"chunks": 8}
+    assert await call(one_limit_agent, "small-memory", {"do": "allocate", "mib": 8}) == {"chunks": 8}
 
 
 async def test_infinite_loop_is_interrupted_by_cpu_deadline(agent: Agent) -> None:
@@ -105,10 +120,10 @@ async def test_blocking_host_call_hits_wall_timeout(agent: Agent) -> None:
     assert 2.5 < time.perf_counter() - started < 4.5
 
 
-async def test_output_flood_is_refused(agent: Agent) -> None:
-    failed = await failure(agent, "tight", {"do": "flood", "bytes": 100_000})
+async def test_output_flood_is_refused(one_limit_agent: Agent) -> None:
+    failed = await failure(one_limit_agent, "small-output", {"do": "flood", "bytes": 100_000})
     assert failed.reason is FailureReason.OUTPUT
-    assert await call(agent, "tight", {"do": "flood", "bytes": 100}) == {"data": "x" * 100}
+    assert await call(one_limit_agent, "small-output", {"do": "flood", "bytes": 100}) == {"data": "x" * 100}
 
 
 async def test_stdout_flood_goes_nowhere(agent: Agent) -> None:
@@ -154,20 +169,25 @@ async def test_capability_outside_allowlist_is_refused_counted_and_audited(
     assert counted == 1
 
 
-async def test_misbehaving_neighbours_do_not_disturb_other_requests(agent: Agent) -> None:
+async def test_misbehaving_neighbours_do_not_disturb_other_requests(one_limit_agent: Agent) -> None:
+    agent = one_limit_agent
     hostile = [
-        asyncio.create_task(call(agent, "tight", {"do": action, **extra}))
-        for action, extra in [("loop", {}), ("allocate", {"mib": 512}), ("flood", {"bytes": 200_000})]
+        asyncio.create_task(call(agent, model, payload))
+        for model, payload in [
+            ("tight", {"do": "loop"}),
+            ("small-memory", {"do": "allocate", "mib": 512}),
+            ("small-output", {"do": "flood", "bytes": 200_000}),
+        ]
     ]
     await asyncio.sleep(0.05)
     started = time.perf_counter()
     echoes = await asyncio.gather(*(call(agent, "echo", {"n": i}) for i in range(12)))
+    # The echoes ran on the free worker while the hostile calls held theirs (one echo is a few ms).
+    assert time.perf_counter() - started < 1.5
     assert echoes == [{"n": i} for i in range(12)]
     outcomes = await asyncio.gather(*hostile, return_exceptions=True)
     reasons = [o.reason for o in outcomes if isinstance(o, GuestFailure)]
     assert sorted(reasons) == sorted([FailureReason.TIMEOUT, FailureReason.MEMORY, FailureReason.OUTPUT])
-    # The echoes ran on the free workers while the hostile calls held theirs.
-    assert time.perf_counter() - started < 1.5
 
 
 async def test_every_request_gets_a_fresh_sandbox_from_the_warm_pool(agent: Agent) -> None:

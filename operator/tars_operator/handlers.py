@@ -18,22 +18,13 @@ from typing import Any
 import kopf
 
 from tars_api import GROUP, VERSION
-from tars_api.labels import (
-    AGENT_APP,
-    MANAGED_BY,
-    MODEL_LABEL,
-    NAME,
-    NAMESPACE_LABEL,
-    OPERATOR,
-    SLICE_MANAGED_BY,
-    TARSNODE_LABEL,
-)
+from tars_api.labels import AGENT_APP, MANAGED_BY, NAME, NAMESPACE_LABEL, OPERATOR, TARSNODE_LABEL
 from tars_operator import builders
 from tars_operator.agents import LeaseRecord, NodeRecord, lease_record, next_expiry_s, node_record
 from tars_operator.kube import API_CONCURRENCY, written_last_by
 from tars_operator.metrics import MANAGED
 from tars_operator.podfaults import pod_record
-from tars_operator.reconciler import APPLIED, Indexes, Reconciler
+from tars_operator.reconciler import Indexes, Reconciler
 from tars_operator.records import Key
 
 log = logging.getLogger("tars_operator")
@@ -58,7 +49,6 @@ AGENTS_RECHECK_S = 2.0
 Bodies = kopf.Index[Key, dict[str, Any]]
 Leases = kopf.Index[Key, LeaseRecord]
 Nodes = kopf.Index[str, NodeRecord]
-Applied = kopf.Index[Key, str]
 
 
 @dataclass
@@ -69,11 +59,7 @@ class OperatorMemo:
 
 
 @kopf.on.startup()
-async def configure(
-    settings: kopf.OperatorSettings, memo: OperatorMemo, applied_services: Applied, applied_slices: Applied, **_: Any
-) -> None:
-    # Live indexes: filled before any resource handler runs, kept current after.
-    memo.reconciler.applied_indexes = {"Service": applied_services, "EndpointSlice": applied_slices}
+async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # The kubernetes client blocks; its calls run in threads, as many as it has connections.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_CONCURRENCY, "kube"))
     # Progress and diff-base would be annotations under our own prefix; the handlers below are
@@ -128,18 +114,6 @@ async def daemonsets_index(
     namespace: str, labels: kopf.Labels, status: kopf.Status, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(namespace, labels.get(TARSNODE_LABEL, "")): dict(status)}
-
-
-# What the operator applied to a model's Service and slices, from their annotation (see
-# Reconciler.applied_indexes): a restarted operator need not send them again.
-@kopf.index("", "v1", "services", labels={MANAGED_BY: OPERATOR, MODEL_LABEL: kopf.PRESENT})
-async def applied_services(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> dict[Key, str]:
-    return {(namespace, name): annotations.get(APPLIED, "")}
-
-
-@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={SLICE_MANAGED_BY: OPERATOR})
-async def applied_slices(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> dict[Key, str]:
-    return {(namespace, name): annotations.get(APPLIED, "")}
 
 
 def _indexes(tarsnodes: Bodies, models: Bodies, leases: Leases, nodes: Nodes, daemonsets: Bodies) -> Indexes:
@@ -326,4 +300,4 @@ async def tarsmodel_changed(
         memo.reconciler.forget_model(namespace, name, spec.get("nodeRef", {}).get("name", ""))
         return
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
-    await memo.reconciler.tarsmodel(dict(body), indexes.snapshot)
+    await memo.reconciler.tarsmodel(dict(body), indexes)

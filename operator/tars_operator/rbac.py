@@ -43,12 +43,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-    # A TarsModel's EndpointSlices: applied, listed to prune those no longer wanted, deleted, and
-    # watched (what a previous operator process applied is not sent again).
+    # A TarsModel's EndpointSlices: applied, listed to prune those no longer wanted, deleted.
     {
         "apiGroups": ["discovery.k8s.io"],
         "resources": ["endpointslices"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
     },
     # Agents' heartbeats are read; the verbs the agents' Role grants on Leases must be held too,
     # because the API server refuses to let anyone grant what it does not have.

@@ -23,7 +23,7 @@ import kopf
 
 from tars_api import API_VERSION, GROUP, TarsModel, TarsNode
 from tars_api.functions import validate_function
-from tars_api.labels import MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
+from tars_api.labels import MANAGED_BY, MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
 from tars_api.lease import lease_expired
 from tars_api.tarsmodel import ModelKind
 from tars_operator import builders, metrics, requests, routing
@@ -46,6 +46,11 @@ STARTUP_GRACE_S = 60.0
 REAPPLY_AFTER_S = 300.0
 # Annotation on a model's Service and slices: the digest of the object as the operator applied it.
 APPLIED = f"{GROUP}/applied"
+# A model's children an earlier operator process may have left: apiVersion and label selector.
+LEFT = {
+    "Service": ("v1", f"{MANAGED_BY}={OPERATOR},{MODEL_LABEL}"),
+    "EndpointSlice": ("discovery.k8s.io/v1", f"{SLICE_MANAGED_BY}={OPERATOR}"),
+}
 
 
 @dataclass
@@ -89,6 +94,22 @@ class Indexes:
             daemonsets={k: _first(v) for k, v in self.daemonsets.items()},
         )
 
+    def model_snapshot(self, model: Key, node_key: Key) -> Observed:
+        """What a model's reconcile reads: its TarsNode with that TarsNode's models and agents, and the
+        Nodes (the whole snapshot when the model is not there: its nodeRef just changed). A whole
+        snapshot per model, and finding the model among all, were most of the operator's CPU with
+        1,000 models and nothing changing (the safety net reconciles each every 30 s)."""
+        models = list(self.models.get(node_key, []))
+        if not any(_key_of(body) == model for body in models):
+            return self.snapshot()
+        return Observed(
+            tarsnodes={node_key: _first(self.tarsnodes[node_key])} if node_key in self.tarsnodes else {},
+            models={node_key: models},
+            leases={node_key: list(self.leases.get(node_key, []))},
+            nodes={k: _first(v) for k, v in self.nodes.items()},
+            daemonsets={},
+        )
+
     def agents_snapshot(self, key: Key) -> Observed:
         """Only what agent liveness needs: the TarsNode's Leases and the Nodes. The liveness timer
         runs every second for every TarsNode; a whole snapshot each time was most of the idle CPU."""
@@ -116,6 +137,12 @@ def observed_load(tm: TarsModel, seen: Observed) -> float:
     return total
 
 
+def _fresh(tm: TarsModel) -> bool:
+    """Never reconciled: nothing an earlier process applied for it can exist (an earlier model of that
+    name, and what it owned, are gone or going)."""
+    return tm.status is None or not tm.status.observed_generation
+
+
 def _key_of(body: dict[str, Any]) -> Key:
     return body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
 
@@ -133,12 +160,10 @@ class Reconciler:
         self._started = time.monotonic()
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
         self._detached: set[asyncio.Future[None]] = set()
-        self._slice_listings: dict[str, asyncio.Future[dict[str, set[str]]]] = {}
+        # (kind, namespace) -> name -> object: what an earlier process left, listed once.
+        self._listings: dict[tuple[str, str], asyncio.Future[dict[str, dict[str, Any]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
         self.terminating: set[str] = set()  # namespaces being deleted
-        # kind -> kopf's live index of (namespace, name) -> the APPLIED annotation of that kind's
-        # objects, complete before any reconcile runs (handlers.py hands them over at startup).
-        self.applied_indexes: Mapping[str, Mapping[Key, Collection[str]]] = {}
 
     def detach(self, work: Awaitable[None]) -> None:
         """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
@@ -256,7 +281,7 @@ class Reconciler:
         """Reconciles every model of a TarsNode, all at once (each holds the TarsNode's placement lock
         only while deciding); an error of one stays with it (_contained)."""
         bodies = list(indexes.models.get(node_key, []))
-        await asyncio.gather(*(self.tarsmodel(body, indexes.snapshot) for body in bodies))
+        await asyncio.gather(*(self.tarsmodel(body, indexes) for body in bodies))
 
     async def agents_moved(self, key: Key, indexes: Indexes) -> None:
         """Brings a TarsNode's status and its models up to date when its usable agents, or what they
@@ -295,9 +320,11 @@ class Reconciler:
 
     # --- TarsModel: observe -> decide (decide.py, pure) -> act -----------------------------------
 
-    async def tarsmodel(self, body: dict[str, Any], seen_fn: Callable[[], Observed]) -> None:
+    async def tarsmodel(self, body: dict[str, Any], indexes: Indexes) -> None:
         key = _key_of(body)
         record = self.records.model(key)
+        node_key = (key[0], (body.get("spec") or {}).get("nodeRef", {}).get("name", ""))
+        seen_fn = functools.partial(indexes.model_snapshot, key, node_key)
         await self._coalesced("TarsModel", key, record.slot, lambda: self._reconcile_tarsmodel(key, record, seen_fn()))
 
     def _model_body(self, key: Key, seen: Observed) -> dict[str, Any] | None:
@@ -384,7 +411,7 @@ class Reconciler:
         for type_, reason, message in plan.events:
             post_event(body, type_, reason, message)
         routed = asyncio.gather(
-            *(self._apply_if_changed(record, obj) for obj in plan.children),
+            *(self._apply_if_changed(record, obj, fresh=_fresh(tm)) for obj in plan.children),
             self._prune_slices(tm, record, plan.slice_names),
         )
         if plan.ready:
@@ -399,7 +426,7 @@ class Reconciler:
                 routed, self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
             )
 
-    async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any]) -> None:
+    async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any], fresh: bool) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than
         REAPPLY_AFTER_S ago. A model is reconciled on every status change of its own; re-sending
         unchanged children each time cost more requests than anything else. Drift on them is
@@ -409,9 +436,9 @@ class Reconciler:
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
         now = time.monotonic()
         last = record.applied.get(key)
-        if last is None and self._applied_before(obj) == digest:
-            # Applied so by an earlier operator process: after a restart with 1,000 models, sending
-            # every Service and slice again took most of the minute the operator needed to converge.
+        if last is None and not fresh and await self._applied_before(obj) == digest:
+            # Applied so by an earlier operator process (the digest covers the owner's uid): after a
+            # restart with 1,000 models, it sent 2,000 unchanged Services and slices again.
             last = record.applied[key] = (digest, now)
         if last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
             return
@@ -419,9 +446,10 @@ class Reconciler:
         await self.kube.apply({**obj, "metadata": {**meta, "annotations": annotations}})
         record.applied[key] = (digest, now)
 
-    def _applied_before(self, obj: dict[str, Any]) -> str | None:
-        index = self.applied_indexes.get(obj["kind"], {})
-        found: str | None = _first(index.get((obj["metadata"].get("namespace", ""), obj["metadata"]["name"])))
+    async def _applied_before(self, obj: dict[str, Any]) -> str | None:
+        left = await self._left(obj["kind"], obj["metadata"]["namespace"])
+        meta = (left.get(obj["metadata"]["name"]) or {}).get("metadata", {})
+        found: str | None = (meta.get("annotations") or {}).get(APPLIED)
         return found
 
     async def _prune_slices(self, tm: TarsModel, record: TarsModelRecord, keep: set[str]) -> None:
@@ -431,31 +459,31 @@ class Reconciler:
         left by an earlier model of that name are owned by it and go with it (garbage collection)."""
         namespace = tm.metadata.namespace
         if record.slices is None:
-            fresh = tm.status is None or not tm.status.observed_generation
-            record.slices = set() if fresh else (await self._operator_slices(namespace)).get(tm.metadata.name, set())
+            left = {} if _fresh(tm) else await self._left("EndpointSlice", namespace)
+            mine = tm.metadata.name
+            record.slices = {n for n, s in left.items() if (s["metadata"].get("labels") or {}).get(MODEL_LABEL) == mine}
         for name in record.slices - keep:
             await self.kube.delete("discovery.k8s.io/v1", "EndpointSlice", namespace, name)
             record.applied.pop(("discovery.k8s.io/v1", "EndpointSlice", namespace, name), None)
         record.slices = set(keep)
 
-    async def _operator_slices(self, namespace: str) -> dict[str, set[str]]:
-        """Model name -> the names of its slices, as the first asker in a namespace listed them."""
-        if namespace not in self._slice_listings:
-            self._slice_listings[namespace] = asyncio.ensure_future(self._list_slices(namespace))
-        return await asyncio.shield(self._slice_listings[namespace])
+    async def _left(self, kind: str, namespace: str) -> dict[str, dict[str, Any]]:
+        """Name -> object of a model child kind in a namespace, as the first asker in this process
+        listed it: one list per namespace, not one per model (that was a tenth of a restart's
+        requests), and no watch (kopf's start with 2,000 more objects indexed took longer than the
+        applies it saved)."""
+        if (kind, namespace) not in self._listings:
+            self._listings[kind, namespace] = asyncio.ensure_future(self._list_left(kind, namespace))
+        return await asyncio.shield(self._listings[kind, namespace])
 
-    async def _list_slices(self, namespace: str) -> dict[str, set[str]]:
-        selector = f"{SLICE_MANAGED_BY}={OPERATOR}"
+    async def _list_left(self, kind: str, namespace: str) -> dict[str, dict[str, Any]]:
+        api_version, selector = LEFT[kind]
         try:
-            items = await self.kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace, selector)
+            items = await self.kube.list(api_version, kind, namespace, selector)
         except Exception:
-            self._slice_listings.pop(namespace, None)  # the next asker lists again
+            self._listings.pop((kind, namespace), None)  # the next asker lists again
             raise
-        by_model: dict[str, set[str]] = {}
-        for item in items:
-            model = (item["metadata"].get("labels") or {}).get(MODEL_LABEL, "")
-            by_model.setdefault(model, set()).add(item["metadata"]["name"])
-        return by_model
+        return {item["metadata"]["name"]: item for item in items}
 
     def forget_model(self, namespace: str, name: str, tarsnode: str) -> None:
         self.records.forget_model((namespace, name), tarsnode)

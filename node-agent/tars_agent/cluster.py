@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,10 @@ class ClusterAgent:
         self._stop = threading.Event()
         self._acquired = datetime.now(UTC)
         self.lease = lease_name(node, tarsnode)
+        # The heartbeat has a thread of its own: in the loop's shared pool it waited behind TokenReviews,
+        # TarsModel lists and knowledge loads (each may block for seconds on a store or API outage), and a
+        # late renewal makes the operator move every model off a healthy agent.
+        self._heartbeat = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-heartbeat")
         self._knowledge_outage = OutageLog("deleting knowledge documents of deleted TarsModels", log)
         # Every valid TarsModel of this TarsNode by name: a request for one that is not placed here
         # (scaled to zero) loads it on the spot; the load shows in the Lease and the autoscaler follows.
@@ -209,7 +214,7 @@ class ClusterAgent:
                 self.coordination.patch_namespaced_lease(self.lease, self.namespace, body)
 
     async def renew_once(self) -> None:
-        await asyncio.to_thread(self._renew_blocking)
+        await asyncio.get_running_loop().run_in_executor(self._heartbeat, self._renew_blocking)
 
     async def renew_forever(self) -> None:
         outage = OutageLog(f"renewing Lease {self.lease}", log)
@@ -318,3 +323,4 @@ class ClusterAgent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._heartbeat.shutdown(wait=False)

@@ -241,7 +241,8 @@ class SteadyLoad:
             while not self._stop.is_set():
                 started = time.perf_counter()
                 try:
-                    status, answer = post(self.url, self.body, timeout=20, headers=self.headers)
+                    # Above the gateway's 30 s hold: a request held across a rolling update still counts.
+                    status, answer = post(self.url, self.body, timeout=60, headers=self.headers)
                 except OSError as exc:
                     status, answer = 0, {"error": repr(exc)}
                 if status != 200:
@@ -257,4 +258,4 @@ class SteadyLoad:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         assert self._thread is not None
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=70)

@@ -25,6 +25,13 @@ class Stops:
     def __call__(self) -> None:
         self.count += 1
 
+    async def first(self) -> None:
+        """Waits (up to 4 s) for the first on_stopped call."""
+        for _ in range(200):
+            if self.count:
+                return
+            await asyncio.sleep(0.02)
+
 
 async def test_a_call_answers_and_wakes_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
     executor = GuestExecutor(workers=2, max_queue=4)
@@ -68,10 +75,7 @@ async def test_a_timed_out_call_holds_its_worker_until_it_stops() -> None:
     assert caught.value.reason is FailureReason.TIMEOUT
     assert executor.in_flight == 1 and stops.count == 0  # the thread still runs
     release.set()
-    for _ in range(200):
-        if stops.count:
-            break
-        await asyncio.sleep(0.02)
+    await stops.first()
     assert stops.count == 1 and executor.in_flight == 0
 
 
@@ -88,10 +92,7 @@ async def test_a_call_whose_client_gave_up_before_it_started_never_runs() -> Non
     with pytest.raises(asyncio.CancelledError):
         await call
     blocker.set()
-    for _ in range(200):
-        if stops.count:
-            break
-        await asyncio.sleep(0.02)
+    await stops.first()
     assert stops.count == 1 and executor.in_flight == 0
     await asyncio.sleep(0.1)
     assert not ran.is_set()

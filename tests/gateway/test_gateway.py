@@ -56,6 +56,13 @@ def settings(**overrides: Any) -> argparse.Namespace:
     return argparse.Namespace(**{"attempts": 3, "wake_timeout": 2.0, "upstream_timeout": 5.0, **overrides})
 
 
+async def _agent_ready_after(delay_s: float, table: RouteTable, upstream: TestServer) -> None:
+    """The TarsNode's agent turns up in the table after ``delay_s``, announced as discovery does."""
+    await asyncio.sleep(delay_s)
+    table.node_agents["tars"] = [Endpoint(f"127.0.0.1:{upstream.port}")]
+    table.changed()
+
+
 async def _gateway(table: RouteTable, **overrides: Any) -> TestClient:
     client = TestClient(TestServer(create_app(table, settings(**overrides))))
     await client.start_server()
@@ -141,13 +148,8 @@ async def test_a_request_at_zero_waits_for_an_agent_to_appear() -> None:
     table = table_with("m", [])
     client = await _gateway(table, wake_timeout=3.0)
 
-    async def agent_becomes_ready() -> None:
-        await asyncio.sleep(0.3)
-        table.node_agents["tars"] = [Endpoint(f"127.0.0.1:{upstream.port}")]
-        table.changed()  # as discovery does after each update
-
     try:
-        waker = asyncio.create_task(agent_becomes_ready())
+        waker = asyncio.create_task(_agent_ready_after(0.3, table, upstream))
         response = await client.post("/v2/models/m/infer", json={"x": 1})
         await waker
         assert response.status == 200
@@ -177,13 +179,9 @@ async def test_a_held_request_looks_again_when_the_table_changes_not_on_a_poll()
     table.model_nodes["m"] = "tars"
     client = await _gateway(table, wake_timeout=30.0)
 
-    async def agent_becomes_ready() -> None:
-        await asyncio.sleep(0.6)  # less than the gateway's safety-net recheck (1 s)
-        table.node_agents["tars"] = [Endpoint(f"127.0.0.1:{upstream.port}")]
-        table.changed()
-
     try:
-        waker = asyncio.create_task(agent_becomes_ready())
+        # 0.6 s: less than the gateway's safety-net recheck (1 s).
+        waker = asyncio.create_task(_agent_ready_after(0.6, table, upstream))
         response = await client.post("/v2/models/m/infer", json={"x": 1})
         await waker
         assert response.status == 200

@@ -98,13 +98,14 @@ async def test_models_of_one_builtin_resolve_its_component_once(monkeypatch: pyt
     """Resolving the compiled VADER guest hashes its crate's sources: an agent does it for its first
     sentiment-vader model only, not again for each model woken from zero."""
     built: list[str] = []
-    build_compiled = compiled.build_compiled
+    build = compiled._build
 
     def counted(name: str) -> Path:
         built.append(name)
-        return build_compiled(name)
+        return build(name)
 
-    monkeypatch.setattr(compiled, "build_compiled", counted)
+    monkeypatch.setattr(compiled, "_built", {})  # as in a fresh agent process
+    monkeypatch.setattr(compiled, "_build", counted)
     agent = Agent(AgentConfig(workers=1, warm_pool_size=1), backend_on_path(DEFAULT_PATH))
     try:
         for name in ("asleep-a", "asleep-b", "asleep-c"):

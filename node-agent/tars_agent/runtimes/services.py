@@ -174,9 +174,6 @@ class ModelServices:
         self._knowledge: KnowledgeBase | None = None
         self._knowledge_loaded: set[str] = set()
         self._vader: Any = None
-        # builtin name -> its guest's component, resolved once per agent (resolving hashes the guest's
-        # sources): a model woken from zero by a request does not pay for it again.
-        self._builtin_components: dict[str, Path] = {}
         self._generators: dict[ModelKey, _Generator] = {}
         self._resolve_function: Callable[[ModelKey], GuestRunner | None] | None = None
         self._depth = threading.local()
@@ -424,11 +421,10 @@ class ModelServices:
         runtime: Any = None
         if app == "embedding":
             runtime = self.embedder  # load now, so the first request does not pay for it
-        component = self._builtin_components.get(request.name)
-        if component is None or not component.is_file():
-            compiled = COMPILED_BUILTINS.get(request.name)
-            component = build_compiled(compiled) if compiled else build_app(app)
-            self._builtin_components[request.name] = component
+        # Both resolve once per process (resolving hashes the guest's sources): a model woken from zero
+        # does not pay for it again.
+        compiled = COMPILED_BUILTINS.get(request.name)
+        component = build_compiled(compiled) if compiled else build_app(app)
         return ModelBundle(
             guest=GuestSource(component=component, app_dir=app_dir(app)),
             runtime=runtime,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tarsctl import cluster, localcluster
+from tarsctl.fleet import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,8 +179,4 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
     )
     running = start_operator(control_plane, tmp_path_factory.mktemp("operator") / "operator.log", priority=100)
     yield running
-    running.process.terminate()
-    try:
-        running.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        running.process.kill()
+    stop_process(running.process, timeout=15)

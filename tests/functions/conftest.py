@@ -26,6 +26,7 @@ from tars_agent.sandbox.base import SandboxBackend
 from tars_api import TarsModel
 from tars_api.tarsnode import SandboxLimits
 from tarsctl import localcluster
+from tarsctl.fleet import stop_process
 from tests.agent.conftest import DEFAULT_PATH, SharedBackend, backend_on_path
 from tests.fixtures import ControlPlane, eventually
 
@@ -191,11 +192,7 @@ def cluster_agent_process(
         eventually(lambda: urllib.request.urlopen(live, timeout=1).status == 200, timeout=120, what="agent up")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         print(log.read_text(errors="replace")[-3000:])
 
 

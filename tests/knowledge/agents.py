@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tarsctl import localcluster
+from tarsctl.fleet import stop_process
 from tests.fixtures import eventually
 
 KB_MODEL = {
@@ -100,10 +101,6 @@ class AgentProcess:
             self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process, timeout=30)
         self.process = None

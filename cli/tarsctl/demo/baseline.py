@@ -21,6 +21,7 @@ import yaml
 from tarsctl import localcluster
 from tarsctl.demo import measure, system
 from tarsctl.demo.plan import BenchmarkCase, SaturationPlan
+from tarsctl.fleet import stop_process
 
 READY_TIMEOUT_S = 300.0
 
@@ -71,12 +72,7 @@ def measure_one(
         saturated = measure.saturate(url, case.body, case.concurrency, saturation)
         rss_loaded = system.rss_mib(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
     return {
         "model": name,
         "ready_s": ready_s,

@@ -183,6 +183,8 @@ class Agent:
         key = ModelKey(model.metadata.namespace, model.metadata.name)
         self.desired.add(key)
         try:
+            if uses_knowledge(model):
+                self.services.set_retain(key, model.spec.knowledge.retain)
             if uses_knowledge(model) and key not in self.repository.models:
                 # Its documents are in this agent's cache before the model counts as loaded (ready).
                 try:

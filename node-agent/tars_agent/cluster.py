@@ -282,14 +282,20 @@ class ClusterAgent:
                 with contextlib.suppress(ValidationError):
                     model = TarsModel.model_validate(obj)
                     self.known[model.metadata.name] = model
-        wanted, invalid = placed_models(items, self.node, self.tarsnode)
-        for key, reason in invalid.items():
-            self.agent.repository.failed[key] = f"invalid TarsModel: {reason}"
-        for key in to_unload(self.agent.desired, wanted, self.agent.woken, self.known, time.monotonic()):
-            await self.agent.ensure_unloaded(key)
-        await asyncio.gather(*(self.agent.ensure_loaded(model) for model in wanted.values()))
-        self.agent.synced = True
-        await self.reconcile_knowledge(items)
+        # The knowledge lifecycle pass judges tenants by this listing, so it runs now, beside the loads:
+        # after them (a first load takes seconds) a tenant created meanwhile by a model newer than the
+        # listing was marked orphaned, and its grace period started early.
+        lifecycle = asyncio.create_task(self.reconcile_knowledge(items))
+        try:
+            wanted, invalid = placed_models(items, self.node, self.tarsnode)
+            for key, reason in invalid.items():
+                self.agent.repository.failed[key] = f"invalid TarsModel: {reason}"
+            for key in to_unload(self.agent.desired, wanted, self.agent.woken, self.known, time.monotonic()):
+                await self.agent.ensure_unloaded(key)
+            await asyncio.gather(*(self.agent.ensure_loaded(model) for model in wanted.values()))
+            self.agent.synced = True
+        finally:
+            await lifecycle
 
     async def reconcile_knowledge(self, items: list[dict[str, Any]]) -> None:
         try:

@@ -221,3 +221,45 @@ def test_an_agent_starts_while_postgres_is_down(tmp_path: Path) -> None:
             agent.services.knowledge_store.upsert(TENANT, DOCS[:1], np.zeros((1, 4), np.float32), 10)
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("retain", [True, False], ids=["retained", "not-retained"])
+async def test_a_tenant_written_and_deleted_between_lifecycle_passes_keeps_its_models_retain(
+    backend: tuple[str, Path | None, str | None], open_replica: OpenStore, retain: bool
+) -> None:
+    """Regression: retain reached a tenant only when the sync's lifecycle pass saw the TarsModel and
+    its tenant together. A model whose first upsert came after one pass and which was deleted before
+    the next had a tenant with retain false, and its documents were dropped despite retain."""
+    from tars_agent.agent import Agent, AgentConfig
+    from tars_agent.capabilities import CallContext, ModelKey
+    from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+    from tars_api import TarsModel
+    from tests.knowledge.agents import KB_MODEL
+
+    name, state, dsn = backend
+    agent = Agent(AgentConfig(knowledge_backend=name, state_dir=state, knowledge_dsn=dsn), WasmtimeBackend(), "test")
+    spec = {**KB_MODEL["spec"], "knowledge": {"retain": retain}}  # type: ignore[dict-item]
+    model = TarsModel.model_validate({**KB_MODEL, "metadata": {"name": "kb", "namespace": "team-a"}, "spec": spec})
+    store = open_replica()  # what any replica (or the next agent) finds in the store
+    try:
+        assert await agent.ensure_loaded(model), agent.repository.failed
+        documents = [{"id": d.id, "text": d.text} for d in DOCS]
+        # The guest's knowledge.upsert, the first write of the tenant, after the last lifecycle pass.
+        assert agent.services.knowledge_upsert(CallContext(ModelKey("team-a", "kb")), {"documents": documents})
+        # The model is deleted before the next pass: the passes never see it. Grace 0: the first pass
+        # starts the orphan clock, the second drops the tenant unless it is retained.
+        assert agent.services.reconcile_knowledge("team-a", {}, 0) == []
+        dropped = agent.services.reconcile_knowledge("team-a", {}, 0)
+        held = sorted(d.id for d in store.documents("team-a/kb"))
+        if retain:
+            assert (dropped, held) == ([], ["lease", "scale"])
+            # A later change of retain still arrives through the pass: re-created without retain and
+            # deleted again, the tenant goes.
+            assert agent.services.reconcile_knowledge("team-a", {"kb": False}, 0) == []
+            assert agent.services.reconcile_knowledge("team-a", {}, 0) == []
+            assert agent.services.reconcile_knowledge("team-a", {}, 0) == ["team-a/kb"]
+            assert store.documents("team-a/kb") == []
+        else:
+            assert (dropped, held) == (["team-a/kb"], [])
+    finally:
+        agent.close()

@@ -256,13 +256,14 @@ class KnowledgeBase:
         return cache
 
     # --- the capabilities ----------------------------------------------------------------------
-    def upsert(self, tenant: str, documents: Sequence[Document]) -> int:
-        """Durable in the store before it returns; StoreUnavailable (nothing written) otherwise."""
+    def upsert(self, tenant: str, documents: Sequence[Document], retain: bool = False) -> int:
+        """Durable in the store before it returns; StoreUnavailable (nothing written) otherwise.
+        ``retain``: the model's spec.knowledge.retain, taken by the tenant if this creates it."""
         if not documents:
             return 0
         # Embedding is the slow part: do it outside any lock, before touching the store.
         vectors = self._embed([doc.text for doc in documents])
-        self.store.upsert(tenant, documents, vectors, MAX_DOCUMENTS_PER_TENANT)
+        self.store.upsert(tenant, documents, vectors, MAX_DOCUMENTS_PER_TENANT, retain)
         with contextlib.suppress(StoreUnavailable):  # committed; else the poller catches the cache up
             self.sync(tenant)
         return len(documents)
@@ -300,7 +301,7 @@ class KnowledgeBase:
         with self._lock:
             return cache.top_k(vector, k)
 
-    def load_directory(self, tenant: str, directory: Path) -> int:
+    def load_directory(self, tenant: str, directory: Path, retain: bool = False) -> int:
         """Adds every .txt/.md file (id: its relative path) and every .json file holding a list of
         {id, text, metadata?} objects under ``directory``."""
         documents: list[Document] = []
@@ -316,4 +317,4 @@ class KnowledgeBase:
                 if not isinstance(items, list):
                     raise KnowledgeError(f"{path}: must hold a list of documents")
                 documents += [validate_document(item, i) for i, item in enumerate(items)]
-        return self.upsert(tenant, documents)
+        return self.upsert(tenant, documents, retain)

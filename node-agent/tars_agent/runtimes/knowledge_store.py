@@ -72,7 +72,9 @@ class DocumentStore(Protocol):
     durable: bool
     description: str
 
-    def upsert(self, tenant: str, documents: Sequence[Document], vectors: np.ndarray, limit: int) -> int: ...
+    def upsert(
+        self, tenant: str, documents: Sequence[Document], vectors: np.ndarray, limit: int, retain: bool = False
+    ) -> int: ...
     def delete(self, tenant: str, ids: Sequence[str]) -> int: ...
     def changes(self, tenant: str, incarnation: int, since: int) -> Changes: ...
     def versions(self, tenants: Sequence[str]) -> dict[str, tuple[int, int]]: ...
@@ -110,22 +112,27 @@ class _SqlStore:
     def _q(self, sql: str) -> str:
         return sql.replace("?", self._p)
 
-    def _bump(self, cur: Any, tenant: str) -> tuple[int, int]:
-        """Creates the tenant or bumps its version; (incarnation, new version)."""
+    def _bump(self, cur: Any, tenant: str, retain: bool = False) -> tuple[int, int]:
+        """Creates the tenant or bumps its version; (incarnation, new version). A new tenant takes its
+        model's ``retain`` at once: a model written to and deleted between two lifecycle passes is
+        never seen with its tenant by any pass, and would otherwise be dropped despite retain. An
+        existing tenant's retain is the lifecycle pass's to change (it reads the TarsModels)."""
         cur.execute(
             self._q(
-                "INSERT INTO tars_knowledge_tenants (tenant, incarnation, version) VALUES (?, ?, 1) "
+                "INSERT INTO tars_knowledge_tenants (tenant, incarnation, version, retain) VALUES (?, ?, 1, ?) "
                 "ON CONFLICT (tenant) DO UPDATE SET version = tars_knowledge_tenants.version + 1 "
                 "RETURNING incarnation, version"
             ),
-            (tenant, secrets.randbits(62)),
+            (tenant, secrets.randbits(62), retain),
         )
         incarnation, version = cur.fetchone()
         return int(incarnation), int(version)
 
-    def upsert(self, tenant: str, documents: Sequence[Document], vectors: np.ndarray, limit: int) -> int:
+    def upsert(
+        self, tenant: str, documents: Sequence[Document], vectors: np.ndarray, limit: int, retain: bool = False
+    ) -> int:
         with self._tx(tenant) as cur:
-            _, version = self._bump(cur, tenant)
+            _, version = self._bump(cur, tenant, retain)
             ids = list(dict.fromkeys(d.id for d in documents))
             marks = ",".join("?" * len(ids))
             cur.execute(

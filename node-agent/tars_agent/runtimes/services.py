@@ -173,6 +173,7 @@ class ModelServices:
         self._coalescer: Coalescer | None = None
         self._knowledge: KnowledgeBase | None = None
         self._knowledge_loaded: set[str] = set()
+        self._retain: dict[ModelKey, bool] = {}
         self._vader: Any = None
         self._generators: dict[ModelKey, _Generator] = {}
         self._resolve_function: Callable[[ModelKey], GuestRunner | None] | None = None
@@ -222,9 +223,20 @@ class ModelServices:
                 self._knowledge_loaded.add(tenant)
             directory = self.knowledge_dir / model.namespace / model.name
             if first and directory.is_dir():
-                count = knowledge.load_directory(tenant, directory)
+                count = knowledge.load_directory(tenant, directory, self.retains(model))
                 log.info("loaded %d documents for %s from %s", count, tenant, directory)
         return knowledge, tenant
+
+    def set_retain(self, model: ModelKey, retain: bool) -> None:
+        """The loaded model's spec.knowledge.retain. A tenant its upserts create takes it at once: the
+        lifecycle pass learns retain only when it sees the model and its tenant together, and a model
+        written to and deleted between two passes would otherwise lose its documents."""
+        with self._lock:
+            self._retain[model] = retain
+
+    def retains(self, model: ModelKey) -> bool:
+        with self._lock:
+            return self._retain.get(model, False)
 
     def load_tenant(self, model: ModelKey) -> int:
         """Reads a model's documents from the store into this agent's cache (before it is reported
@@ -339,7 +351,7 @@ class ModelServices:
         knowledge, tenant = self.tenant_store(ctx.model)
         try:
             documents: list[Document] = [validate_document(item, i) for i, item in enumerate(raw)]
-            count = knowledge.upsert(tenant, documents)
+            count = knowledge.upsert(tenant, documents, self.retains(ctx.model))
         except KnowledgeError as exc:
             raise CapabilityError(str(exc)) from None
         except StoreUnavailable as exc:

@@ -3,10 +3,12 @@
 Where a builtin's hot path is worth it, its guest is Rust rather than componentize-py: a fresh
 instance starts in microseconds instead of a millisecond, and a call costs what the work costs.
 ``vader`` is VADER sentiment (vaderSentiment's lexicon and rules, ported; checked equal to the Python
-package). Builds use ``guests/examples/build.sh`` (cargo, the wasm32-wasip2 target, the shared cargo
+package); ``embedding`` checks a request's texts and asks the host's ``nn.embed`` (MiniLM) for them. Both
+read requests with ``guestlib``, a crate (not a guest) that does what the Python guests' tars_guestlib
+does. Builds use ``guests/examples/build.sh`` (cargo, the wasm32-wasip2 target, the shared cargo
 target directory outside the repository) and are cached like componentize-py builds, under a digest
-of the crate's sources, the WIT files and the vaderSentiment version the lexicon comes from;
-``$TARS_PREBUILT_DIR/guests/`` is looked at first.
+of the crate's sources, the shared crate's, the WIT files and the vaderSentiment version the lexicon
+comes from; ``$TARS_PREBUILT_DIR/guests/`` is looked at first.
 
 An installed package (the container image) carries no crate and no cargo: there the component is the
 one built on the build machine (``python -m tars_guests.compiled --stage DIR``, run by
@@ -29,7 +31,8 @@ from tars_guests.build import _build_lock, _source_files, cache_dir, prebuilt_co
 
 COMPILED_DIR = Path(__file__).resolve().parent.parent / "compiled"
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "build.sh"
-COMPILED = ("vader",)
+COMPILED = ("vader", "embedding")
+SHARED_CRATE = COMPILED_DIR / "guestlib"  # a path dependency of every guest crate
 STAGED_ENV = "TARS_COMPILED_GUESTS_DIR"
 
 
@@ -41,7 +44,7 @@ def crate_dir(name: str) -> Path:
 
 def compiled_digest(name: str) -> str:
     digest = hashlib.sha256(f"compiled {name}\nvaderSentiment {metadata.version('vaderSentiment')}\n".encode())
-    for label, root in (("crate", crate_dir(name)), ("wit", wit_dir())):
+    for label, root in (("crate", crate_dir(name)), ("guestlib", SHARED_CRATE), ("wit", wit_dir())):
         for path in _source_files(root):
             if "target" not in path.relative_to(root).parts:
                 digest.update(f"{label}:{path.relative_to(root).as_posix()}\n".encode())

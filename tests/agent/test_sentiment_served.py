@@ -92,7 +92,7 @@ def test_without_the_crate_the_staged_component_is_served(tmp_path: Path, monkey
     with pytest.raises(FileNotFoundError, match=r"compiled-vader\.wasm"):
         built_elsewhere("vader", no_crates)
     staged = stage(tmp_path / "context")
-    assert [p.name for p in staged] == ["compiled-vader.wasm"]
+    assert [p.name for p in staged] == ["compiled-vader.wasm", "compiled-embedding.wasm"]
     assert staged[0].read_bytes() == build_compiled("vader").read_bytes()
     monkeypatch.setenv(STAGED_ENV, str(tmp_path / "context"))
     assert built_elsewhere("vader", no_crates) == staged[0]

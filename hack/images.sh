@@ -32,6 +32,7 @@ SYFT=$HOME/.cache/tars/bin/syft-$SYFT_VERSION/syft
 # overlay: layers are differences (vfs would copy the whole tree for every step: tens of GB).
 STORAGE=(--storage-driver overlay --root "$OUT/storage-overlay" --runroot "$OUT/run-overlay")
 ARCHIVE="$OUT/tars-$VERSION.oci.tar"
+BUILD_STAGE=localhost/tars-build:$VERSION
 RECORD="$OUT/tars-$VERSION.json"
 SBOM="$OUT/tars-$VERSION.spdx.json"
 
@@ -122,6 +123,15 @@ stage_compiled_guests() {
   "${PYTHON:-python3}" -m tars_guests.compiled --stage "$COMPILED_STAGE" >/dev/null
 }
 
+# Every build leaves the previous build's layers untagged (2 GB or more each), and an interrupted
+# build leaves its working containers: without this the storage grows by gigabytes per build until
+# the disk is full. Kept: the base, the image and the build stage, with the layers under them.
+# Called under the build lock; containers are only made by builds and by tests after a build.
+prune() {
+  buildah "${STORAGE[@]}" rm --all >/dev/null
+  buildah "${STORAGE[@]}" rmi --prune >/dev/null
+}
+
 build() {
   mkdir -p "$OUT"
   # One build at a time per machine: a second `make images` waits, then finds the archive up to date.
@@ -138,16 +148,20 @@ build() {
     log "$REFERENCE is up to date: $ARCHIVE"
     return
   fi
+  prune
   make_base "$tag"
   log "building $REFERENCE (buildah, overlay storage; cached layers are reused)"
   # The host's CA bundle, for RUN steps only (a TLS-inspecting proxy's CA reaches pip; the image
   # keeps its own bundle).
   local ca=()
   [ -f /etc/ssl/certs/ca-certificates.crt ] && ca=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-  buildah "${STORAGE[@]}" bud --isolation chroot --layers "${ca[@]}" \
-    --build-arg "BASE_IMAGE=localhost/tars-base:$tag" \
-    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" \
-    -f "$ROOT/Containerfile" -t "$REFERENCE" "$ROOT"
+  local bud=(buildah "${STORAGE[@]}" bud --isolation chroot --layers "${ca[@]}"
+    --build-arg "BASE_IMAGE=localhost/tars-base:$tag"
+    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" -f "$ROOT/Containerfile")
+  # The build stage is tagged too, so that pruning keeps its layers (the dependencies' pip install)
+  # as the next build's cache; the second run takes every build-stage step from that cache.
+  "${bud[@]}" --target build -t "$BUILD_STAGE" "$ROOT"
+  "${bud[@]}" -t "$REFERENCE" "$ROOT"
   rm -f "$ARCHIVE.tmp"
   buildah "${STORAGE[@]}" push -q "$REFERENCE" "oci-archive:$ARCHIVE.tmp:$REFERENCE"
   mv "$ARCHIVE.tmp" "$ARCHIVE"
@@ -155,6 +169,7 @@ build() {
   log "SBOM (syft $SYFT_VERSION, SPDX)"
   "$SYFT" scan -q "oci-archive:$ARCHIVE" -o "spdx-json=$SBOM.tmp"
   mv "$SBOM.tmp" "$SBOM"
+  prune
   local image_bytes
   image_bytes=$(python3 - "$ARCHIVE" <<'PY'
 import gzip, json, sys, tarfile

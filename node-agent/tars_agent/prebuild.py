@@ -2,7 +2,8 @@
 
 ``python -m tars_agent.prebuild --out DIR`` writes ``DIR/guests/<source digest>.wasm`` (what
 ``tars_guests.build.build_guest`` would build), ``DIR/compiled/<key>.cwasm`` (Wasmtime's
-serialized code for this Wasmtime version and the agent's engine settings) and
+serialized code for the path this install's agents take, native or wasmtime-py, with its Wasmtime
+version and the agent's engine settings) and
 ``DIR/models/<key>/`` (MiniLM's encoder optimized by onnxruntime, weights prepacked for this CPU),
 plus ``manifest.json``.
 An agent started with ``TARS_PREBUILT_DIR=DIR`` finds both under the keys it computes anyway, so it
@@ -21,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tars_agent.sandbox.probe import native_available
 from tars_agent.sandbox.wasmtime_backend import (
@@ -31,9 +31,6 @@ from tars_agent.sandbox.wasmtime_backend import (
     prebuilt_compiled,
     wasmtime_version,
 )
-
-if TYPE_CHECKING:
-    from tars_agent.sandbox.native_backend import NativeBackend
 
 MANIFEST = "manifest.json"
 
@@ -74,12 +71,18 @@ def prebuild_models(models_dir: Path) -> dict[str, object]:
     return {"onnxruntime": onnxruntime.__version__, "all-minilm-l6-v2": prebuild_encoder(models_dir)}
 
 
-def _native_backend() -> NativeBackend | None:
-    if not native_available():
-        return None
-    from tars_agent.sandbox.native_backend import NativeBackend
+def _compiler() -> tuple[str, Callable[[Path], object], Callable[[bytes], str], Callable[[], None]]:
+    """(path, compile, cache key, close) of the Wasmtime path this install's agents take: the native
+    extension where it is installed (an image that carries it), else wasmtime-py. Code for the other
+    path would never be read (it is about a third of an image's compiled code); an agent forced onto
+    it (TARS_WASMTIME_PATH) compiles on first load into its node cache."""
+    if native_available():
+        from tars_agent.sandbox.native_backend import NativeBackend
 
-    return NativeBackend()
+        native = NativeBackend()
+        return "native", native.load_component, native.cache_key, native.close
+    backend = WasmtimeBackend()  # its engine: the settings the agent deserializes with
+    return "python", backend.load_component, compiled_cache_key, backend.close
 
 
 def _compile_into(out: Path, key: str, compile: Callable[[], object]) -> Path:
@@ -97,9 +100,7 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
 
     (out / "guests").mkdir(parents=True, exist_ok=True)
     (out / "compiled").mkdir(parents=True, exist_ok=True)
-    backend = WasmtimeBackend()  # its engine: the settings the agent deserializes with
-    # The native path's code too, when the extension is installed (an image that carries it).
-    native = _native_backend()
+    path, load_component, cache_key, close = _compiler()
     entries: dict[str, dict[str, object]] = {}
     try:
         for name, built in sorted(builtin_guests(names).items()):
@@ -108,8 +109,7 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
             if component_path.resolve() != built.resolve():
                 shutil.copyfile(built, component_path)
             started = time.perf_counter()
-            compile_here = functools.partial(backend.load_component, built)
-            compiled_path = _compile_into(out, compiled_cache_key(data), compile_here)
+            compiled_path = _compile_into(out, cache_key(data), functools.partial(load_component, built))
             entries[name] = {
                 "component": component_path.relative_to(out).as_posix(),
                 "compiled": compiled_path.relative_to(out).as_posix(),
@@ -117,14 +117,11 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
                 "compiledBytes": compiled_path.stat().st_size,
                 "compileSeconds": round(time.perf_counter() - started, 2),
             }
-            if native is not None:
-                compile_native = functools.partial(native.load_component, built)
-                native_path = _compile_into(out, native.cache_key(data), compile_native)
-                entries[name]["compiledNative"] = native_path.relative_to(out).as_posix()
     finally:
-        backend.close()
+        close()
     manifest: dict[str, object] = {
         "wasmtime": wasmtime_version(),
+        "wasmtimePath": path,
         "componentizePy": componentize_py_version(),
         "guests": entries,
         "models": prebuild_models(out / "models"),

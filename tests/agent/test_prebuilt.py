@@ -13,6 +13,7 @@ import pytest
 
 from tars_agent.prebuild import MANIFEST, prebuild
 from tars_agent.sandbox.base import GuestSource, Limits
+from tars_agent.sandbox.probe import native_available
 from tars_guests.apps import build_app
 from tars_guests.build import build_guest
 from tars_guests.testapps import ECHO_APP
@@ -28,12 +29,12 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from tars_agent.sandbox.base import GuestSource, Limits
-from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_agent.sandbox.probe import wasmtime_backend
 from tars_guests.apps import build_app
 from tars_guests.build import build_guest
 from tars_guests.testapps import ECHO_APP
 
-backend = WasmtimeBackend()
+backend = wasmtime_backend()  # the path an agent takes here: the one the prebuild compiled for
 out = {}
 for name, load in (("echo", lambda: build_guest(ECHO_APP)), ("sentiment", lambda: build_app("sentiment"))):
     started = time.perf_counter()
@@ -59,6 +60,9 @@ def prebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_manifest_names_files_that_exist(prebuilt: Path) -> None:
     manifest = json.loads((prebuilt / MANIFEST).read_text())
+    assert manifest["wasmtimePath"] == ("native" if native_available() else "python")
+    # Code for one path only: the other would never be read.
+    assert len(list((prebuilt / "compiled").glob("*.cwasm"))) == len(NAMES)
     for entry in manifest["guests"].values():
         assert (prebuilt / entry["component"]).stat().st_size == entry["componentBytes"] > 0
         assert (prebuilt / entry["compiled"]).stat().st_size == entry["compiledBytes"] > 0

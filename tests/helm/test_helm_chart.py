@@ -284,6 +284,8 @@ def test_grafana_dashboard(full_manifests: list[dict[str, Any]]) -> None:
         "tars_operator_agents",
         "tars_operator_reconciliations_total",
         "tars_operator_placement_failures_total",
+        "tars_operator_api_requests_total",
+        "tars_operator_api_request_duration_seconds_bucket",
     ):
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]
@@ -375,3 +377,26 @@ def test_names_fit_in_dns_labels(helm: Helm) -> None:
     manifests = helm.template({"fullnameOverride": "x" * 52, "gateway": {"enabled": True}})
     for manifest in manifests:
         assert len(manifest["metadata"]["name"]) <= 63, manifest["metadata"]["name"]
+
+
+def test_every_metric_the_dashboard_reads_is_exported(full_manifests: list[dict[str, Any]]) -> None:
+    """A renamed metric leaves a panel empty without an error anywhere: every series a panel reads is
+    one the operator, the gateway or an agent really exports."""
+    import prometheus_client
+
+    import tars_gateway.server  # noqa: F401 - registers the gateway's metrics
+    import tars_operator.metrics  # noqa: F401 - registers the operator's metrics
+    from tars_agent.metrics import AgentMetrics
+
+    # A family with labels has no samples until a child exists, so its series are named from its type.
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
+    exported = {
+        family.name + suffix
+        for registry in (prometheus_client.REGISTRY, AgentMetrics().registry)
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    panels = [p for p in _dashboard(full_manifests)["panels"] if p["type"] != "row"]
+    read = {name for p in panels for t in p["targets"] for name in re.findall(r"\btars_[a-z_]+\b", t["expr"])}
+    assert read, "no metric found in the dashboard's queries"
+    assert read <= exported, sorted(read - exported)

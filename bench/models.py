@@ -148,6 +148,18 @@ def cases(edge_dir: Path, small_dir: Path | None) -> list[Case]:
             {"inputs": [text_tensor("text", "The cat sits outside on the mat.")]},
             f"{minilm_params / 1e6:.1f}M",
         ),
+        # Its componentize-py guest before the compiled one, as a user's .wasm function: the same nn.embed.
+        Case(
+            "Sentence-BERT, Python guest (componentize-py)",
+            "sentence-bert-python",
+            f"file://{build_app('embedding')}",
+            "embedding",
+            ["nn.embed"],
+            "infer",
+            {"inputs": [text_tensor("text", "The cat sits outside on the mat.")]},
+            f"{minilm_params / 1e6:.1f}M",
+            seed=False,
+        ),
         Case(
             "Sentiment Analysis (VADER)",
             "sentiment",

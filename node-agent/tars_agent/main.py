@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from tars_agent.agent import Agent, AgentConfig
 from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
-from tars_agent.server import CONNECTIONS, create_app
+from tars_agent.server import ADMISSION, CONNECTIONS, create_app
 from tars_agent.tenancy import FairAdmission
 from tars_api.access import DEFAULT_ACCESS, DefaultAccess
 from tars_api.meta import parse_duration
@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the port with other agent processes (one per core; the kernel spreads connections)",
     )
+    p.add_argument(
+        "--native-http",
+        action="store_true",
+        default=os.environ.get("TARS_NATIVE_HTTP", "") == "1",
+        help="serve the infer route of native-path models from Rust (tars_native), Python deciding access",
+    )
     p.add_argument("--log-level", default=os.environ.get("TARS_LOG_LEVEL", "info"))
     knowledge = p.add_argument_group("knowledge store (the DSN only from TARS_KNOWLEDGE_DSN: never in argv)")
     knowledge.add_argument(
@@ -262,6 +268,35 @@ def agent_config(args: argparse.Namespace, node: TarsNode | None) -> AgentConfig
     return config
 
 
+async def start_http(
+    agent: Agent,
+    guard: AccessGuard | None,
+    admission: FairAdmission | None,
+    ssl_context: Any,
+    reuse_port: bool,
+    native_http: bool,
+) -> tuple[web.AppRunner, asyncio.Server, Any]:
+    """The aiohttp app listening, and with ``native_http`` the native front (tars_agent.native_front)
+    on the agent's port, aiohttp then on a loopback port of its own behind it."""
+    app = create_app(agent, guard, admission)
+    front = None
+    if native_http:
+        from tars_agent.native_front import NativeHttp
+
+        front = NativeHttp(agent, guard, app[ADMISSION])
+        app.middlewares.append(front.middleware())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    # Behind the connection guard (tars_common.http_limits): slow clients and too many connections cut off.
+    host, port = ("127.0.0.1", 0) if front is not None else (agent.config.host, agent.config.port)
+    listener = await app[CONNECTIONS].serve(runner, host, port, ssl_context, reuse_port and front is None)
+    if front is not None:
+        upstream = listener.sockets[0].getsockname()[1]
+        agent.config.port = front.start(upstream, reuse_port)
+        log.info("native HTTP front on %s:%d, Python on 127.0.0.1:%d", agent.config.host, agent.config.port, upstream)
+    return runner, listener, front
+
+
 async def serve(
     agent: Agent,
     models: list[TarsModel],
@@ -273,12 +308,9 @@ async def serve(
     admission: FairAdmission | None = None,
     grpc_port: int | None = None,
     grpc_tls: tuple[bytes, bytes] | None = None,
+    native_http: bool = False,
 ) -> None:
-    app = create_app(agent, guard, admission)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    # Behind the connection guard (tars_common.http_limits): slow clients and too many connections cut off.
-    listener = await app[CONNECTIONS].serve(runner, agent.config.host, agent.config.port, ssl_context, reuse_port)
+    runner, listener, front = await start_http(agent, guard, admission, ssl_context, reuse_port, native_http)
     log.info(
         "serving on %s:%d with backend %s (%s)",
         agent.config.host,
@@ -308,6 +340,8 @@ async def serve(
 
     await stop.wait()
     log.info("draining: unready, finishing in-flight work")
+    if front is not None:
+        front.forget()  # the drain's 503s come from Python
     drain = asyncio.create_task(agent.drain())
     if cluster_agent is not None:
         with contextlib.suppress(Exception):
@@ -326,6 +360,8 @@ async def serve(
     if grpc_server is not None and bridge is not None:
         await grpc_server.stop(grace=1.0)
         await bridge.close()
+    if front is not None:
+        front.close()
     listener.close()
     await runner.cleanup()
     agent.close()
@@ -371,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("KVM probe: %s %s -> backend %s", probe.reason, probe.checks, backend_name)
     context = ssl_context(args)
     agent = Agent(agent_config(args, node), create_backend(backend_name), reason)
+    if args.native_http and (context is not None or agent.backend.path != "native"):
+        # The front speaks plain HTTP and runs guests through tars_native only.
+        raise SystemExit("--native-http needs the native wasmtime path (tars_native) and no --tls-cert")
     guard = access_guard(args, agent)
     log.info(
         "access control %s (models without spec.access: %s); TLS %s",
@@ -398,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             admission,
             grpc_port,
             grpc_tls,
+            args.native_http,
         )
     )
     stuck = agent.executor.guests_running()

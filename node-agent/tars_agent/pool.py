@@ -45,6 +45,10 @@ class SandboxPool:
         self._refilling = False
         self._closed = False
 
+    @property
+    def prepared(self) -> PreparedGuest:
+        return self._prepared
+
     def _start(self) -> GuestInstance:
         started = time.perf_counter()
         instance = self._prepared.instantiate()

@@ -110,6 +110,8 @@ class ModelRepository:
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
         self._refiller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refill")
         self._locks: dict[ModelKey, asyncio.Lock] = {}
+        # Called after any model is loaded, swapped or unloaded (the native front's routes follow).
+        self.on_change: list[Callable[[], None]] = []
 
     def find(self, name: str) -> LoadedModel | None:
         """The loaded model called ``name`` (metadata.name) in any namespace."""
@@ -156,6 +158,7 @@ class ModelRepository:
             self.failed.pop(key, None)
             self.models[key] = loaded
             self.metrics.models_loaded.set(len(self.models))
+            self._changed()
             if current is not None:
                 current.close()
             log.info("loaded model %s (%s) on %s", key, model.spec.source or "inline function", self.backend.name)
@@ -165,9 +168,14 @@ class ModelRepository:
         loaded = self.models.pop(key, None)
         self.failed.pop(key, None)
         self.metrics.models_loaded.set(len(self.models))
+        self._changed()
         if loaded is not None:
             loaded.close()
             log.info("unloaded model %s", key)
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            hook()
 
     async def invoke(self, model: LoadedModel, input_json: str, on_stopped: Callable[[], None] | None = None) -> str:
         """One guest call in a fresh sandbox, under the agent's admission control; ``on_stopped`` runs once

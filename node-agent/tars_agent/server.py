@@ -145,6 +145,42 @@ async def lookup_model(agent: Agent, name: str, request: web.Request | None = No
     return model
 
 
+def guest_failure_error(agent: Agent, label: str, failure: GuestFailure) -> ApiError:
+    """The answer to a guest that gave no result (counted and logged); the native front's too."""
+    agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
+    log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
+    if failure.reason is FailureReason.REJECTED:
+        return ApiError(422, f"rejected by the model: {failure.public}", reason=failure.reason.value)
+    if failure.reason is FailureReason.UNAVAILABLE:
+        return ApiError(
+            503,
+            f"unavailable: {failure.public}",
+            reason=failure.reason.value,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return ApiError(500, f"guest failed: {failure.public}", reason=failure.reason.value)
+
+
+def guest_answer(
+    agent: Agent, label: str, model_name: str, version: str, request_id: str | None, output: str
+) -> InferResponse:
+    """The InferResponse for a guest's output, or the 500 of a guest that returned no valid outputs."""
+    try:
+        result = GuestInferResult.model_validate_json(output)
+    except ValidationError:
+        agent.metrics.guest_failures.labels(label, FailureReason.ERROR.value).inc()
+        raise ApiError(
+            500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
+        ) from None
+    return InferResponse(
+        model_name=model_name,
+        model_version=version,
+        id=request_id,
+        parameters=result.parameters,
+        outputs=result.outputs,
+    )
+
+
 async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -> str:
     agent: Agent = request.app[AGENT]
     label = str(model.key)
@@ -162,18 +198,7 @@ async def run_guest(request: web.Request, model: LoadedModel, input_json: str) -
         await admission.acquire(label)
         return await agent.repository.invoke(model, input_json, on_stopped=lambda: admission.release(label))
     except GuestFailure as failure:
-        agent.metrics.guest_failures.labels(label, failure.reason.value).inc()
-        log.warning("guest %s failed (%s): %s %s", label, failure.reason.value, failure.public, failure.detail[-500:])
-        if failure.reason is FailureReason.REJECTED:
-            raise ApiError(422, f"rejected by the model: {failure.public}", reason=failure.reason.value) from None
-        if failure.reason is FailureReason.UNAVAILABLE:
-            raise ApiError(
-                503,
-                f"unavailable: {failure.public}",
-                reason=failure.reason.value,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
-        raise ApiError(500, f"guest failed: {failure.public}", reason=failure.reason.value) from None
+        raise guest_failure_error(agent, label, failure) from None
     except Overloaded as busy:
         agent.metrics.rejected.labels(label, "overload").inc()
         raise ApiError(
@@ -276,22 +301,9 @@ async def _infer(request: web.Request) -> web.Response:
     if problem is not None:
         raise ApiError(400, f"{problem[0]}: {problem[1]}", field=problem[0])
     output = await run_guest(request, model, json.dumps(guest_infer_input(infer_request)))
-    try:
-        result = GuestInferResult.model_validate_json(output)
-    except ValidationError:
-        request.app[AGENT].metrics.guest_failures.labels(str(model.key), FailureReason.ERROR.value).inc()
-        raise ApiError(
-            500, "guest failed: it returned no valid inference outputs", reason=FailureReason.ERROR.value
-        ) from None
+    agent = request.app[AGENT]
     return infer_answer(
-        body,
-        InferResponse(
-            model_name=model.key.name,
-            model_version=model.version,
-            id=infer_request.id,
-            parameters=result.parameters,
-            outputs=result.outputs,
-        ),
+        body, guest_answer(agent, str(model.key), model.key.name, model.version, infer_request.id, output)
     )
 
 

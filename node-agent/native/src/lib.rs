@@ -5,6 +5,8 @@
 //! calls on worker threads run in parallel. Host calls come back into Python through `host_call`.
 
 mod engine;
+mod front;
+mod infer;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -154,12 +156,151 @@ impl NativeInstance {
     }
 }
 
+/// The agent's native HTTP front (see front.rs): owns the public port, serves the infer route of the
+/// models and callers Python taught it, forwards everything else to aiohttp on `upstream_port`.
+#[pyclass(frozen)]
+struct NativeFront {
+    front: Arc<front::Front>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    #[pyo3(get)]
+    port: u16,
+}
+
+#[pymethods]
+impl NativeFront {
+    /// `judge(label, model_name, version, id, kind, text, stderr, out_of_memory)` returns
+    /// `(status, json_body, retry_after)` for every outcome the front does not answer itself.
+    #[new]
+    #[pyo3(signature = (host, port, upstream_port, judge, workers, max_queue, max_body, bounds, threads = 2, reuse_port = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        upstream_port: u16,
+        judge: Py<PyAny>,
+        workers: usize,
+        max_queue: usize,
+        max_body: usize,
+        bounds: Vec<f64>,
+        threads: usize,
+        reuse_port: bool,
+    ) -> PyResult<Self> {
+        let judge: front::Judge = Box::new(move |v: front::Verdict| {
+            Python::attach(|py| {
+                let stderr = PyBytes::new(py, &v.stderr);
+                let args = (v.label, v.model_name, v.version, v.id, v.kind, v.text, stderr, v.out_of_memory);
+                judge.call1(py, args).and_then(|a| a.extract::<(u16, String, u32)>(py).map_err(PyErr::from)).unwrap_or_else(|e| {
+                    e.print(py);
+                    (500, r#"{"error": "internal error"}"#.to_string(), 0)
+                })
+            })
+        });
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port));
+        let front = Arc::new(front::Front::new(upstream, workers, max_queue, max_body, bounds, judge));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("tars-front")
+            .enable_all()
+            .build()
+            .map_err(err)?;
+        let listener = py.detach(|| runtime.block_on(bind(&host, port, reuse_port))).map_err(err)?;
+        let port = listener.local_addr().map_err(err)?.port();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        runtime.spawn(front::serve_forever(front.clone(), listener, stopped));
+        Ok(Self { front, runtime: Mutex::new(Some(runtime)), stop: Mutex::new(Some(stop)), port })
+    }
+
+    /// Serve `name` (as clients spell it) with this guest and these limits; a route already there for
+    /// the same model and version is kept with its grants.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        name: String,
+        label: String,
+        model_name: String,
+        version: String,
+        guest: &NativeGuest,
+        cpu_ms: u64,
+        wall_ms: u64,
+        output_bytes: usize,
+        cap: usize,
+    ) {
+        let mut routes = self.front.routes.write().unwrap();
+        if routes.get(&name).is_some_and(|r| r.label == label && r.version == version) {
+            return;
+        }
+        let route = front::Route::new(
+            label,
+            model_name,
+            version,
+            guest.prepared.clone(),
+            guest.memory_bytes,
+            guest.instantiate_ticks,
+            cpu_ms,
+            wall_ms,
+            output_bytes,
+            cap,
+        );
+        routes.insert(name, Arc::new(route));
+    }
+
+    /// Admits to `name` the callers whose credential headers digest to `credential` (None: anyone)
+    /// for `seconds`. False when there is no such route (cleared meanwhile).
+    fn grant(&self, name: &str, credential: Option<[u8; 32]>, seconds: f64) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+        match self.front.routes.read().unwrap().get(name) {
+            Some(route) => {
+                route.grant(credential, until);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every route and grant: requests go to Python until it teaches the front again.
+    fn clear(&self) {
+        self.front.routes.write().unwrap().clear();
+    }
+
+    /// `[(label, status, count, seconds, buckets)]` served since the last call.
+    fn drain(&self) -> Vec<(String, u16, u64, f64, Vec<u64>)> {
+        let served = self.front.drain_served();
+        served.into_iter().map(|((label, status), s)| (label, status, s.count, s.seconds, s.buckets)).collect()
+    }
+
+    /// Stops accepting; connections in progress end with the runtime.
+    fn close(&self, py: Python<'_>) {
+        self.clear();
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.lock().unwrap().take() {
+            py.detach(|| runtime.shutdown_timeout(std::time::Duration::from_secs(1)));
+        }
+    }
+}
+
+async fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let address = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address")))?;
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 #[pymodule]
 fn tars_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init_engine, m)?)?;
     m.add_class::<NativeComponent>()?;
     m.add_class::<NativeGuest>()?;
     m.add_class::<NativeInstance>()?;
+    m.add_class::<NativeFront>()?;
     m.add("WASMTIME_VERSION", "48.0.8")?;
     Ok(())
 }

@@ -65,6 +65,22 @@ def _host_adapter(host_call: HostCall) -> Callable[[str, str], tuple[bool, str]]
     return call
 
 
+def native_outcome(kind: str, text: str, limits: Limits, stderr: Callable[[], tuple[bytes, bool]]) -> str:
+    """The output of a call that ended with ``(kind, text)`` (the extension's outcome), or its failure;
+    ``stderr()`` gives the guest's stderr head and whether it ran out of memory (read for traps only)."""
+    if kind == "ok":
+        return check_output(text, limits)
+    if kind == "rejected":
+        # The guest's own error text is the guest's answer, not host detail: pass it on, bounded.
+        raise GuestFailure(FailureReason.REJECTED, text[:1024])
+    if kind == "timeout":
+        raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its CPU time limit")
+    head = GuestStderr()
+    data, head.out_of_memory = stderr()
+    head.head += data
+    raise classify_trap(text, head)
+
+
 class NativeInstance(GuestInstance):
     def __init__(self, prepared: NativeGuest) -> None:
         self._limits = prepared.limits
@@ -72,17 +88,7 @@ class NativeInstance(GuestInstance):
 
     def handle(self, input_json: str) -> str:
         kind, text = self._instance.handle(input_json, self._limits.cpu_time_ms)
-        if kind == "ok":
-            return check_output(text, self._limits)
-        if kind == "rejected":
-            # The guest's own error text is the guest's answer, not host detail: pass it on, bounded.
-            raise GuestFailure(FailureReason.REJECTED, text[:1024])
-        if kind == "timeout":
-            raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its CPU time limit")
-        stderr = GuestStderr()
-        head, stderr.out_of_memory = self._instance.stderr()
-        stderr.head += head
-        raise classify_trap(text, stderr)
+        return native_outcome(kind, text, self._limits, self._instance.stderr)
 
     def close(self) -> None:
         self._instance.close()

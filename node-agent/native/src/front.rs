@@ -1,0 +1,376 @@
+//! The agent's native HTTP front: hyper owns the agent's public port, serves
+//! `POST /v2/models/{name}/infer` itself for the models and callers Python has admitted, and forwards
+//! every other request, unchanged, to the agent's aiohttp app on a loopback port.
+//!
+//! Python decides; the front caches decisions. Python teaches it, after answering an infer request
+//! itself, a route (the name the client used -> a prepared guest and its limits) and a grant (a
+//! digest of the request's credential headers, or "open", until an expiry). The front serves a
+//! request only when both are present and unexpired; anything else, and every request the strict
+//! OIP check (crate::infer) does not pass, goes to Python, which answers and may teach again.
+//! Python clears everything when its set of models changes, so a reload or a changed spec.access
+//! takes effect at once; a revoked credential stops working at the grant's expiry.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::engine::{self, Outcome, Prepared, StderrPipe};
+use crate::infer;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+// tars_common.oip_binary.HEADER_LENGTH: the binary tensor extension is Python's to decode.
+const BINARY_HEADER: &str = "inference-header-content-length";
+// tars_common.http_limits: headers within 10 s, a body within 30 s, at most 1,024 connections.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_CONNECTIONS: usize = 1024;
+
+/// A model the front may run: what Python's route would run, with the same limits.
+pub struct Route {
+    pub label: String,
+    pub model_name: String,
+    pub version: String,
+    pub prepared: Arc<Prepared>,
+    pub memory_bytes: usize,
+    pub instantiate_ticks: u64,
+    pub cpu_ms: u64,
+    pub wall_ms: u64,
+    pub output_bytes: usize,
+    // Per-model admission in front of the shared workers: the model's cap, and its own queue.
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    open_until: Mutex<Option<Instant>>,
+    grants: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Route {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        label: String,
+        model_name: String,
+        version: String,
+        prepared: Arc<Prepared>,
+        memory_bytes: usize,
+        instantiate_ticks: u64,
+        cpu_ms: u64,
+        wall_ms: u64,
+        output_bytes: usize,
+        cap: usize,
+    ) -> Self {
+        Self {
+            label,
+            model_name,
+            version,
+            prepared,
+            memory_bytes,
+            instantiate_ticks,
+            cpu_ms,
+            wall_ms,
+            output_bytes,
+            slots: Arc::new(Semaphore::new(cap.max(1))),
+            waiting: AtomicUsize::new(0),
+            open_until: Mutex::new(None),
+            grants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admits(&self, credential: Option<[u8; 32]>, now: Instant) -> bool {
+        if self.open_until.lock().unwrap().is_some_and(|until| now < until) {
+            return true;
+        }
+        credential.is_some_and(|digest| self.grants.lock().unwrap().get(&digest).is_some_and(|until| now < *until))
+    }
+
+    pub fn grant(&self, credential: Option<[u8; 32]>, until: Instant) {
+        match credential {
+            None => *self.open_until.lock().unwrap() = Some(until),
+            Some(digest) => {
+                let mut grants = self.grants.lock().unwrap();
+                grants.retain(|_, expiry| *expiry > Instant::now());
+                grants.insert(digest, until);
+            }
+        }
+    }
+}
+
+/// Answers to requests the front served, by (model, status): what Python adds to its metrics.
+#[derive(Default)]
+pub struct Served {
+    pub count: u64,
+    pub seconds: f64,
+    pub buckets: Vec<u64>, // one per bound, plus +Inf; not cumulative
+}
+
+/// Python's verdict on an outcome the front does not answer itself: (status, JSON body, Retry-After).
+pub type Judge = Box<dyn Fn(Verdict) -> (u16, String, u32) + Send + Sync>;
+
+pub struct Verdict {
+    pub label: String,
+    pub model_name: String,
+    pub version: String,
+    pub id: Option<String>,
+    pub kind: &'static str,
+    pub text: String,
+    pub stderr: Vec<u8>,
+    pub out_of_memory: bool,
+}
+
+pub struct Front {
+    pub routes: RwLock<HashMap<String, Arc<Route>>>,
+    upstream: SocketAddr,
+    workers: Arc<Semaphore>,
+    max_queue: usize,
+    max_body: usize,
+    bounds: Vec<f64>,
+    served: Mutex<HashMap<(String, u16), Served>>,
+    judge: Judge,
+}
+
+impl Front {
+    pub fn new(upstream: SocketAddr, workers: usize, max_queue: usize, max_body: usize, bounds: Vec<f64>, judge: Judge) -> Self {
+        Self {
+            routes: RwLock::new(HashMap::new()),
+            upstream,
+            workers: Arc::new(Semaphore::new(workers.max(1))),
+            max_queue,
+            max_body,
+            bounds,
+            served: Mutex::new(HashMap::new()),
+            judge,
+        }
+    }
+
+    pub fn drain_served(&self) -> HashMap<(String, u16), Served> {
+        std::mem::take(&mut *self.served.lock().unwrap())
+    }
+
+    fn record(&self, label: &str, status: StatusCode, seconds: f64) {
+        let mut served = self.served.lock().unwrap();
+        let entry = served.entry((label.to_string(), status.as_u16())).or_insert_with(|| Served {
+            buckets: vec![0; self.bounds.len() + 1],
+            ..Served::default()
+        });
+        entry.count += 1;
+        entry.seconds += seconds;
+        let bucket = self.bounds.iter().position(|bound| seconds <= *bound).unwrap_or(self.bounds.len());
+        entry.buckets[bucket] += 1;
+    }
+}
+
+/// The digest of a request's credential headers, exactly as sent (Python digests the same bytes),
+/// or None when one of them is repeated (Python's reading of that is its own: forwarded).
+pub fn credential_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let mut digest = Sha256::new();
+    for (i, name) in ["x-api-key", "authorization"].into_iter().enumerate() {
+        let mut values = headers.get_all(name).iter();
+        let value = values.next().map(HeaderValue::as_bytes).unwrap_or_default();
+        if values.next().is_some() {
+            return None;
+        }
+        if i > 0 {
+            digest.update([0u8]);
+        }
+        digest.update(value);
+    }
+    Some(digest.finalize().into())
+}
+
+/// The model name of `POST /v2/models/{name}/infer` (not percent-encoded), else None.
+fn infer_name(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    (!name.is_empty() && !name.contains(['/', '%', '{', '}'])).then_some(name)
+}
+
+pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => return,
+        };
+        let Ok((socket, _)) = accepted else { continue };
+        // Past the cap the connection is closed at once, as tars_common.http_limits does.
+        let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+        let _ = socket.set_nodelay(true);
+        let front = front.clone();
+        tokio::spawn(async move {
+            let upstream = Arc::new(tokio::sync::Mutex::new(None));
+            let service = hyper::service::service_fn(move |request| serve(front.clone(), upstream.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+type Upstream = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Body>>>>;
+
+async fn serve(front: Arc<Front>, upstream: Upstream, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let route = (request.method() == Method::POST)
+        .then(|| infer_name(request.uri().path()))
+        .flatten()
+        .and_then(|name| front.routes.read().unwrap().get(name).cloned())
+        .filter(|route| {
+            !request.headers().contains_key(BINARY_HEADER)
+                && route.admits(credential_digest(request.headers()), started)
+        });
+    let Some(route) = route else {
+        return Ok(forward(&front, &upstream, request.map(BodyExt::boxed)).await);
+    };
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, front.max_body).collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => {
+            let error = format!("request body exceeds {} bytes", front.max_body);
+            return Ok(finish(&front, &route, started, json(StatusCode::PAYLOAD_TOO_LARGE, error_body(&error), 0)));
+        }
+        Err(_) => return Ok(json(StatusCode::REQUEST_TIMEOUT, error_body("request body not received in time"), 0)),
+    };
+    let Some(parsed) = infer::parse_request(&body) else {
+        let request = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
+        return Ok(forward(&front, &upstream, request).await);
+    };
+    let response = run(&front, &route, parsed).await;
+    Ok(finish(&front, &route, started, response))
+}
+
+fn finish(front: &Front, route: &Route, started: Instant, response: Response<Body>) -> Response<Body> {
+    front.record(&route.label, response.status(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// One guest call in a fresh instance, under the model's cap and the shared workers.
+async fn run(front: &Arc<Front>, route: &Arc<Route>, request: infer::Request) -> Response<Body> {
+    if route.waiting.fetch_add(1, Ordering::SeqCst) >= front.max_queue {
+        route.waiting.fetch_sub(1, Ordering::SeqCst);
+        return json(StatusCode::TOO_MANY_REQUESTS, error_body("too many requests queued; retry later"), 1);
+    }
+    let slot = route.slots.clone().acquire_owned().await;
+    let worker = front.workers.clone().acquire_owned().await;
+    route.waiting.fetch_sub(1, Ordering::SeqCst);
+    let (Ok(slot), Ok(worker)) = (slot, worker) else {
+        return json(StatusCode::SERVICE_UNAVAILABLE, error_body("agent is shutting down"), 1);
+    };
+    // The slot and the worker are held until the guest has stopped, even when the client was told of
+    // a wall-clock timeout first: a running guest cannot be cancelled, only stopped by its deadline.
+    let call_front = front.clone();
+    let call_route = route.clone();
+    let id = request.id.clone();
+    let (done, answer) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let reply = call(&call_front, &call_route, request);
+        drop((worker, slot));
+        let _ = done.send(reply);
+    });
+    match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {
+        Ok(Ok((status, body, retry))) => json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry),
+        Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),
+        Err(_) => {
+            let front = front.clone();
+            let verdict = verdict(route, id, "wall", String::new(), Default::default());
+            let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
+            let (status, body, retry) = judged.unwrap_or((500, error_body("internal error"), 0));
+            json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry)
+        }
+    }
+}
+
+fn verdict(route: &Route, id: Option<String>, kind: &'static str, text: String, stderr: StderrPipe) -> Verdict {
+    let state = stderr.0.lock().unwrap();
+    Verdict {
+        label: route.label.clone(),
+        model_name: route.model_name.clone(),
+        version: route.version.clone(),
+        id,
+        kind,
+        text,
+        stderr: state.head.clone(),
+        out_of_memory: state.out_of_memory,
+    }
+}
+
+/// Blocking: starts the sandbox, runs it, and answers; Python judges what is not a strict success.
+fn call(front: &Front, route: &Route, request: infer::Request) -> (u16, String, u32) {
+    let stderr = StderrPipe::default();
+    let outcome = match engine::instantiate(&route.prepared, route.memory_bytes, route.instantiate_ticks, stderr.clone()) {
+        Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(route.cpu_ms)),
+        Err(error) => Outcome::Trap(format!("{error:?}")),
+    };
+    let (kind, text) = match outcome {
+        Outcome::Ok(output) => {
+            if output.len() <= route.output_bytes {
+                if let Some(body) = infer::answer(&output, &route.model_name, &route.version, request.id.as_deref()) {
+                    return (200, body, 0);
+                }
+            }
+            ("ok", output)
+        }
+        Outcome::Rejected(text) => ("rejected", text),
+        Outcome::Timeout => ("timeout", String::new()),
+        Outcome::Trap(text) => ("trap", text),
+    };
+    (front.judge)(verdict(route, request.id, kind, text, stderr))
+}
+
+fn error_body(error: &str) -> String {
+    serde_json::json!({ "error": error }).to_string()
+}
+
+fn json(status: StatusCode, body: String, retry_after: u32) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    if retry_after > 0 {
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    }
+    response
+}
+
+/// The request, unchanged, to the aiohttp app over this client connection's own upstream connection
+/// (HTTP/1 serves a connection's requests one at a time, so one upstream connection per client).
+async fn forward(front: &Front, upstream: &Upstream, request: Request<Body>) -> Response<Body> {
+    let mut sender = upstream.lock().await;
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        *sender = connect(front.upstream).await;
+    }
+    let answered = match sender.as_mut() {
+        Some(s) => match s.ready().await {
+            Ok(()) => s.send_request(request).await.ok(),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    match answered {
+        Some(response) => response.map(BodyExt::boxed),
+        None => {
+            *sender = None;
+            json(StatusCode::BAD_GATEWAY, error_body("agent unavailable"), 1)
+        }
+    }
+}
+
+async fn connect(address: SocketAddr) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+    let stream = TcpStream::connect(address).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}

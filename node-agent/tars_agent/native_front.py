@@ -1,0 +1,224 @@
+"""The agent's native HTTP front (``--native-http``): Rust serves the infer route, Python decides.
+
+``tars_native.NativeFront`` (node-agent/native/src/front.rs) owns the agent's public port. It serves
+``POST /v2/models/{name}/infer`` itself, in a fresh sandbox per request under the model's limits, for
+the names and callers this module has taught it, and forwards every other request unchanged to the
+aiohttp app, which then listens on a loopback port only. Nothing else becomes reachable: a route the
+front does not own is answered by the same aiohttp app as without it.
+
+What Python teaches, after it has answered an infer request itself with 200 (so auth allowed it):
+- a route: the name the client used -> the model's prepared native guest, limits, version, and its
+  per-model cap (models with host capabilities are not taught: their calls stay on the Python path);
+- a grant: the digest of the request's ``X-API-Key`` and ``Authorization`` headers (or "anyone" for
+  a model open to all), valid for :data:`GRANT_TTL_S` and never past a token's ``exp``.
+Any change to the loaded models clears every route and grant (a reload, a changed spec.access, a new
+model making a name ambiguous), and so does a drain. Staleness of a revoked credential is bounded:
+Python's own cache (TokenReview 30 s, API-key Secrets 5 s by default) plus :data:`GRANT_TTL_S`.
+
+Everything the front does not answer itself as a strict success (guest errors, limits hit, outputs
+that are not strictly the OIP shape) is judged here by the same code as the Python route, so the
+answers and the failure metrics are the same. Its requests and durations are added to the agent's
+Prometheus metrics when they are scraped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from prometheus_client import Histogram
+
+from tars_agent.agent import Agent
+from tars_agent.metrics import _LATENCY_BUCKETS
+from tars_agent.repository import AmbiguousModel, LoadedModel
+from tars_agent.sandbox.base import FailureReason, GuestFailure, Limits, check_output
+from tars_agent.sandbox.native_backend import NativeGuest, native_outcome
+from tars_agent.server import ApiError, guest_answer, guest_failure_error
+from tars_agent.tenancy import FairAdmission
+from tars_api.access import DefaultAccess
+from tars_common.auth import AccessGuard, credential_from, token_expiry
+
+log = logging.getLogger(__name__)
+INFER_ROUTE = "/v2/models/{name}/infer"
+# How long the front may admit a caller on Python's word before Python decides again.
+GRANT_TTL_S = 5.0
+
+
+def credential_digest(headers: CIMultiDictProxy[str]) -> bytes | None:
+    """SHA-256 of the credential headers as sent (the front digests the same bytes); None when one is
+    repeated, which the front never serves."""
+    parts = []
+    for name in ("X-API-Key", "Authorization"):
+        values = headers.getall(name, [])
+        if len(values) > 1:
+            return None
+        parts.append(values[0].encode("utf-8", "surrogateescape") if values else b"")
+    return hashlib.sha256(parts[0] + b"\0" + parts[1]).digest()
+
+
+def grant_seconds(headers: Mapping[str, str], now: float) -> float:
+    """:data:`GRANT_TTL_S`, cut to what is left of a bearer token's lifetime."""
+    credential = credential_from(headers)
+    expiry = token_expiry(credential.value) if credential.kind == "token" else None
+    return GRANT_TTL_S if expiry is None else max(0.0, min(GRANT_TTL_S, expiry - now))
+
+
+def open_to_all(guard: AccessGuard | None, model: LoadedModel) -> bool:
+    """True when the Python route admits anyone to ``model`` without looking at credentials."""
+    if guard is None or not guard.config.enabled:
+        return True
+    return model.spec.access is None and guard.config.default_access is DefaultAccess.OPEN
+
+
+def add_served(histogram: Histogram, buckets: list[int], seconds: float) -> None:
+    """Adds observations counted by the front, bucket by bucket, to a prometheus_client histogram
+    child (same bounds; the client has no public call for observations made elsewhere)."""
+    for value, count in zip(histogram._buckets, buckets, strict=True):
+        if count:
+            value.inc(count)
+    histogram._sum.inc(seconds)
+
+
+class NativeHttp:
+    """The front, and the Python half of it: teaching, judging, metrics."""
+
+    def __init__(self, agent: Agent, guard: AccessGuard | None, admission: FairAdmission) -> None:
+        self.agent = agent
+        self.guard = guard
+        self.admission = admission
+        self.front: Any = None  # tars_native.NativeFront, once started
+        self._limits: dict[str, Limits] = {}
+
+    def start(self, upstream_port: int, reuse_port: bool = False) -> int:
+        """Binds the agent's public port (returned: the one bound when it asked for 0) in front of the
+        aiohttp app on ``upstream_port``."""
+        import tars_native  # optional extension: imported only with --native-http
+
+        config = self.agent.config
+        self.front = tars_native.NativeFront(
+            config.host,
+            config.port,
+            upstream_port,
+            self.judge,
+            config.workers,
+            self.admission.queue_per_model,
+            config.max_body_bytes,
+            list(_LATENCY_BUCKETS),
+            reuse_port=reuse_port,
+        )
+        self.agent.repository.on_change.append(self.front.clear)
+        return int(self.front.port)
+
+    def close(self) -> None:
+        if self.front is not None:
+            self.front.close()
+
+    def forget(self) -> None:
+        """Everything back to Python (a drain: Python answers 503)."""
+        if self.front is not None:
+            self.front.clear()
+
+    # -- teaching ----------------------------------------------------------------------------------
+
+    def find(self, name: str) -> LoadedModel | None:
+        try:
+            return self.agent.repository.find(name)
+        except AmbiguousModel:
+            return None
+
+    def learn(self, request: web.Request, model: LoadedModel | None) -> None:
+        """Teaches the front what Python just served: ``model`` is the one the name resolved to before
+        the request (auth decided for it), and it must still be the one loaded."""
+        name = request.match_info["name"]
+        if self.front is None or model is None or model.spec.capabilities or self.agent.draining:
+            return
+        if self.find(name) is not model:
+            return
+        prepared = model.pool.prepared
+        if not isinstance(prepared, NativeGuest):
+            return
+        label = str(model.key)
+        self._limits[label] = model.limits
+        limits = model.limits
+        cap = self.admission.cap()
+        self.front.route(
+            name,
+            label,
+            model.key.name,
+            model.version,
+            prepared.guest,
+            limits.cpu_time_ms,
+            limits.wall_timeout_ms,
+            limits.output_bytes,
+            cap,
+        )
+        if open_to_all(self.guard, model):
+            self.front.grant(name, None, GRANT_TTL_S)
+        elif (digest := credential_digest(request.headers)) is not None:
+            self.front.grant(name, digest, grant_seconds(request.headers, time.time()))
+
+    # -- judging (called by the front's threads) ---------------------------------------------------
+
+    def judge(
+        self,
+        label: str,
+        model_name: str,
+        version: str,
+        request_id: str | None,
+        kind: str,
+        text: str,
+        stderr: bytes,
+        out_of_memory: bool,
+    ) -> tuple[int, str, int]:
+        """What the Python route answers for this guest outcome: (status, JSON body, Retry-After)."""
+        try:
+            if kind == "wall":
+                raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its wall-clock time limit")
+            limits = self._limits.get(label, Limits())
+            output = native_outcome(kind, text, limits, lambda: (stderr, out_of_memory))
+            answer = guest_answer(self.agent, label, model_name, version, request_id, check_output(output, limits))
+            return 200, json.dumps(answer.model_dump(exclude_none=True)), 0
+        except GuestFailure as failure:
+            error = guest_failure_error(self.agent, label, failure)
+        except ApiError as api_error:
+            error = api_error
+        retry = int(error.headers.get("Retry-After", "0"))
+        return error.status, json.dumps(error.body.model_dump(exclude_none=True)), retry
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def add_metrics(self) -> None:
+        if self.front is None:
+            return
+        metrics = self.agent.metrics
+        for label, status, count, seconds, buckets in self.front.drain():
+            metrics.requests.labels(label, INFER_ROUTE, str(status)).inc(count)
+            add_served(metrics.latency.labels(label, INFER_ROUTE, str(status)), buckets, seconds)
+            if status < 400:
+                add_served(metrics.answers.labels(label, "warm"), buckets, seconds)
+
+    def middleware(self) -> Any:
+        """Innermost (after auth): teaches the front what Python served, and adds the front's
+        figures to the metrics before they are scraped."""
+
+        @web.middleware
+        async def native_http(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.path == "/metrics":
+                self.add_metrics()
+            resource = request.match_info.route.resource
+            if request.method != "POST" or resource is None or resource.canonical != INFER_ROUTE:
+                return await handler(request)
+            model = self.find(request.match_info["name"])
+            response = await handler(request)
+            if response.status == 200:
+                self.learn(request, model)
+            return response
+
+        return native_http
+

@@ -1,0 +1,178 @@
+"""The native HTTP front (``--native-http``, tars_agent.native_front): Rust owns the agent's port and
+serves the infer route of native-path models Python has admitted; everything else reaches aiohttp.
+
+Real guests on the native path, the real front on a real port, a real HTTP client. Which side
+answered is read from the front's own counters (``drain``): the front counts only what it served.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tars_agent.agent import Agent
+from tars_agent.capabilities import ModelKey
+from tars_agent.main import start_http
+from tars_agent.native_front import NativeHttp
+from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+
+from .conftest import make_agent, tars_model
+
+INFER = "/v2/models/{}/infer"
+
+
+def tensor(name: str, data: list[Any], datatype: str = "BYTES", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "shape": [len(data)], "datatype": datatype, "data": data, **extra}
+
+
+BODIES: list[dict[str, Any]] = [
+    {"inputs": [tensor("text", ["hello"])]},
+    {"id": "r-1", "inputs": [tensor("text", ["a", "é", "z"])], "parameters": {"k": [1, None, {"x": 2.5}]}},
+    {
+        "inputs": [
+            tensor("ints", [[1, -2], [3, 4]], "INT32", shape=[2, 2], parameters={"p": None}),
+            tensor("floats", [0.1, 1e300, -0.0, 3], "FP64"),
+            tensor("flags", [True, False], "BOOL"),
+            tensor("big", [18446744073709551615], "UINT64"),
+        ],
+        "outputs": [{"name": "ints"}],
+    },
+]
+
+
+@dataclass
+class Served:
+    agent: Agent
+    front: NativeHttp
+    session: aiohttp.ClientSession
+    base: str
+
+    async def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        data = kwargs.pop("data", None)
+        async with self.session.post(self.base + path, json=body if data is None else None, data=data, **kwargs) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+    def served(self) -> dict[tuple[str, int], int]:
+        """Requests the front answered itself since the last call, by (model, status)."""
+        counts: dict[tuple[str, int], int] = {}
+        for label, status, count, _seconds, _buckets in self.front.front.drain():
+            counts[(label, status)] = counts.get((label, status), 0) + count
+        return counts
+
+
+@pytest.fixture
+async def served(backend: WasmtimeBackend) -> AsyncIterator[Served]:
+    assert backend.path == "native", "tars_native is not installed: run make install (hack/build-native.sh)"
+    agent = make_agent(backend, host="127.0.0.1", port=0)
+    models = [
+        tars_model("plain", "builtin://echo"),
+        tars_model("capable", "builtin://echo", capabilities=["clock.now"]),
+        tars_model("small-output", "builtin://echo", limits={"outputBytes": 2048}),
+    ]
+    for model in models:
+        assert await agent.ensure_loaded(model), agent.repository.failed
+    runner, listener, front = await start_http(agent, None, None, None, False, True)
+    session = aiohttp.ClientSession()
+    yield Served(agent, front, session, f"http://127.0.0.1:{agent.config.port}")
+    await session.close()
+    front.close()
+    listener.close()
+    await runner.cleanup()
+    agent.close()
+
+
+async def test_answers_equal_the_python_routes(served: Served) -> None:
+    for body in BODIES:
+        served.front.forget()
+        first = await served.post(INFER.format("plain"), body)  # Python answers, and teaches the front
+        assert served.served() == {}
+        again = [await served.post(INFER.format("plain"), copy.deepcopy(body)) for _ in range(3)]
+        assert served.served() == {("default/plain", 200): 3}
+        assert first[0] == 200 and all(answer == first for answer in again), (first, again)
+        assert first[1]["model_name"] == "plain" and first[1]["outputs"][0]["name"] == body["inputs"][0]["name"]
+
+
+async def test_what_the_front_cannot_judge_goes_to_python(served: Served) -> None:
+    assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    cases = [
+        ({"inputs": []}, 422, "inputs"),
+        ({"inputs": [tensor("t", [1, 2], "INT8", shape=[3])]}, 400, "inputs.0.data"),
+        ({"inputs": [tensor("t", [300], "UINT8")]}, 400, "inputs.0.data"),
+        ({"inputs": [tensor("t", ["x"])], "extra": 1}, 422, "extra"),
+        ({"inputs": [{"name": "t", "shape": [1.0], "datatype": "BYTES", "data": ["x"]}]}, 200, None),
+    ]
+    for body, status, field in cases:
+        answer = await served.post(INFER.format("plain"), body)
+        assert answer[0] == status, (body, answer)
+        assert field is None or answer[1]["field"] == field, answer
+    not_json = await served.post(INFER.format("plain"), data=b'{"inputs": [NaN]}')
+    assert not_json[0] == 400 and not_json[1]["field"] == "body"
+    nested: Any = ["x"]
+    for _ in range(70):
+        nested = [nested]
+    deep = await served.post(INFER.format("plain"), {"inputs": [tensor("t", ["x"])], "parameters": {"n": nested}})
+    assert deep[0] == 400 and "deeper" in deep[1]["error"]
+    assert served.served() == {}  # every one of them answered by Python
+
+
+async def test_a_limit_hit_on_the_front_is_answered_as_python_does(served: Served) -> None:
+    small = {"inputs": [tensor("text", ["x"])]}
+    large = {"inputs": [tensor("text", ["y" * 4096])]}
+    python = await served.post(INFER.format("small-output"), large)  # not taught yet: Python
+    assert (await served.post(INFER.format("small-output"), small))[0] == 200  # teaches
+    assert served.served() == {}
+    native = await served.post(INFER.format("small-output"), large)
+    assert served.served() == {("default/small-output", 500): 1}
+    assert python == native == (500, {"error": native[1]["error"], "reason": "output"})
+    assert native[1]["error"].startswith("guest failed: output of ") and "limit of 2048" in native[1]["error"]
+    metrics = await (await served.session.get(served.base + "/metrics")).text()
+    assert 'tars_agent_guest_failures_total{model="default/small-output",reason="output"} 2.0' in metrics
+
+
+async def test_routes_it_does_not_own_reach_aiohttp_unchanged(served: Served) -> None:
+    await served.post(INFER.format("plain"), BODIES[0])
+    async with served.session.get(served.base + "/v2/models/plain") as r:
+        assert r.status == 200 and (await r.json())["name"] == "plain"
+    async with served.session.get(served.base + "/v2/health/ready") as r:
+        assert r.status == 200 and await r.json() == {"ready": True}
+    invoke = await served.post("/v1/functions/plain:invoke", {"anything": [1, 2]})
+    assert invoke == (200, {"anything": [1, 2]})
+    versioned = await served.post("/v2/models/plain/versions/1/infer", BODIES[0])
+    assert versioned[0] == 404
+    async with served.session.put(served.base + INFER.format("plain"), json=BODIES[0]) as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+    unknown = await served.post(INFER.format("nobody"), BODIES[0])
+    assert unknown[0] == 404
+    # A model with host capabilities stays on the Python path (its host calls, audit, fairness).
+    for _ in range(2):
+        assert (await served.post(INFER.format("capable"), BODIES[0]))[0] == 200
+    assert served.served() == {}
+
+
+async def test_metrics_count_what_the_front_served(served: Served) -> None:
+    for _ in range(3):
+        assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    metrics = await (await served.session.get(served.base + "/metrics")).text()
+    route = 'model="default/plain",route="/v2/models/{name}/infer",status="200"'
+    assert f"tars_agent_requests_total{{{route}}} 3.0" in metrics
+    assert f'tars_agent_request_duration_seconds_bucket{{le="+Inf",{route}}} 3.0' in metrics
+    assert 'tars_agent_answer_duration_seconds_count{model="default/plain",start="warm"} 3.0' in metrics
+
+
+async def test_a_changed_model_set_sends_requests_back_to_python(served: Served) -> None:
+    for _ in range(2):
+        assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    assert served.served() == {("default/plain", 200): 1}
+    await served.agent.repository.unload(ModelKey("default", "plain"))
+    assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 404
+    assert served.served() == {}

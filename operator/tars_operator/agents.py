@@ -23,6 +23,7 @@ class LeaseRecord:
     renew_time: datetime | None
     duration_s: int | None
     report: AgentReport
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def lease_record(body: Any) -> LeaseRecord | None:
         renew_time=_parse_time(spec.get("renewTime")),
         duration_s=spec.get("leaseDurationSeconds"),
         report=parse_agent_annotations(dict(body.get("metadata", {}).get("annotations", {}) or {})),
+        name=body["metadata"].get("name", ""),
     )
 
 

@@ -241,7 +241,10 @@ async def agent_lease_changed(
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
     await memo.reconciler.operator_requests(record, indexes.snapshot())
     if (record.namespace, record.tarsnode) in tarsnodes_index:
-        await memo.reconciler.agents_moved((record.namespace, record.tarsnode), indexes)
+        # Detached: kopf indexes this Lease's next renewal only once this handler returns. Waiting
+        # here on its 100 models' reconciles left the index seconds behind, and a renewed Lease looked
+        # expired: at 100 models the operator moved every model between healthy agents for minutes.
+        memo.reconciler.detach(memo.reconciler.agents_moved((record.namespace, record.tarsnode), indexes))
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: OPERATOR, TARSNODE_LABEL: kopf.PRESENT})
@@ -266,7 +269,7 @@ async def node_changed(
 ) -> None:  # fmt: skip
     indexes = _indexes(tarsnodes_index, models_index, leases_index, nodes_index, daemonsets_index)
     for key in list(tarsnodes_index):
-        await memo.reconciler.agents_moved(key, indexes)
+        memo.reconciler.detach(memo.reconciler.agents_moved(key, indexes))  # as for Leases: the index stays current
 
 
 # --- TarsModel -------------------------------------------------------------------------------------

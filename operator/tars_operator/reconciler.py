@@ -32,6 +32,7 @@ from tars_operator.autoscaler import Decision, Policy, decide, model_load
 from tars_operator.conditions import merge_conditions, transitions
 from tars_operator.decide import ModelFacts, ModelPlan, decide_model
 from tars_operator.kube import Kube
+from tars_operator.liveness import LeaseConfirmations
 from tars_operator.placement import AgentView
 from tars_operator.podfaults import PodRecord
 from tars_operator.records import Key, Records, Slot, TarsModelRecord, TarsNodeRecord
@@ -164,6 +165,7 @@ class Reconciler:
         self._listings: dict[tuple[str, str], asyncio.Future[dict[str, dict[str, Any]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
         self.terminating: set[str] = set()  # namespaces being deleted
+        self.liveness = LeaseConfirmations(self._get_lease)
 
     def detach(self, work: Awaitable[None]) -> None:
         """Runs ``work`` without holding the caller. kopf handles one object's events one at a time,
@@ -250,6 +252,7 @@ class Reconciler:
         self, key: Key, record: TarsNodeRecord, body: dict[str, Any], seen: Observed
     ) -> None:
         tn = TarsNode.model_validate(body)
+        await self._confirm_leases(seen, key)
         spec_hash = builders.config_hash(tn) + str(tn.metadata.generation)
         if record.children_stale or record.applied_spec != spec_hash:
             record.children_stale = False
@@ -286,7 +289,9 @@ class Reconciler:
     async def agents_moved(self, key: Key, indexes: Indexes) -> None:
         """Brings a TarsNode's status and its models up to date when its usable agents, or what they
         hold, changed since the last look."""
-        if self.agents_changed(key, indexes.agents_snapshot(key)):
+        seen = indexes.agents_snapshot(key)
+        await self._confirm_leases(seen, key)
+        if self.agents_changed(key, seen):
             # Together: the models moving off a lost agent waited on the TarsNode's status write.
             await asyncio.gather(self.tarsnode(key, indexes.snapshot, children=False), self.models_of(key, indexes))
 
@@ -297,6 +302,13 @@ class Reconciler:
         )
         record = self.records.tarsnode(key)
         changed = record.agents_fingerprint != fingerprint
+        if changed:  # which agents left and came back is the first question after models moved
+            was_ready = {entry[0]: entry[1] for entry in record.agents_fingerprint or ()}
+            now = datetime.now(UTC)
+            why = {lease.node: lost_reason(lease, seen.nodes, now) for lease in seen.leases.get(key, [])}
+            for node, ready, *_ in fingerprint:
+                if was_ready.get(node, ready) != ready:
+                    log.info("%s/%s: agent on %s %s", *key, node, "usable" if ready else f"lost: {why.get(node)}")
         record.agents_fingerprint = fingerprint
         return changed
 
@@ -349,6 +361,7 @@ class Reconciler:
             read_configmap = functools.partial(self.kube.get_sync, "v1", "ConfigMap")
             problem = await asyncio.to_thread(validate_function, tm.spec, tm.metadata.namespace, read_configmap)
         node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        await self._confirm_leases(seen, node_key)
         # No record for a TarsNode that does not exist: nothing would ever forget it.
         node = self.records.tarsnode(node_key) if node_key in seen.tarsnodes else TarsNodeRecord()
         # One model of a TarsNode at a time from observing to recording its placements, so each
@@ -361,12 +374,17 @@ class Reconciler:
 
     def _observe_model(self, tm: TarsModel, node: TarsNodeRecord, seen: Observed, problem: str | None) -> ModelFacts:
         node_key = (tm.metadata.namespace, tm.spec.node_ref.name)
+        mine = routing.model_key(tm)
+        # What this process placed last, where it has: the status in the index trails the status write.
+        # Placing again from the older status (none, for a new model) moved models just placed: at 100
+        # models, every agent's report woke every model, and the first placements swapped between agents.
+        decided = node.placed.get(mine)
         current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
+        current = dict(decided[0]) if decided is not None else current
         if problem is not None or seen.tarsnodes.get(node_key) is None:
             return ModelFacts(tarsnode_found=seen.tarsnodes.get(node_key) is not None, current=current, problem=problem)
         agents = seen.agents(node_key)
         agents += self._awaited_agents(current, agents, seen)
-        mine = routing.model_key(tm)
         used: dict[str, int] = {}
         for other in seen.models.get(node_key, []):
             other_key = "/".join(_key_of(other))
@@ -540,6 +558,15 @@ class Reconciler:
                 )
 
     # --- shared ---------------------------------------------------------------------------------
+
+    async def _confirm_leases(self, seen: Observed, key: Key) -> None:
+        """The TarsNode's Leases in ``seen`` as the API server has them, where the index's look expired
+        (liveness.py): no model moves off an agent whose renewal the index has not caught up with."""
+        if key in seen.leases:
+            seen.leases[key] = await self.liveness.confirm(seen.leases[key])
+
+    async def _get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.kube.get_sync, "coordination.k8s.io/v1", "Lease", namespace, name)
 
     async def _write_status(
         self,

@@ -8,9 +8,12 @@ Run: ``python bench/sandbox.py [--samples 500] [--slots 1000] [--seconds 4] [--c
    ``--start-only`` runs this part alone.
 2. Idle memory of ``--slots`` warm (started, unused) sandboxes of the compiled guest, per path.
 3. HTTP: the compiled function invoked over HTTP with a fresh sandbox per request, served by the agent
-   on each path (one process, then one per core sharing the port) and by the reference host
+   on each path (one process, then one per core sharing the port), by the agent with its native HTTP
+   front (``--native-http``: hyper in tars_native serves the route, Python decides access) and by the
+   reference host
    (``tars-refhost``: hyper + the same Wasmtime engine settings, no Python). Load comes from a
    separate process (wrk when installed, else aiohttp) on the same cores, so figures are a floor.
+   ``--http-only`` runs this part alone.
 4. Sentiment over HTTP (issue 18's goal: p50 <= 1 ms at the agent, >= 3,000 req/s per node):
    ``builtin://sentiment-vader`` (the compiled VADER guest) on the agent, one process per core, beside
    the componentize-py VADER guest served the same way and the reference host running the compiled one.
@@ -191,10 +194,16 @@ def wait_ready(url: str, answers: int) -> None:
 
 @contextmanager
 def agents(
-    path: str, processes: int, component: Path | None, source: str = "", kind: str = "function"
+    path: str,
+    processes: int,
+    component: Path | None,
+    source: str = "",
+    kind: str = "function",
+    native_http: bool = False,
 ) -> Iterator[str]:
     """``processes`` agents on one port (``--reuse-port``) serving ``component`` (or the model at
-    ``source``, e.g. a builtin) as model ``fn``; yields its invoke URL."""
+    ``source``, e.g. a builtin) as model ``fn``, with ``native_http`` behind the native front; yields
+    its invoke URL."""
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "fn.yaml"
         model.write_text(MODEL_YAML.format(kind=kind, source=source or f"file://{component}"))
@@ -207,12 +216,17 @@ def agents(
             cmd += ["--node-config", str(node)]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--workers", "4", "--max-queue", "4096", "--log-level", "warning", "--reuse-port"]
+        cmd += ["--native-http"] if native_http else []
         env = {**os.environ, "TARS_WASMTIME_PATH": path}
         procs = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
         try:
             # Every process must be ready: poll until more answers arrive than processes exist.
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", processes * 4)
-            yield f"http://127.0.0.1:{port}/v1/functions/fn:invoke"
+            url = f"http://127.0.0.1:{port}/v1/functions/fn:invoke"
+            if native_http:  # the first answers come from Python, which teaches each process's front
+                for _ in range(processes * 8):
+                    urllib.request.urlopen(urllib.request.Request(url, data=FUNCTION_INPUT.encode()), timeout=10)
+            yield url
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -320,6 +334,8 @@ def http_numbers(component: Path, levels: list[int], seconds: float) -> dict[str
     for path in PATHS:
         for n in sorted({1, cores}):
             servers[f"agent, {path} path, {n} proc"] = lambda path=path, n=n: agents(path, n, component)
+    for n in sorted({1, cores}):
+        servers[f"agent, native HTTP front, {n} proc"] = lambda n=n: agents("native", n, component, native_http=True)
     servers[f"reference Rust host, {cores} workers"] = lambda: reference_host(component, cores)
     results = {}
     for name, server in servers.items():
@@ -358,6 +374,9 @@ def sentiment_numbers(seconds: float) -> dict[str, list[dict[str, float]]]:
     servers = {
         f"agent, builtin://sentiment-vader (compiled), {cores} proc": lambda: agents(
             "native", cores, None, "builtin://sentiment-vader", "sentiment"
+        ),
+        f"agent, builtin://sentiment-vader (compiled), native HTTP front, {cores} proc": lambda: agents(
+            "native", cores, None, "builtin://sentiment-vader", "sentiment", native_http=True
         ),
         f"agent, componentize-py VADER guest, {cores} proc": lambda: agents("native", cores, python),
         f"reference Rust host, compiled VADER, {cores} workers": lambda: reference_host(compiled, cores),
@@ -413,6 +432,10 @@ def print_tables(console: Console, starts: dict, slots: dict, http: dict, levels
     for path, s in slots.items():
         table.add_row(path, str(s["slots"]), f"{s['idle_total_mib']:.1f} MiB", f"{s['idle_per_slot_kib']:.1f} KiB")
     console.print(table)
+    print_http(console, http, levels)
+
+
+def print_http(console: Console, http: dict, levels: list[int]) -> None:
     reference = next(rows for name, rows in http.items() if name.startswith("reference"))
     goal = GOALS
     table = Table(
@@ -443,8 +466,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--sentiment-only", action="store_true", help="only the sentiment-over-HTTP part")
     parser.add_argument("--start-only", action="store_true", help="only the fresh-sandbox start and call table")
+    parser.add_argument("--http-only", action="store_true", help="only the compiled function over HTTP")
     args = parser.parse_args()
     console = Console()
+    if args.http_only:
+        http = http_numbers(compiled_guest(), args.concurrency, args.seconds)
+        print_http(console, http, args.concurrency)
+        print(json.dumps({"bench": "sandbox", "http": http}))
+        return
     if args.sentiment_only:
         sentiment = sentiment_numbers(args.seconds)
         print_sentiment(console, sentiment)

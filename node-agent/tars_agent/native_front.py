@@ -1,12 +1,13 @@
-"""The agent's native HTTP front (``--native-http``): Rust serves the infer route, Python decides.
+"""The agent's native HTTP front (``--native-http``): Rust serves the model routes, Python decides.
 
 ``tars_native.NativeFront`` (node-agent/native/src/front.rs) owns the agent's public port. It serves
-``POST /v2/models/{name}/infer`` itself, in a fresh sandbox per request under the model's limits, for
-the names and callers this module has taught it, and forwards every other request unchanged to the
-aiohttp app, which then listens on a loopback port only. Nothing else becomes reachable: a route the
-front does not own is answered by the same aiohttp app as without it.
+``POST /v2/models/{name}/infer`` and ``POST /v1/functions/{name}:invoke`` itself, in a fresh sandbox
+per request under the model's limits, for the names and callers this module has taught it, and
+forwards every other request unchanged to the aiohttp app, which then listens on a loopback port
+only. Nothing else becomes reachable: a route the front does not own is answered by the same aiohttp
+app as without it.
 
-What Python teaches, after it has answered an infer request itself with 200 (so auth allowed it):
+What Python teaches, after it has answered one of them itself with 200 (so auth allowed it):
 - a route: the name the client used -> the model's prepared native guest, limits, version, and its
   per-model cap (models with host capabilities are not taught: their calls stay on the Python path);
 - a grant: the digest of the request's ``X-API-Key`` and ``Authorization`` headers (or "anyone" for
@@ -39,13 +40,14 @@ from tars_agent.metrics import _LATENCY_BUCKETS
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure, Limits, check_output
 from tars_agent.sandbox.native_backend import NativeGuest, native_outcome
-from tars_agent.server import ApiError, guest_answer, guest_failure_error
+from tars_agent.server import ApiError, guest_answer, guest_failure_error, json_output
 from tars_agent.tenancy import FairAdmission
 from tars_api.access import DefaultAccess
 from tars_common.auth import AccessGuard, credential_from, token_expiry
 
 log = logging.getLogger(__name__)
 INFER_ROUTE = "/v2/models/{name}/infer"
+INVOKE_ROUTE = "/v1/functions/{name}:invoke"
 # How long the front may admit a caller on Python's word before Python decides again.
 GRANT_TTL_S = 5.0
 
@@ -167,6 +169,7 @@ class NativeHttp:
 
     def judge(
         self,
+        route: str,
         label: str,
         model_name: str,
         version: str,
@@ -181,8 +184,10 @@ class NativeHttp:
             if kind == "wall":
                 raise GuestFailure(FailureReason.TIMEOUT, "guest exceeded its wall-clock time limit")
             limits = self._limits.get(label, Limits())
-            output = native_outcome(kind, text, limits, lambda: (stderr, out_of_memory))
-            answer = guest_answer(self.agent, label, model_name, version, request_id, check_output(output, limits))
+            output = check_output(native_outcome(kind, text, limits, lambda: (stderr, out_of_memory)), limits)
+            if route == INVOKE_ROUTE:
+                return 200, json_output(output), 0
+            answer = guest_answer(self.agent, label, model_name, version, request_id, output)
             return 200, json.dumps(answer.model_dump(exclude_none=True)), 0
         except GuestFailure as failure:
             error = guest_failure_error(self.agent, label, failure)
@@ -197,9 +202,9 @@ class NativeHttp:
         if self.front is None:
             return
         metrics = self.agent.metrics
-        for label, status, count, seconds, buckets in self.front.drain():
-            metrics.requests.labels(label, INFER_ROUTE, str(status)).inc(count)
-            add_served(metrics.latency.labels(label, INFER_ROUTE, str(status)), buckets, seconds)
+        for label, route, status, count, seconds, buckets in self.front.drain():
+            metrics.requests.labels(label, route, str(status)).inc(count)
+            add_served(metrics.latency.labels(label, route, str(status)), buckets, seconds)
             if status < 400:
                 add_served(metrics.answers.labels(label, "warm"), buckets, seconds)
 
@@ -212,7 +217,7 @@ class NativeHttp:
             if request.path == "/metrics":
                 self.add_metrics()
             resource = request.match_info.route.resource
-            if request.method != "POST" or resource is None or resource.canonical != INFER_ROUTE:
+            if request.method != "POST" or resource is None or resource.canonical not in (INFER_ROUTE, INVOKE_ROUTE):
                 return await handler(request)
             model = self.find(request.match_info["name"])
             response = await handler(request)

@@ -311,11 +311,16 @@ async def _invoke(request: web.Request) -> web.Response:
     model = await lookup_model(request.app[AGENT], request.match_info["name"], request)
     body = await read_json(request)
     output = await run_guest(request, model, json.dumps(body))
+    return web.Response(text=json_output(output), content_type="application/json")
+
+
+def json_output(output: str) -> str:
+    """A function's output, or the 500 of a guest that returned no JSON; the native front's too."""
     try:
         json.loads(output)
     except json.JSONDecodeError:
         raise ApiError(500, "guest failed: it returned invalid JSON", reason=FailureReason.ERROR.value) from None
-    return web.Response(text=output, content_type="application/json")
+    return output
 
 
 async def _openai(request: web.Request, schema: type[openai_compat.OpenAIRequest]) -> web.StreamResponse:

@@ -65,7 +65,7 @@ class Served:
     def served(self) -> dict[tuple[str, int], int]:
         """Requests the front answered itself since the last call, by (model, status)."""
         counts: dict[tuple[str, int], int] = {}
-        for label, status, count, _seconds, _buckets in self.front.front.drain():
+        for label, _route, status, count, _seconds, _buckets in self.front.front.drain():
             counts[(label, status)] = counts.get((label, status), 0) + count
         return counts
 
@@ -156,7 +156,8 @@ async def test_routes_it_does_not_own_reach_aiohttp_unchanged(served: Served) ->
     # A model with host capabilities stays on the Python path (its host calls, audit, fairness).
     for _ in range(2):
         assert (await served.post(INFER.format("capable"), BODIES[0]))[0] == 200
-    assert served.served() == {}
+    # The one request the front served: the invocation of the model the first infer taught it.
+    assert served.served() == {("default/plain", 200): 1}
 
 
 async def test_metrics_count_what_the_front_served(served: Served) -> None:
@@ -175,4 +176,15 @@ async def test_a_changed_model_set_sends_requests_back_to_python(served: Served)
     assert served.served() == {("default/plain", 200): 1}
     await served.agent.repository.unload(ModelKey("default", "plain"))
     assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 404
+    assert served.served() == {}
+
+
+async def test_function_invocations_equal_the_python_routes(served: Served) -> None:
+    body = {"text": "héllo", "n": [1, 2.5, None, True], "deep": {"a": {"b": []}}}
+    first = await served.post("/v1/functions/plain:invoke", body)  # Python answers, and teaches
+    again = [await served.post("/v1/functions/plain:invoke", body) for _ in range(2)]
+    assert first == (200, body) and again == [first, first]
+    assert served.served() == {("default/plain", 200): 2}
+    bad = await served.post("/v1/functions/plain:invoke", data=b"[1, Infinity]")
+    assert bad[0] == 400 and bad[1]["field"] == "body"
     assert served.served() == {}

@@ -1,6 +1,7 @@
 //! The agent's native HTTP front: hyper owns the agent's public port, serves
-//! `POST /v2/models/{name}/infer` itself for the models and callers Python has admitted, and forwards
-//! every other request, unchanged, to the agent's aiohttp app on a loopback port.
+//! `POST /v2/models/{name}/infer` and `POST /v1/functions/{name}:invoke` itself for the models and
+//! callers Python has admitted, and forwards every other request, unchanged, to the agent's aiohttp
+//! app on a loopback port.
 //!
 //! Python decides; the front caches decisions. Python teaches it, after answering an infer request
 //! itself, a route (the name the client used -> a prepared guest and its limits) and a grant (a
@@ -106,7 +107,24 @@ impl Route {
     }
 }
 
-/// Answers to requests the front served, by (model, status): what Python adds to its metrics.
+/// The two routes the front serves.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kind {
+    Infer,
+    Invoke,
+}
+
+impl Kind {
+    /// The route as aiohttp names it (the metrics' `route` label).
+    pub fn path(self) -> &'static str {
+        match self {
+            Kind::Infer => "/v2/models/{name}/infer",
+            Kind::Invoke => "/v1/functions/{name}:invoke",
+        }
+    }
+}
+
+/// Answers to requests the front served, by (model, route, status): what Python adds to its metrics.
 #[derive(Default)]
 pub struct Served {
     pub count: u64,
@@ -118,6 +136,7 @@ pub struct Served {
 pub type Judge = Box<dyn Fn(Verdict) -> (u16, String, u32) + Send + Sync>;
 
 pub struct Verdict {
+    pub route: Kind,
     pub label: String,
     pub model_name: String,
     pub version: String,
@@ -135,7 +154,7 @@ pub struct Front {
     max_queue: usize,
     max_body: usize,
     bounds: Vec<f64>,
-    served: Mutex<HashMap<(String, u16), Served>>,
+    served: Mutex<HashMap<(String, Kind, u16), Served>>,
     judge: Judge,
 }
 
@@ -153,13 +172,13 @@ impl Front {
         }
     }
 
-    pub fn drain_served(&self) -> HashMap<(String, u16), Served> {
+    pub fn drain_served(&self) -> HashMap<(String, Kind, u16), Served> {
         std::mem::take(&mut *self.served.lock().unwrap())
     }
 
-    fn record(&self, label: &str, status: StatusCode, seconds: f64) {
+    fn record(&self, label: &str, kind: Kind, status: StatusCode, seconds: f64) {
         let mut served = self.served.lock().unwrap();
-        let entry = served.entry((label.to_string(), status.as_u16())).or_insert_with(|| Served {
+        let entry = served.entry((label.to_string(), kind, status.as_u16())).or_insert_with(|| Served {
             buckets: vec![0; self.bounds.len() + 1],
             ..Served::default()
         });
@@ -188,10 +207,13 @@ pub fn credential_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
     Some(digest.finalize().into())
 }
 
-/// The model name of `POST /v2/models/{name}/infer` (not percent-encoded), else None.
-fn infer_name(path: &str) -> Option<&str> {
-    let name = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
-    (!name.is_empty() && !name.contains(['/', '%', '{', '}'])).then_some(name)
+/// The model name (not percent-encoded) and route of a path the front may serve, else None.
+fn served_route(path: &str) -> Option<(&str, Kind)> {
+    let (name, kind) = match path.strip_prefix("/v2/models/").and_then(|p| p.strip_suffix("/infer")) {
+        Some(name) => (name, Kind::Infer),
+        None => (path.strip_prefix("/v1/functions/")?.strip_suffix(":invoke")?, Kind::Invoke),
+    };
+    (!name.is_empty() && !name.contains(['/', '%', '{', '}'])).then_some((name, kind))
 }
 
 pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
@@ -224,14 +246,14 @@ type Upstream = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRe
 async fn serve(front: Arc<Front>, upstream: Upstream, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = (request.method() == Method::POST)
-        .then(|| infer_name(request.uri().path()))
+        .then(|| served_route(request.uri().path()))
         .flatten()
-        .and_then(|name| front.routes.read().unwrap().get(name).cloned())
-        .filter(|route| {
+        .and_then(|(name, kind)| Some((front.routes.read().unwrap().get(name).cloned()?, kind)))
+        .filter(|(route, _)| {
             !request.headers().contains_key(BINARY_HEADER)
                 && route.admits(credential_digest(request.headers()), started)
         });
-    let Some(route) = route else {
+    let Some((route, kind)) = route else {
         return Ok(forward(&front, &upstream, request.map(BodyExt::boxed)).await);
     };
     let (parts, body) = request.into_parts();
@@ -239,25 +261,29 @@ async fn serve(front: Arc<Front>, upstream: Upstream, request: Request<Incoming>
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(_)) => {
             let error = format!("request body exceeds {} bytes", front.max_body);
-            return Ok(finish(&front, &route, started, json(StatusCode::PAYLOAD_TOO_LARGE, error_body(&error), 0)));
+            return Ok(finish(&front, &route, kind, started, json(StatusCode::PAYLOAD_TOO_LARGE, error_body(&error), 0)));
         }
         Err(_) => return Ok(json(StatusCode::REQUEST_TIMEOUT, error_body("request body not received in time"), 0)),
     };
-    let Some(parsed) = infer::parse_request(&body) else {
+    let parsed = match kind {
+        Kind::Infer => infer::parse_request(&body),
+        Kind::Invoke => infer::parse_invoke(&body),
+    };
+    let Some(parsed) = parsed else {
         let request = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
         return Ok(forward(&front, &upstream, request).await);
     };
-    let response = run(&front, &route, parsed).await;
-    Ok(finish(&front, &route, started, response))
+    let response = run(&front, &route, kind, parsed).await;
+    Ok(finish(&front, &route, kind, started, response))
 }
 
-fn finish(front: &Front, route: &Route, started: Instant, response: Response<Body>) -> Response<Body> {
-    front.record(&route.label, response.status(), started.elapsed().as_secs_f64());
+fn finish(front: &Front, route: &Route, kind: Kind, started: Instant, response: Response<Body>) -> Response<Body> {
+    front.record(&route.label, kind, response.status(), started.elapsed().as_secs_f64());
     response
 }
 
 /// One guest call in a fresh instance, under the model's cap and the shared workers.
-async fn run(front: &Arc<Front>, route: &Arc<Route>, request: infer::Request) -> Response<Body> {
+async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer::Request) -> Response<Body> {
     if route.waiting.fetch_add(1, Ordering::SeqCst) >= front.max_queue {
         route.waiting.fetch_sub(1, Ordering::SeqCst);
         return json(StatusCode::TOO_MANY_REQUESTS, error_body("too many requests queued; retry later"), 1);
@@ -275,7 +301,7 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, request: infer::Request) ->
     let id = request.id.clone();
     let (done, answer) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let reply = call(&call_front, &call_route, request);
+        let reply = call(&call_front, &call_route, kind, request);
         drop((worker, slot));
         let _ = done.send(reply);
     });
@@ -284,7 +310,7 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, request: infer::Request) ->
         Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),
         Err(_) => {
             let front = front.clone();
-            let verdict = verdict(route, id, "wall", String::new(), Default::default());
+            let verdict = verdict(route, kind, id, "wall", String::new(), Default::default());
             let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
             let (status, body, retry) = judged.unwrap_or((500, error_body("internal error"), 0));
             json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry)
@@ -292,9 +318,10 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, request: infer::Request) ->
     }
 }
 
-fn verdict(route: &Route, id: Option<String>, kind: &'static str, text: String, stderr: StderrPipe) -> Verdict {
+fn verdict(route: &Route, served: Kind, id: Option<String>, kind: &'static str, text: String, stderr: StderrPipe) -> Verdict {
     let state = stderr.0.lock().unwrap();
     Verdict {
+        route: served,
         label: route.label.clone(),
         model_name: route.model_name.clone(),
         version: route.version.clone(),
@@ -307,7 +334,7 @@ fn verdict(route: &Route, id: Option<String>, kind: &'static str, text: String, 
 }
 
 /// Blocking: starts the sandbox, runs it, and answers; Python judges what is not a strict success.
-fn call(front: &Front, route: &Route, request: infer::Request) -> (u16, String, u32) {
+fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> (u16, String, u32) {
     let stderr = StderrPipe::default();
     let outcome = match engine::instantiate(&route.prepared, route.memory_bytes, route.instantiate_ticks, stderr.clone()) {
         Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(route.cpu_ms)),
@@ -316,8 +343,14 @@ fn call(front: &Front, route: &Route, request: infer::Request) -> (u16, String, 
     let (kind, text) = match outcome {
         Outcome::Ok(output) => {
             if output.len() <= route.output_bytes {
-                if let Some(body) = infer::answer(&output, &route.model_name, &route.version, request.id.as_deref()) {
-                    return (200, body, 0);
+                match served {
+                    Kind::Infer => {
+                        if let Some(body) = infer::answer(&output, &route.model_name, &route.version, request.id.as_deref()) {
+                            return (200, body, 0);
+                        }
+                    }
+                    Kind::Invoke if infer::is_json(&output) => return (200, output, 0),
+                    Kind::Invoke => {}
                 }
             }
             ("ok", output)
@@ -326,7 +359,7 @@ fn call(front: &Front, route: &Route, request: infer::Request) -> (u16, String, 
         Outcome::Timeout => ("timeout", String::new()),
         Outcome::Trap(text) => ("trap", text),
     };
-    (front.judge)(verdict(route, request.id, kind, text, stderr))
+    (front.judge)(verdict(route, served, request.id, kind, text, stderr))
 }
 
 fn error_body(error: &str) -> String {

@@ -54,6 +54,18 @@ pub fn parse_request(body: &[u8]) -> Option<Request> {
     Some(Request { id, guest_input: Value::Object(guest).to_string() })
 }
 
+/// A function invocation's body, for the guest as it is (the Python route hands the guest the JSON
+/// it parsed, written again): `None` for anything Python's reading would refuse.
+pub fn parse_invoke(body: &[u8]) -> Option<Request> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    plain_json(&value).then(|| Request { id: None, guest_input: value.to_string() })
+}
+
+/// True when a guest's invoke output is JSON (anything else is judged in Python).
+pub fn is_json(output: &str) -> bool {
+    serde_json::from_str::<Value>(output).is_ok()
+}
+
 /// `Some(None)` for absent or null, `Some(Some(object))` for an object, `None` for anything else.
 fn optional_object(value: Option<&Value>) -> Option<Option<Value>> {
     match value {

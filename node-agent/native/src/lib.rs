@@ -169,7 +169,7 @@ struct NativeFront {
 
 #[pymethods]
 impl NativeFront {
-    /// `judge(label, model_name, version, id, kind, text, stderr, out_of_memory)` returns
+    /// `judge(route, label, model_name, version, id, kind, text, stderr, out_of_memory)` returns
     /// `(status, json_body, retry_after)` for every outcome the front does not answer itself.
     #[new]
     #[pyo3(signature = (host, port, upstream_port, judge, workers, max_queue, max_body, bounds, threads = 2, reuse_port = false))]
@@ -190,7 +190,8 @@ impl NativeFront {
         let judge: front::Judge = Box::new(move |v: front::Verdict| {
             Python::attach(|py| {
                 let stderr = PyBytes::new(py, &v.stderr);
-                let args = (v.label, v.model_name, v.version, v.id, v.kind, v.text, stderr, v.out_of_memory);
+                let route = v.route.path();
+                let args = (route, v.label, v.model_name, v.version, v.id, v.kind, v.text, stderr, v.out_of_memory);
                 judge.call1(py, args).and_then(|a| a.extract::<(u16, String, u32)>(py).map_err(PyErr::from)).unwrap_or_else(|e| {
                     e.print(py);
                     (500, r#"{"error": "internal error"}"#.to_string(), 0)
@@ -264,10 +265,10 @@ impl NativeFront {
         self.front.routes.write().unwrap().clear();
     }
 
-    /// `[(label, status, count, seconds, buckets)]` served since the last call.
-    fn drain(&self) -> Vec<(String, u16, u64, f64, Vec<u64>)> {
+    /// `[(label, route, status, count, seconds, buckets)]` served since the last call.
+    fn drain(&self) -> Vec<(String, &'static str, u16, u64, f64, Vec<u64>)> {
         let served = self.front.drain_served();
-        served.into_iter().map(|((label, status), s)| (label, status, s.count, s.seconds, s.buckets)).collect()
+        served.into_iter().map(|((label, kind, status), s)| (label, kind.path(), status, s.count, s.seconds, s.buckets)).collect()
     }
 
     /// Stops accepting; connections in progress end with the runtime.

@@ -78,6 +78,10 @@ async def served(backend: WasmtimeBackend) -> AsyncIterator[Served]:
         tars_model("plain", "builtin://echo"),
         tars_model("capable", "builtin://echo", capabilities=["clock.now"]),
         tars_model("small-output", "builtin://echo", limits={"outputBytes": 2048}),
+        tars_model("hostile-bare", "builtin://hostile"),
+        tars_model("hostile-tight", "builtin://hostile", limits={"cpuTimeMs": 300}),
+        tars_model("hostile-small-memory", "builtin://hostile", limits={"memoryMiB": 64}),
+        tars_model("hostile-small-output", "builtin://hostile", limits={"outputBytes": 4096}),
     ]
     for model in models:
         assert await agent.ensure_loaded(model), agent.repository.failed
@@ -188,3 +192,28 @@ async def test_function_invocations_equal_the_python_routes(served: Served) -> N
     bad = await served.post("/v1/functions/plain:invoke", data=b"[1, Infinity]")
     assert bad[0] == 400 and bad[1]["field"] == "body"
     assert served.served() == {}
+
+
+HOSTILE = [
+    ("hostile-tight", {"do": "loop"}, 500, {"reason": "timeout"}),
+    ("hostile-small-memory", {"do": "allocate", "mib": 1024}, 500, {"reason": "memory"}),
+    ("hostile-small-output", {"do": "flood", "bytes": 100_000}, 500, {"reason": "output"}),
+    ("hostile-bare", {"do": "crash"}, 500, {"error": "guest failed: guest crashed", "reason": "error"}),
+    ("hostile-bare", {"do": "nothing"}, 422, {"error": "rejected by the model: unknown action: nothing"}),
+    ("hostile-bare", {"do": "read_file", "path": "/etc/hostname"}, 200, {"blocked": True}),
+    ("hostile-bare", {"do": "write_file"}, 200, {"blocked": True}),
+    ("hostile-bare", {"do": "socket"}, 200, {"blocked": True}),
+    ("hostile-bare", {"do": "env"}, 200, {"env": {}}),
+    ("hostile-bare", {"do": "state"}, 200, {"calls": 1}),  # a fresh sandbox: its first call
+]
+
+
+async def test_the_sandbox_limits_hold_on_the_front(served: Served) -> None:
+    for name in {name for name, *_ in HOSTILE}:
+        assert await served.post(f"/v1/functions/{name}:invoke", {"do": "state"}) == (200, {"calls": 1})  # teaches
+    for name, payload, status, expected in HOSTILE:
+        answer = await served.post(f"/v1/functions/{name}:invoke", payload)
+        assert answer[0] == status and expected.items() <= answer[1].items(), (name, payload, answer)
+        if status == 500:
+            assert "Traceback" not in answer[1]["error"] and "wasm" not in answer[1]["error"]
+    assert sum(served.served().values()) == len(HOSTILE)  # every one of them answered by the front

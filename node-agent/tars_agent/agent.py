@@ -35,13 +35,13 @@ class RateMeter:
         self._clock = clock
         self._buckets: dict[str, deque[list[int]]] = {}
 
-    def record(self, model: str) -> None:
+    def record(self, model: str, count: int = 1) -> None:
         second = math.floor(self._clock())
         buckets = self._buckets.setdefault(model, deque())
         if buckets and buckets[-1][0] == second:
-            buckets[-1][1] += 1
+            buckets[-1][1] += count
         else:
-            buckets.append([second, 1])
+            buckets.append([second, count])
         while buckets and buckets[0][0] <= second - self.window_s:
             buckets.popleft()
 
@@ -77,6 +77,11 @@ class ConcurrencyMeter:
     def end(self, model: str, weight: float = 1.0) -> None:
         self._advance(model, self._clock())
         self._current[model] = max(0.0, self._current.get(model, 0) - weight)
+
+    def add(self, model: str, request_seconds: float) -> None:
+        """Requests served elsewhere (the native front), counted by their total duration when they
+        ended: in flight on average is time spent serving over the window (Little's law)."""
+        self._area[model] = self._area.get(model, 0.0) + request_seconds
 
     def read(self) -> dict[str, float]:
         """Average in flight per model since the previous read; starts the next window."""

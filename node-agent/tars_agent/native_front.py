@@ -19,11 +19,14 @@ Python's own cache (TokenReview 30 s, API-key Secrets 5 s by default) plus :data
 Everything the front does not answer itself as a strict success (guest errors, limits hit, outputs
 that are not strictly the OIP shape) is judged here by the same code as the Python route, so the
 answers and the failure metrics are the same. Its requests and durations are added to the agent's
-Prometheus metrics when they are scraped.
+Prometheus metrics and to the load the agent reports for autoscaling (requests per second, and
+concurrency from their durations) every :data:`COLLECT_EVERY_S` and at each scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -50,6 +53,8 @@ INFER_ROUTE = "/v2/models/{name}/infer"
 INVOKE_ROUTE = "/v1/functions/{name}:invoke"
 # How long the front may admit a caller on Python's word before Python decides again.
 GRANT_TTL_S = 5.0
+# The Lease reports the load of its last second: the front's figures are collected more often.
+COLLECT_EVERY_S = 0.25
 
 
 def credential_digest(headers: CIMultiDictProxy[str]) -> bytes | None:
@@ -96,6 +101,9 @@ class NativeHttp:
         self.admission = admission
         self.front: Any = None  # tars_native.NativeFront, once started
         self._limits: dict[str, Limits] = {}
+        self._collector: asyncio.Task[None] | None = None
+        # Answers the front gave itself, by (model, route, status), since start (for logs and tests).
+        self.served: collections.Counter[tuple[str, str, int]] = collections.Counter()
 
     def start(self, upstream_port: int, reuse_port: bool = False) -> int:
         """Binds the agent's public port (returned: the one bound when it asked for 0) in front of the
@@ -115,9 +123,12 @@ class NativeHttp:
             reuse_port=reuse_port,
         )
         self.agent.repository.on_change.append(self.front.clear)
+        self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
         return int(self.front.port)
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
         if self.front is not None:
             self.front.close()
 
@@ -198,15 +209,24 @@ class NativeHttp:
 
     # -- metrics -----------------------------------------------------------------------------------
 
-    def add_metrics(self) -> None:
+    def collect(self) -> None:
+        """What the front served since the last call, into the metrics and the reported load."""
         if self.front is None:
             return
-        metrics = self.agent.metrics
+        agent, metrics = self.agent, self.agent.metrics
         for label, route, status, count, seconds, buckets in self.front.drain():
             metrics.requests.labels(label, route, str(status)).inc(count)
             add_served(metrics.latency.labels(label, route, str(status)), buckets, seconds)
             if status < 400:
                 add_served(metrics.answers.labels(label, "warm"), buckets, seconds)
+            self.served[(label, route, status)] += count
+            agent.rates.record(label, count)
+            agent.concurrency.add(label, seconds)
+
+    async def _collect_forever(self) -> None:
+        while True:
+            await asyncio.sleep(COLLECT_EVERY_S)
+            self.collect()
 
     def middleware(self) -> Any:
         """Innermost (after auth): teaches the front what Python served, and adds the front's
@@ -215,7 +235,7 @@ class NativeHttp:
         @web.middleware
         async def native_http(request: web.Request, handler: Any) -> web.StreamResponse:
             if request.path == "/metrics":
-                self.add_metrics()
+                self.collect()
             resource = request.match_info.route.resource
             if request.method != "POST" or resource is None or resource.canonical not in (INFER_ROUTE, INVOKE_ROUTE):
                 return await handler(request)

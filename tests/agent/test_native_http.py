@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -62,12 +63,16 @@ class Served:
             except ValueError:
                 return r.status, text
 
+    seen: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+
     def served(self) -> dict[tuple[str, int], int]:
         """Requests the front answered itself since the last call, by (model, status)."""
-        counts: dict[tuple[str, int], int] = {}
-        for label, _route, status, count, _seconds, _buckets in self.front.front.drain():
-            counts[(label, status)] = counts.get((label, status), 0) + count
-        return counts
+        self.front.collect()
+        counts: Counter[tuple[str, int]] = Counter()
+        for (label, _route, status), count in (self.front.served - self.seen).items():
+            counts[(label, status)] += count
+        self.seen = self.front.served.copy()
+        return dict(counts)
 
 
 @pytest.fixture
@@ -115,10 +120,10 @@ async def test_what_the_front_cannot_judge_goes_to_python(served: Served) -> Non
         ({"inputs": [tensor("t", ["x"])], "extra": 1}, 422, "extra"),
         ({"inputs": [{"name": "t", "shape": [1.0], "datatype": "BYTES", "data": ["x"]}]}, 200, None),
     ]
-    for body, status, field in cases:
+    for body, status, where in cases:
         answer = await served.post(INFER.format("plain"), body)
         assert answer[0] == status, (body, answer)
-        assert field is None or answer[1]["field"] == field, answer
+        assert where is None or answer[1]["field"] == where, answer
     not_json = await served.post(INFER.format("plain"), data=b'{"inputs": [NaN]}')
     assert not_json[0] == 400 and not_json[1]["field"] == "body"
     nested: Any = ["x"]
@@ -194,7 +199,7 @@ async def test_function_invocations_equal_the_python_routes(served: Served) -> N
     assert served.served() == {}
 
 
-HOSTILE = [
+HOSTILE: list[tuple[str, dict[str, Any], int, dict[str, Any]]] = [
     ("hostile-tight", {"do": "loop"}, 500, {"reason": "timeout"}),
     ("hostile-small-memory", {"do": "allocate", "mib": 1024}, 500, {"reason": "memory"}),
     ("hostile-small-output", {"do": "flood", "bytes": 100_000}, 500, {"reason": "output"}),
@@ -217,3 +222,13 @@ async def test_the_sandbox_limits_hold_on_the_front(served: Served) -> None:
         if status == 500:
             assert "Traceback" not in answer[1]["error"] and "wasm" not in answer[1]["error"]
     assert sum(served.served().values()) == len(HOSTILE)  # every one of them answered by the front
+
+
+async def test_the_load_the_agent_reports_counts_the_fronts_answers(served: Served) -> None:
+    served.agent.start_load_window()
+    for _ in range(6):
+        assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    assert served.served() == {("default/plain", 200): 5}
+    # The autoscaler's inputs (the Lease's load report): all six requests, five of them the front's.
+    assert round(served.agent.rates.rate("default/plain") * served.agent.rates.window_s) == 6
+    assert served.agent.load_report()["default/plain"] > 0

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -40,12 +41,16 @@ class Front:
             await r.read()
             return r.status
 
+    seen: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+
     def served(self) -> dict[int, int]:
         """Answers the front gave itself since the last call, by status."""
-        counts: dict[int, int] = {}
-        for _label, _route, status, count, _seconds, _buckets in self.front.front.drain():
-            counts[status] = counts.get(status, 0) + count
-        return counts
+        self.front.collect()
+        counts: Counter[int] = Counter()
+        for (_label, _route, status), count in (self.front.served - self.seen).items():
+            counts[status] += count
+        self.seen = self.front.served.copy()
+        return dict(counts)
 
 
 @pytest.fixture

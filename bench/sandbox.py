@@ -407,11 +407,10 @@ def print_sentiment(console: Console, sentiment: dict[str, list[dict[str, float]
             f"{many['server_cpu_ms']:.2f}",
         )
     console.print(table)
-    one, many = next(iter(sentiment.values()))
-    verdict = "met" if one["p50_ms"] <= goal["p50_ms"] and many["rps"] >= goal["rps"] else "NOT met"
-    console.print(
-        f"goal sentiment (compiled guest at the agent): p50 {one['p50_ms']:.2f} ms, {many['rps']:.0f} req/s: {verdict}"
-    )
+    for name, (one, many) in sentiment.items():
+        if name.startswith("agent") and "compiled" in name:
+            verdict = "met" if one["p50_ms"] <= goal["p50_ms"] and many["rps"] >= goal["rps"] else "NOT met"
+            console.print(f"goal sentiment, {name}: p50 {one['p50_ms']:.2f} ms, {many['rps']:.0f} req/s: {verdict}")
 
 
 def print_starts(console: Console, starts: dict) -> None:

@@ -24,6 +24,7 @@ from tars_agent.native_front import NativeHttp
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 
 from .conftest import make_agent, tars_model
+from .test_http_edges import tensor as edge_tensor
 
 INFER = "/v2/models/{}/infer"
 
@@ -232,3 +233,39 @@ async def test_the_load_the_agent_reports_counts_the_fronts_answers(served: Serv
     # The autoscaler's inputs (the Lease's load report): all six requests, five of them the front's.
     assert round(served.agent.rates.rate("default/plain") * served.agent.rates.window_s) == 6
     assert served.agent.load_report()["default/plain"] > 0
+
+
+async def test_the_edges_of_json_and_tensors_are_judged_as_python_does(served: Served) -> None:
+    assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    assert (await served.post("/v1/functions/plain:invoke", {"teach": True}))[0] == 200
+    served.served()
+    refused = [
+        ("/v1/functions/plain:invoke", "[" + "9" * 5000 + "]", "body"),
+        *(("/v1/functions/plain:invoke", '{"x": ' + n + "}", "body") for n in ("NaN", "-Infinity", "1e999")),
+        ("/v1/functions/plain:invoke", "[" * 65 + "]" * 65, "body"),
+        *(
+            (INFER.format("plain"), json.dumps(edge_tensor(datatype, shape, data)), "inputs.0." + where)
+            for datatype, shape, data, where in [
+                ("BYTES", [-1], ["a"], "shape"),
+                ("BYTES", [2, 2], [["a", "b"], ["c"]], "data"),
+                ("UINT32", [1], [-1], "data"),
+                ("INT32", [1], [1.5], "data"),
+                ("FP32", [1], ["1.0"], "data"),
+                ("BOOL", [1], [1], "data"),
+                ("BYTES", [1], "not-a-list", "data"),
+            ]
+        ),
+    ]
+    for path, data, where in refused:
+        status, answer = await served.post(path, data=data.encode())
+        assert status == 400 and answer["field"] == where, (data[:80], answer)
+    assert served.served() == {}  # all of them Python's
+    fine = [
+        ("/v1/functions/plain:invoke", "[" * 64 + "]" * 64),
+        (INFER.format("plain"), json.dumps(edge_tensor("BYTES", [2, 1], [["a"], ["b"]]))),
+        (INFER.format("plain"), json.dumps(edge_tensor("FP32", [2], [1, 2.5]))),
+        (INFER.format("plain"), json.dumps(edge_tensor("BOOL", [0], []))),
+    ]
+    for path, data in fine:
+        assert (await served.post(path, data=data.encode()))[0] == 200, data[:80]
+    assert served.served() == {("default/plain", 200): len(fine)}  # all of them the front's

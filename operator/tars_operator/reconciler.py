@@ -144,6 +144,11 @@ def _fresh(tm: TarsModel) -> bool:
     return tm.status is None or not tm.status.observed_generation
 
 
+def _was_ready(body: dict[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def _key_of(body: dict[str, Any]) -> Key:
     return body["metadata"].get("namespace", ""), body["metadata"].get("name", "")
 
@@ -428,21 +433,27 @@ class Reconciler:
             metrics.PLACEMENT_FAILURES.labels(routing.model_key(tm)).inc()
         for type_, reason, message in plan.events:
             post_event(body, type_, reason, message)
-        routed = asyncio.gather(
-            *(self._apply_if_changed(record, obj, fresh=_fresh(tm)) for obj in plan.children),
-            self._prune_slices(tm, record, plan.slice_names),
-        )
-        if plan.ready:
-            # Routing first: a status that says Ready is a model callers reach.
-            await routed
-            await self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
-        else:
-            # Not Ready yet, so nothing waits: the placements are written alongside the routing. After
-            # it, they waited on a new model's Service, whose ClusterIP allocation took 2.9 s mean with
-            # 200 models arriving on a loaded machine.
-            await asyncio.gather(
-                routed, self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
+
+        def routed() -> Awaitable[Any]:
+            return asyncio.gather(
+                *(self._apply_if_changed(record, obj, fresh=_fresh(tm)) for obj in plan.children),
+                self._prune_slices(tm, record, plan.slice_names),
             )
+
+        def status() -> Awaitable[None]:
+            return self._write_status(body, tm.metadata.generation, plan.fields, plan.conditions, record)
+
+        if plan.ready and not _was_ready(body):
+            # Routing first: a status that turns Ready announces a model callers reach.
+            await routed()
+            await status()
+        else:
+            # Nothing newly announced, so nothing waits: the placements go first (agents start loading
+            # on them), their request queued ahead of the routing's. Behind the routing, they waited on
+            # a new model's Service (a ClusterIP allocation took 2.9 s mean with 200 models arriving),
+            # and after a lost agent with 68 models, on 136 slice requests (moved 16.4 s after the kill).
+            written = asyncio.ensure_future(status())  # scheduled before the routing's tasks are
+            await asyncio.gather(written, routed())
 
     async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any], fresh: bool) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than

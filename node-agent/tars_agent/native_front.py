@@ -10,6 +10,9 @@ app as without it.
 What Python teaches, after it has answered one of them itself with 200 (so auth allowed it):
 - a route: the name the client used -> the model's prepared native guest, limits, version, and its
   per-model cap (models with host capabilities are not taught: their calls stay on the Python path);
+  the front admits calls by the rules of :class:`~tars_agent.tenancy.FairAdmission` (its cap, a
+  fair share of the cores while several models have work, a bounded queue per model) over workers
+  of its own, as many as the agent's;
 - a grant: the digest of the request's ``X-API-Key`` and ``Authorization`` headers (or "anyone" for
   a model open to all), valid for :data:`GRANT_TTL_S` and never past a token's ``exp``.
 Any change to the loaded models clears every route and grant (a reload, a changed spec.access, a new
@@ -159,6 +162,7 @@ class NativeHttp:
         label = str(model.key)
         self._limits[label] = model.limits
         limits = model.limits
+        # The model's cap now; the fair share among busy models is applied by the front per request.
         cap = self.admission.cap()
         self.front.route(
             name,
@@ -170,6 +174,7 @@ class NativeHttp:
             limits.wall_timeout_ms,
             limits.output_bytes,
             cap,
+            self.admission.per_model is None,
         )
         if open_to_all(self.guard, model):
             self.front.grant(name, None, GRANT_TTL_S)

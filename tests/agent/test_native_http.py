@@ -7,8 +7,12 @@ answered is read from the front's own counters (``drain``): the front counts onl
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import itertools
 import json
+import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -269,3 +273,33 @@ async def test_the_edges_of_json_and_tensors_are_judged_as_python_does(served: S
     for path, data in fine:
         assert (await served.post(path, data=data.encode()))[0] == 200, data[:80]
     assert served.served() == {("default/plain", 200): len(fine)}  # all of them the front's
+
+
+async def test_a_busy_model_keeps_to_its_fair_share_on_the_front(served: Served) -> None:
+    """FairAdmission's rules on the front: a burner alone holds all workers but one; while a neighbour
+    has work it is admitted again only up to its share of the cores, and the neighbour is served."""
+    burner, neighbour = "hostile-tight", "plain"
+    assert (await served.post(f"/v1/functions/{burner}:invoke", {"do": "state"}))[0] == 200
+    assert (await served.post(INFER.format(neighbour), BODIES[0]))[0] == 200
+    workers = served.agent.config.workers
+    share = max(1, min(workers, os.cpu_count() or 1) // 2)
+
+    def holding(model: str) -> tuple[int, int]:
+        return next(((r, w) for m, r, w in served.front.front.admitted() if m == f"default/{model}"), (0, 0))
+
+    burners = [
+        asyncio.create_task(served.post(f"/v1/functions/{burner}:invoke", {"do": "loop"})) for _ in range(workers + 2)
+    ]
+    deadline = time.monotonic() + 60
+    while holding(burner) != (workers - 1, 3):  # alone: every worker but one, the rest queued
+        assert time.monotonic() < deadline, holding(burner)
+        await asyncio.sleep(0.01)
+    seen = [holding(burner)]
+    while not all(task.done() for task in burners):
+        assert time.monotonic() < deadline
+        assert (await served.post(INFER.format(neighbour), BODIES[0]))[0] == 200  # the free worker
+        seen.append(holding(burner))
+    # Whenever burners left the queue, they were admitted only up to the burner's share.
+    admitted = [running for (_, before), (running, after) in itertools.pairwise(seen) if after < before]
+    assert admitted and all(running <= share for running in admitted), seen
+    assert [task.result()[1].get("reason") for task in burners] == ["timeout"] * len(burners)

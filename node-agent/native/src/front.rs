@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::admission::{Admission, Cap};
 use crate::engine::{self, Outcome, Prepared, StderrPipe};
 use crate::infer;
 
@@ -50,9 +50,8 @@ pub struct Route {
     pub cpu_ms: u64,
     pub wall_ms: u64,
     pub output_bytes: usize,
-    // Per-model admission in front of the shared workers: the model's cap, and its own queue.
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    // What the model may hold of the shared workers (crate::admission).
+    cap: Cap,
     open_until: Mutex<Option<Instant>>,
     grants: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -69,7 +68,7 @@ impl Route {
         cpu_ms: u64,
         wall_ms: u64,
         output_bytes: usize,
-        cap: usize,
+        cap: Cap,
     ) -> Self {
         Self {
             label,
@@ -81,8 +80,7 @@ impl Route {
             cpu_ms,
             wall_ms,
             output_bytes,
-            slots: Arc::new(Semaphore::new(cap.max(1))),
-            waiting: AtomicUsize::new(0),
+            cap,
             open_until: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
         }
@@ -150,8 +148,7 @@ pub struct Verdict {
 pub struct Front {
     pub routes: RwLock<HashMap<String, Arc<Route>>>,
     upstream: SocketAddr,
-    workers: Arc<Semaphore>,
-    max_queue: usize,
+    pub admission: Arc<Admission>,
     max_body: usize,
     bounds: Vec<f64>,
     served: Mutex<HashMap<(String, Kind, u16), Served>>,
@@ -163,8 +160,7 @@ impl Front {
         Self {
             routes: RwLock::new(HashMap::new()),
             upstream,
-            workers: Arc::new(Semaphore::new(workers.max(1))),
-            max_queue,
+            admission: Arc::new(Admission::new(workers, max_queue)),
             max_body,
             bounds,
             served: Mutex::new(HashMap::new()),
@@ -282,27 +278,20 @@ fn finish(front: &Front, route: &Route, kind: Kind, started: Instant, response: 
     response
 }
 
-/// One guest call in a fresh instance, under the model's cap and the shared workers.
+/// One guest call in a fresh instance, admitted fairly among the models (crate::admission).
 async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer::Request) -> Response<Body> {
-    if route.waiting.fetch_add(1, Ordering::SeqCst) >= front.max_queue {
-        route.waiting.fetch_sub(1, Ordering::SeqCst);
+    let Some(worker) = front.admission.acquire(&route.label, route.cap).await else {
         return json(StatusCode::TOO_MANY_REQUESTS, error_body("too many requests queued; retry later"), 1);
-    }
-    let slot = route.slots.clone().acquire_owned().await;
-    let worker = front.workers.clone().acquire_owned().await;
-    route.waiting.fetch_sub(1, Ordering::SeqCst);
-    let (Ok(slot), Ok(worker)) = (slot, worker) else {
-        return json(StatusCode::SERVICE_UNAVAILABLE, error_body("agent is shutting down"), 1);
     };
-    // The slot and the worker are held until the guest has stopped, even when the client was told of
-    // a wall-clock timeout first: a running guest cannot be cancelled, only stopped by its deadline.
+    // The worker is held until the guest has stopped, even when the client was told of a wall-clock
+    // timeout first: a running guest cannot be cancelled, only stopped by its deadline.
     let call_front = front.clone();
     let call_route = route.clone();
     let id = request.id.clone();
     let (done, answer) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let reply = call(&call_front, &call_route, kind, request);
-        drop((worker, slot));
+        drop(worker);
         let _ = done.send(reply);
     });
     match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {

@@ -4,6 +4,7 @@
 //! and gets back a prepared guest whose `instantiate` and `handle` run with the GIL released, so
 //! calls on worker threads run in parallel. Host calls come back into Python through `host_call`.
 
+mod admission;
 mod engine;
 mod front;
 mod infer;
@@ -227,6 +228,7 @@ impl NativeFront {
         wall_ms: u64,
         output_bytes: usize,
         cap: usize,
+        fair_share: bool,
     ) {
         let mut routes = self.front.routes.write().unwrap();
         if routes.get(&name).is_some_and(|r| r.label == label && r.version == version) {
@@ -242,7 +244,7 @@ impl NativeFront {
             cpu_ms,
             wall_ms,
             output_bytes,
-            cap,
+            admission::Cap { base: cap, share: fair_share },
         );
         routes.insert(name, Arc::new(route));
     }
@@ -258,6 +260,11 @@ impl NativeFront {
             }
             None => false,
         }
+    }
+
+    /// `[(model, running, waiting)]`: the guest calls the front holds now.
+    fn admitted(&self) -> Vec<(String, usize, usize)> {
+        self.front.admission.snapshot()
     }
 
     /// Forgets every route and grant: requests go to Python until it teaches the front again.

@@ -12,10 +12,14 @@ import copy
 import itertools
 import json
 import os
+import signal
+import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,9 +30,12 @@ from tars_agent.capabilities import ModelKey
 from tars_agent.main import start_http
 from tars_agent.native_front import NativeHttp
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tests.fixtures import eventually
+from tests.security.test_tls import issue
 
 from .conftest import make_agent, tars_model
 from .test_http_edges import tensor as edge_tensor
+from .test_main import agent_command, free_port
 
 INFER = "/v2/models/{}/infer"
 
@@ -303,3 +310,62 @@ async def test_a_busy_model_keeps_to_its_fair_share_on_the_front(served: Served)
     admitted = [running for (_, before), (running, after) in itertools.pairwise(seen) if after < before]
     assert admitted and all(running <= share for running in admitted), seen
     assert [task.result()[1].get("reason") for task in burners] == ["timeout"] * len(burners)
+
+
+SENTIMENT = """
+apiVersion: tars.hyperlight.dev/v1alpha1
+kind: TarsModel
+metadata: {name: sentiment}
+spec: {nodeRef: {name: local}, kind: sentiment, source: "builtin://sentiment-vader"}
+"""
+
+
+def test_the_agent_process_with_native_http_serves_and_stops(tmp_path: Path) -> None:
+    """``tars-agent --native-http`` as users start it: the front on the agent's port, Python behind it,
+    the compiled sentiment guest answered, every answer counted in the metrics, SIGTERM stopping all."""
+    model = tmp_path / "sentiment.yaml"
+    model.write_text(SENTIMENT)
+    port = free_port()
+    flags = ["--model", str(model), "--backend", "wasmtime", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        agent_command("--standalone", *flags, "--native-http", "--grpc-port", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        eventually(lambda: proc.poll() is None and http_get(f"{base}/v2/health/ready") == 200, 120, "ready")
+        body = json.dumps({"text": "What a great day"}).encode()
+        answers = [http_post(f"{base}/v1/functions/sentiment:invoke", body) for _ in range(3)]
+        assert all(status == 200 for status, _ in answers) and answers[0] == answers[2]
+        assert json.loads(answers[0][1])["scores"]["compound"] > 0.5
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        assert 'route="/v1/functions/{name}:invoke",status="200"} 3.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert f"native HTTP front on 127.0.0.1:{port}" in output, output[-2000:]
+
+
+def test_native_http_refuses_tls(tmp_path: Path) -> None:
+    """The front speaks plain HTTP: asked for both, the agent refuses to start rather than drop TLS."""
+    _ca, cert, key = issue(tmp_path)
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    command = agent_command("--standalone", "--backend", "wasmtime", "--native-http", *tls)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--native-http needs" in done.stderr, done.stderr[-2000:]
+
+
+def http_get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return int(r.status)
+
+
+def http_post(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return int(r.status), r.read().decode()

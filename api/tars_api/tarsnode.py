@@ -142,6 +142,13 @@ class AgentSpec(ApiModel):
             holds=lambda s: s.grpc_port != s.port,
             field_path=".grpcPort",
         ),
+        # The native front speaks plain HTTP: the agent would refuse to start rather than drop TLS.
+        Rule(
+            cel="!(self.nativeHttp && has(self.tlsSecretName))",
+            message="nativeHttp serves plain HTTP and cannot be combined with tlsSecretName",
+            holds=lambda s: not (s.native_http and s.tls_secret_name),
+            field_path=".nativeHttp",
+        ),
     )
 
     image: str = Field(
@@ -177,6 +184,13 @@ class AgentSpec(ApiModel):
         description=(
             "A kubernetes.io/tls Secret (e.g. issued by cert-manager) the agents serve HTTPS with; "
             "absent: plain HTTP inside the cluster."
+        ),
+    )
+    native_http: bool = Field(
+        default=False,
+        description=(
+            "Serve the model routes of native-path models from the agent's Rust front (hyper in "
+            "tars_native), Python deciding access; plain HTTP only. Off: every request goes through Python."
         ),
     )
     default_access: Literal["open", "namespace"] = Field(

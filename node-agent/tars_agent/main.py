@@ -89,6 +89,7 @@ def rendered_defaults(path: Path) -> dict[str, Any]:
         "backend": rendered.get("backend", "auto"),
         "port": int(rendered.get("port", 8080)),
         "grpc_port": int(rendered.get("grpcPort", 8081)),
+        "native_http": bool(rendered.get("nativeHttp", False)),
         "warm_pool": rendered.get("warmPoolSize"),
         "capacity_mib": rendered.get("capacityMiB"),
         "sandbox": sandbox,
@@ -407,9 +408,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("KVM probe: %s %s -> backend %s", probe.reason, probe.checks, backend_name)
     context = ssl_context(args)
     agent = Agent(agent_config(args, node), create_backend(backend_name), reason)
-    if args.native_http and (context is not None or agent.backend.path != "native"):
-        # The front speaks plain HTTP and runs guests through tars_native only.
-        raise SystemExit("--native-http needs the native wasmtime path (tars_native) and no --tls-cert")
+    if args.native_http and context is not None:
+        raise SystemExit("--native-http serves plain HTTP: it cannot be combined with --tls-cert")
+    if args.native_http and agent.backend.path != "native":
+        # The front runs guests through tars_native; other backends (Hyperlight) keep the Python path.
+        log.warning("--native-http ignored: backend %s (%s path) is not tars_native", backend_name, agent.backend.path)
+        args.native_http = False
     guard = access_guard(args, agent)
     log.info(
         "access control %s (models without spec.access: %s); TLS %s",

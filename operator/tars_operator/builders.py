@@ -63,6 +63,7 @@ def agent_config(tn: TarsNode) -> dict[str, Any]:
         "namespace": tn.metadata.namespace,
         "port": spec.agent.port,
         "grpcPort": spec.agent.grpc_port,
+        "nativeHttp": spec.agent.native_http,
         "backend": forced,
         "hyperlightVersion": spec.platform.hyperlight_version,
         "capacityMiB": spec.agent.model_memory_mi_b,

@@ -27,7 +27,7 @@ import pytest
 
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
-from tars_agent.main import start_http
+from tars_agent.main import parse_args, start_http
 from tars_agent.native_front import NativeHttp
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tests.fixtures import eventually
@@ -357,7 +357,7 @@ def test_native_http_refuses_tls(tmp_path: Path) -> None:
     tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
     command = agent_command("--standalone", "--backend", "wasmtime", "--native-http", *tls)
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "--native-http needs" in done.stderr, done.stderr[-2000:]
+    assert done.returncode != 0 and "--native-http serves plain HTTP" in done.stderr, done.stderr[-2000:]
 
 
 def http_get(url: str) -> int:
@@ -369,3 +369,12 @@ def http_post(url: str, body: bytes) -> tuple[int, str]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as r:
         return int(r.status), r.read().decode()
+
+
+def test_the_tarsnode_turns_the_front_on(tmp_path: Path) -> None:
+    """spec.agent.nativeHttp reaches the agent through the configuration the operator renders."""
+    config = tmp_path / "agent.yaml"
+    config.write_text("nativeHttp: true\n")
+    assert parse_args(["--config", str(config)]).native_http is True
+    config.write_text("port: 8080\n")
+    assert parse_args(["--config", str(config)]).native_http is False

@@ -125,6 +125,7 @@ def test_headless_service_and_pdb_select_the_agents() -> None:
         ("grpc", 8081),
     ]
     assert builders.agent_config(tn)["grpcPort"] == 8081
+    assert builders.agent_config(tn)["nativeHttp"] is False  # the Python path unless the TarsNode asks
     assert builders.desired_service(tn)["spec"]["selector"] == selector
     assert builders.desired_pdb(tn)["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
 

@@ -224,6 +224,8 @@ class NativeHttp:
             add_served(metrics.latency.labels(label, route, str(status)), buckets, seconds)
             if status < 400:
                 add_served(metrics.answers.labels(label, "warm"), buckets, seconds)
+            elif status == 429:  # its queue for the model was full, as the Python route counts it
+                metrics.rejected.labels(label, "overload").inc(count)
             self.served[(label, route, status)] += count
             agent.rates.record(label, count)
             agent.concurrency.add(label, seconds)

@@ -24,12 +24,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
 from tars_agent.main import parse_args, start_http
 from tars_agent.native_front import NativeHttp
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tars_agent.tenancy import FairAdmission
 from tests.fixtures import eventually
 from tests.security.test_tls import issue
 
@@ -378,3 +380,33 @@ def test_the_tarsnode_turns_the_front_on(tmp_path: Path) -> None:
     assert parse_args(["--config", str(config)]).native_http is True
     config.write_text("port: 8080\n")
     assert parse_args(["--config", str(config)]).native_http is False
+
+
+async def test_a_full_queue_on_the_front_is_429_and_counted(backend: WasmtimeBackend) -> None:
+    agent = make_agent(backend, host="127.0.0.1", port=0)
+    assert await agent.ensure_loaded(tars_model("burner", "builtin://hostile"))
+    admission = FairAdmission(agent.config.workers, 1, models_loaded=lambda: len(agent.repository.models))
+    runner, listener, front = await start_http(agent, None, admission, None, False, True)
+    url = f"http://127.0.0.1:{agent.config.port}/v1/functions/burner:invoke"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def status(payload: dict[str, Any]) -> int:
+                async with session.post(url, json=payload) as r:
+                    await r.read()
+                    return r.status
+
+            assert await status({"do": "state"}) == 200  # teaches the front
+            # Alone, the model may hold every worker; one more waits; the next is refused at once
+            # (each loop runs until its 1.5 s CPU deadline, far longer than these requests take to arrive).
+            statuses = await asyncio.gather(*(status({"do": "loop"}) for _ in range(agent.config.workers + 2)))
+        assert sorted(statuses) == [429] + [500] * (agent.config.workers + 1), statuses
+        front.collect()
+        assert front.served[("default/burner", "/v1/functions/{name}:invoke", 429)] == 1
+        metrics = generate_latest(agent.metrics.registry).decode()
+        assert 'tars_agent_rejected_requests_total{model="default/burner",why="overload"} 1.0' in metrics
+    finally:
+        front.close()
+        listener.close()
+        await runner.cleanup()
+        agent.close()

@@ -288,12 +288,12 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer:
     let call_front = front.clone();
     let call_route = route.clone();
     let id = request.id.clone();
-    let (done, answer) = oneshot::channel();
-    tokio::task::spawn_blocking(move || {
+    let answer = tokio::task::spawn_blocking(move || {
         let reply = call(&call_front, &call_route, kind, request);
         drop(worker);
-        let _ = done.send(reply);
+        reply
     });
+    // Dropping the handle on a timeout leaves the call running to its CPU deadline, worker held.
     match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {
         Ok(Ok((status, body, retry))) => json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry),
         Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),

@@ -157,6 +157,8 @@ impl NativeInstance {
     }
 }
 
+type ServedRow = (String, &'static str, u16, u64, f64, Vec<u64>);
+
 /// The agent's native HTTP front (see front.rs): owns the public port, serves the infer route of the
 /// models and callers Python taught it, forwards everything else to aiohttp on `upstream_port`.
 #[pyclass(frozen)]
@@ -193,7 +195,7 @@ impl NativeFront {
                 let stderr = PyBytes::new(py, &v.stderr);
                 let route = v.route.path();
                 let args = (route, v.label, v.model_name, v.version, v.id, v.kind, v.text, stderr, v.out_of_memory);
-                judge.call1(py, args).and_then(|a| a.extract::<(u16, String, u32)>(py).map_err(PyErr::from)).unwrap_or_else(|e| {
+                judge.call1(py, args).and_then(|a| a.extract::<(u16, String, u32)>(py)).unwrap_or_else(|e| {
                     e.print(py);
                     (500, r#"{"error": "internal error"}"#.to_string(), 0)
                 })
@@ -273,7 +275,7 @@ impl NativeFront {
     }
 
     /// `[(label, route, status, count, seconds, buckets)]` served since the last call.
-    fn drain(&self) -> Vec<(String, &'static str, u16, u64, f64, Vec<u64>)> {
+    fn drain(&self) -> Vec<ServedRow> {
         let served = self.front.drain_served();
         served.into_iter().map(|((label, kind, status), s)| (label, kind.path(), status, s.count, s.seconds, s.buckets)).collect()
     }

@@ -7,8 +7,10 @@ serving watches while a request is in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
@@ -19,8 +21,12 @@ from tars_common.kube import CONNECTION_POOL_SIZE
 from tars_operator.metrics import API_REQUESTS, API_SECONDS
 
 log = logging.getLogger(__name__)
+# Status writes have threads of their own: a model's status carries the placements its agents act on.
+# After a lost agent, each moved model's status queued behind its slice requests in the shared threads
+# (the last of 82 behind some 160): 4.7 s from the agent declared lost to every placement moved, now 2.8.
+STATUS_CONCURRENCY = 8
 # Reconciles run concurrently in worker threads, each with its own pooled connection.
-API_CONCURRENCY = CONNECTION_POOL_SIZE
+API_CONCURRENCY = CONNECTION_POOL_SIZE - STATUS_CONCURRENCY
 # Services that allocate a ClusterIP applied at once, at most. Under load one took 2-5 s (3-15x any
 # other apply); 200 new models' Services held all the threads while their slices and status waited.
 ALLOCATING_SERVICES = 4
@@ -62,6 +68,7 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self._allocating = asyncio.Semaphore(ALLOCATING_SERVICES)
+        self._status_lane = ThreadPoolExecutor(STATUS_CONCURRENCY, "kube-status")
 
     def _call(
         self,
@@ -118,9 +125,8 @@ class Kube:
         """The object as written, or None when it was deleted meanwhile (nothing to report on)."""
         path = resource_path(api_version, kind, namespace, name) + "/status"
         try:
-            written: dict[str, Any] = await asyncio.to_thread(
-                self._call, "PATCH", path, {"status": status}, "application/merge-patch+json"
-            )
+            patch = functools.partial(self._call, "PATCH", path, {"status": status}, "application/merge-patch+json")
+            written: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self._status_lane, patch)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -79,9 +79,14 @@ class Helm:
         return result.stderr
 
 
+# One directory per test process, removed when the process exits: the files must outlive the call
+# that writes them (helm reads them later), and hundreds of them were left in /tmp by every run.
+_VALUES_DIR = tempfile.TemporaryDirectory(prefix="tars-values-")
+
+
 def values_file(values: dict[str, Any]) -> str:
     # JSON is YAML, and unlike --set it keeps floats and nested maps exactly.
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="tars-values-", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=_VALUES_DIR.name, delete=False) as f:
         json.dump(values, f)
     return f.name
 

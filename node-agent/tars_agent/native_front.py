@@ -253,4 +253,3 @@ class NativeHttp:
             return response
 
         return native_http
-

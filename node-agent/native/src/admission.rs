@@ -76,7 +76,13 @@ impl Drop for Waiting<'_> {
 impl Admission {
     pub fn new(workers: usize, max_queue: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { state: Mutex::default(), freed: Notify::new(), workers: workers.max(1), cores, max_queue }
+        Self {
+            state: Mutex::default(),
+            freed: Notify::new(),
+            workers: workers.max(1),
+            cores,
+            max_queue,
+        }
     }
 
     /// Waits for a worker for `model`; None when its queue is full.
@@ -113,7 +119,10 @@ impl Admission {
     fn start(self: &Arc<Self>, state: &mut State, model: &str) -> Permit {
         state.total += 1;
         state.models.get_mut(model).unwrap().running += 1;
-        Permit { admission: self.clone(), model: model.to_string() }
+        Permit {
+            admission: self.clone(),
+            model: model.to_string(),
+        }
     }
 
     fn can_start(&self, state: &State, model: &str, cap: Cap, now: Instant) -> bool {
@@ -146,6 +155,10 @@ impl Admission {
     /// `(running, waiting)` per model: what the front holds now (for tests and logs).
     pub fn snapshot(&self) -> Vec<(String, usize, usize)> {
         let state = self.state.lock().unwrap();
-        state.models.iter().map(|(name, m)| (name.clone(), m.running, m.waiting)).collect()
+        state
+            .models
+            .iter()
+            .map(|(name, m)| (name.clone(), m.running, m.waiting))
+            .collect()
     }
 }

@@ -11,7 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable, TypedFunc};
-use wasmtime::{format_err, Config, Engine, Result, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    format_err, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -137,7 +140,10 @@ pub struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -154,12 +160,17 @@ where
         poll.func_wrap("poll", |_store, (pollables,): (Vec<Resource<DynPollable>>,)| {
             Ok(((0..pollables.len() as u32).collect::<Vec<u32>>(),))
         })?;
-        poll.func_wrap("[method]pollable.block", |_store, (_pollable,): (Resource<DynPollable>,)| Ok(()))?;
+        poll.func_wrap(
+            "[method]pollable.block",
+            |_store, (_pollable,): (Resource<DynPollable>,)| Ok(()),
+        )?;
     }
     linker.allow_shadowing(false);
     linker
         .instance(HOST_INTERFACE)?
-        .func_wrap("call", move |_store, (name, args): (String, String)| Ok((host_call(name, args),)))?;
+        .func_wrap("call", move |_store, (name, args): (String, String)| {
+            Ok((host_call(name, args),))
+        })?;
     Ok(linker)
 }
 
@@ -170,10 +181,13 @@ pub struct Prepared {
 }
 
 pub fn prepare(linker: &Linker<State>, component: &Component) -> Result<Prepared> {
-    let handle = component
-        .get_export_index(None, "handle")
-        .ok_or_else(|| format_err!("component exports no `handle` function (is it of the tars:guest function world?)"))?;
-    Ok(Prepared { pre: linker.instantiate_pre(component)?, handle })
+    let handle = component.get_export_index(None, "handle").ok_or_else(|| {
+        format_err!("component exports no `handle` function (is it of the tars:guest function world?)")
+    })?;
+    Ok(Prepared {
+        pre: linker.instantiate_pre(component)?,
+        handle,
+    })
 }
 
 /// A fresh store and instance; `instantiate_ticks` bounds start-up.
@@ -185,7 +199,14 @@ pub fn instantiate(
 ) -> Result<(Store<State>, Handle)> {
     let wasi = WasiCtxBuilder::new().stderr(stderr).build(); // stdout is discarded by default
     let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).build();
-    let mut store = Store::new(prepared.pre.engine(), State { wasi, table: ResourceTable::new(), limits });
+    let mut store = Store::new(
+        prepared.pre.engine(),
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+        },
+    );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(instantiate_ticks);
     let instance = prepared.pre.instantiate(&mut store)?;

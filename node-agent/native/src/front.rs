@@ -90,7 +90,13 @@ impl Route {
         if self.open_until.lock().unwrap().is_some_and(|until| now < until) {
             return true;
         }
-        credential.is_some_and(|digest| self.grants.lock().unwrap().get(&digest).is_some_and(|until| now < *until))
+        credential.is_some_and(|digest| {
+            self.grants
+                .lock()
+                .unwrap()
+                .get(&digest)
+                .is_some_and(|until| now < *until)
+        })
     }
 
     pub fn grant(&self, credential: Option<[u8; 32]>, until: Instant) {
@@ -156,7 +162,14 @@ pub struct Front {
 }
 
 impl Front {
-    pub fn new(upstream: SocketAddr, workers: usize, max_queue: usize, max_body: usize, bounds: Vec<f64>, judge: Judge) -> Self {
+    pub fn new(
+        upstream: SocketAddr,
+        workers: usize,
+        max_queue: usize,
+        max_body: usize,
+        bounds: Vec<f64>,
+        judge: Judge,
+    ) -> Self {
         Self {
             routes: RwLock::new(HashMap::new()),
             upstream,
@@ -174,13 +187,19 @@ impl Front {
 
     fn record(&self, label: &str, kind: Kind, status: StatusCode, seconds: f64) {
         let mut served = self.served.lock().unwrap();
-        let entry = served.entry((label.to_string(), kind, status.as_u16())).or_insert_with(|| Served {
-            buckets: vec![0; self.bounds.len() + 1],
-            ..Served::default()
-        });
+        let entry = served
+            .entry((label.to_string(), kind, status.as_u16()))
+            .or_insert_with(|| Served {
+                buckets: vec![0; self.bounds.len() + 1],
+                ..Served::default()
+            });
         entry.count += 1;
         entry.seconds += seconds;
-        let bucket = self.bounds.iter().position(|bound| seconds <= *bound).unwrap_or(self.bounds.len());
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
         entry.buckets[bucket] += 1;
     }
 }
@@ -207,7 +226,10 @@ pub fn credential_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
 fn served_route(path: &str) -> Option<(&str, Kind)> {
     let (name, kind) = match path.strip_prefix("/v2/models/").and_then(|p| p.strip_suffix("/infer")) {
         Some(name) => (name, Kind::Infer),
-        None => (path.strip_prefix("/v1/functions/")?.strip_suffix(":invoke")?, Kind::Invoke),
+        None => (
+            path.strip_prefix("/v1/functions/")?.strip_suffix(":invoke")?,
+            Kind::Invoke,
+        ),
     };
     (!name.is_empty() && !name.contains(['/', '%', '{', '}'])).then_some((name, kind))
 }
@@ -221,7 +243,9 @@ pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: o
         };
         let Ok((socket, _)) = accepted else { continue };
         // Past the cap the connection is closed at once, as tars_common.http_limits does.
-        let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
@@ -239,7 +263,11 @@ pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: o
 
 type Upstream = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Body>>>>;
 
-async fn serve(front: Arc<Front>, upstream: Upstream, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn serve(
+    front: Arc<Front>,
+    upstream: Upstream,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = (request.method() == Method::POST)
         .then(|| served_route(request.uri().path()))
@@ -257,9 +285,21 @@ async fn serve(front: Arc<Front>, upstream: Upstream, request: Request<Incoming>
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(_)) => {
             let error = format!("request body exceeds {} bytes", front.max_body);
-            return Ok(finish(&front, &route, kind, started, json(StatusCode::PAYLOAD_TOO_LARGE, error_body(&error), 0)));
+            return Ok(finish(
+                &front,
+                &route,
+                kind,
+                started,
+                json(StatusCode::PAYLOAD_TOO_LARGE, error_body(&error), 0),
+            ));
         }
-        Err(_) => return Ok(json(StatusCode::REQUEST_TIMEOUT, error_body("request body not received in time"), 0)),
+        Err(_) => {
+            return Ok(json(
+                StatusCode::REQUEST_TIMEOUT,
+                error_body("request body not received in time"),
+                0,
+            ))
+        }
     };
     let parsed = match kind {
         Kind::Infer => infer::parse_request(&body),
@@ -281,7 +321,11 @@ fn finish(front: &Front, route: &Route, kind: Kind, started: Instant, response: 
 /// One guest call in a fresh instance, admitted fairly among the models (crate::admission).
 async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer::Request) -> Response<Body> {
     let Some(worker) = front.admission.acquire(&route.label, route.cap).await else {
-        return json(StatusCode::TOO_MANY_REQUESTS, error_body("too many requests queued; retry later"), 1);
+        return json(
+            StatusCode::TOO_MANY_REQUESTS,
+            error_body("too many requests queued; retry later"),
+            1,
+        );
     };
     // The worker is held until the guest has stopped, even when the client was told of a wall-clock
     // timeout first: a running guest cannot be cancelled, only stopped by its deadline.
@@ -295,19 +339,34 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer:
     });
     // Dropping the handle on a timeout leaves the call running to its CPU deadline, worker held.
     match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {
-        Ok(Ok((status, body, retry))) => json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry),
+        Ok(Ok((status, body, retry))) => json(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+            retry,
+        ),
         Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),
         Err(_) => {
             let front = front.clone();
             let verdict = verdict(route, kind, id, "wall", String::new(), Default::default());
             let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
             let (status, body, retry) = judged.unwrap_or((500, error_body("internal error"), 0));
-            json(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, retry)
+            json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+                retry,
+            )
         }
     }
 }
 
-fn verdict(route: &Route, served: Kind, id: Option<String>, kind: &'static str, text: String, stderr: StderrPipe) -> Verdict {
+fn verdict(
+    route: &Route,
+    served: Kind,
+    id: Option<String>,
+    kind: &'static str,
+    text: String,
+    stderr: StderrPipe,
+) -> Verdict {
     let state = stderr.0.lock().unwrap();
     Verdict {
         route: served,
@@ -325,7 +384,12 @@ fn verdict(route: &Route, served: Kind, id: Option<String>, kind: &'static str, 
 /// Blocking: starts the sandbox, runs it, and answers; Python judges what is not a strict success.
 fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> (u16, String, u32) {
     let stderr = StderrPipe::default();
-    let outcome = match engine::instantiate(&route.prepared, route.memory_bytes, route.instantiate_ticks, stderr.clone()) {
+    let outcome = match engine::instantiate(
+        &route.prepared,
+        route.memory_bytes,
+        route.instantiate_ticks,
+        stderr.clone(),
+    ) {
         Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(route.cpu_ms)),
         Err(error) => Outcome::Trap(format!("{error:?}")),
     };
@@ -334,7 +398,9 @@ fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> 
             if output.len() <= route.output_bytes {
                 match served {
                     Kind::Infer => {
-                        if let Some(body) = infer::answer(&output, &route.model_name, &route.version, request.id.as_deref()) {
+                        if let Some(body) =
+                            infer::answer(&output, &route.model_name, &route.version, request.id.as_deref())
+                        {
                             return (200, body, 0);
                         }
                     }
@@ -359,7 +425,10 @@ fn json(status: StatusCode, body: String, retry_after: u32) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     if retry_after > 0 {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
     }

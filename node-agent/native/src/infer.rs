@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 const MAX_DEPTH: usize = 64;
 const MAX_INT_DIGITS: usize = 4300;
 const MAX_NAME_CHARS: usize = 256;
-const DATATYPES: [&str; 13] =
-    ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"];
+const DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
+];
 
 /// A request the front may serve: what the guest gets, and the id the answer echoes.
 pub struct Request {
@@ -27,7 +28,10 @@ pub fn parse_request(body: &[u8]) -> Option<Request> {
         return None;
     }
     let Value::Object(fields) = value else { return None };
-    if fields.keys().any(|k| !matches!(k.as_str(), "id" | "parameters" | "inputs" | "outputs")) {
+    if fields
+        .keys()
+        .any(|k| !matches!(k.as_str(), "id" | "parameters" | "inputs" | "outputs"))
+    {
         return None;
     }
     let id = match fields.get("id") {
@@ -39,26 +43,40 @@ pub fn parse_request(body: &[u8]) -> Option<Request> {
     if let Some(parameters) = optional_object(fields.get("parameters"))? {
         guest.insert("parameters".into(), parameters);
     }
-    let Some(Value::Array(inputs)) = fields.get("inputs") else { return None };
+    let Some(Value::Array(inputs)) = fields.get("inputs") else {
+        return None;
+    };
     if inputs.is_empty() {
         return None;
     }
-    guest.insert("inputs".into(), Value::Array(inputs.iter().map(input_tensor).collect::<Option<_>>()?));
+    guest.insert(
+        "inputs".into(),
+        Value::Array(inputs.iter().map(input_tensor).collect::<Option<_>>()?),
+    );
     match fields.get("outputs") {
         None | Some(Value::Null) => {}
         Some(Value::Array(outputs)) => {
-            guest.insert("outputs".into(), Value::Array(outputs.iter().map(requested_output).collect::<Option<_>>()?));
+            guest.insert(
+                "outputs".into(),
+                Value::Array(outputs.iter().map(requested_output).collect::<Option<_>>()?),
+            );
         }
         Some(_) => return None,
     }
-    Some(Request { id, guest_input: Value::Object(guest).to_string() })
+    Some(Request {
+        id,
+        guest_input: Value::Object(guest).to_string(),
+    })
 }
 
 /// A function invocation's body, for the guest as it is (the Python route hands the guest the JSON
 /// it parsed, written again): `None` for anything Python's reading would refuse.
 pub fn parse_invoke(body: &[u8]) -> Option<Request> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    plain_json(&value).then(|| Request { id: None, guest_input: value.to_string() })
+    plain_json(&value).then(|| Request {
+        id: None,
+        guest_input: value.to_string(),
+    })
 }
 
 /// True when a guest's invoke output is JSON (anything else is judged in Python).
@@ -84,29 +102,44 @@ fn name(value: Option<&Value>) -> Option<&str> {
 
 fn input_tensor(value: &Value) -> Option<Value> {
     let Value::Object(fields) = value else { return None };
-    if fields.keys().any(|k| !matches!(k.as_str(), "name" | "shape" | "datatype" | "parameters" | "data")) {
+    if fields
+        .keys()
+        .any(|k| !matches!(k.as_str(), "name" | "shape" | "datatype" | "parameters" | "data"))
+    {
         return None;
     }
     let tensor_name = name(fields.get("name"))?;
-    let Some(Value::String(datatype)) = fields.get("datatype") else { return None };
+    let Some(Value::String(datatype)) = fields.get("datatype") else {
+        return None;
+    };
     if !DATATYPES.contains(&datatype.as_str()) {
         return None;
     }
-    let Some(Value::Array(shape)) = fields.get("shape") else { return None };
+    let Some(Value::Array(shape)) = fields.get("shape") else {
+        return None;
+    };
     let mut expected: u64 = 1;
     for dim in shape {
         expected = expected.checked_mul(dim.as_u64()?)?;
     }
-    let data @ Value::Array(_) = fields.get("data")? else { return None };
+    let data @ Value::Array(_) = fields.get("data")? else {
+        return None;
+    };
     let elements = flat(data);
     if elements.len() as u64 != expected || !elements.iter().all(|e| fits(datatype, e)) {
         return None;
     }
+    tensor(tensor_name, shape, datatype, fields.get("parameters"), data)
+}
+
+/// A tensor object in the protocol's key order (name, shape, datatype, parameters, data), as the
+/// Python route writes it; None when `parameters` is present but not an object.
+fn tensor(name: &str, shape: &[Value], datatype: &str, parameters: Option<&Value>, data: &Value) -> Option<Value> {
     let mut tensor = Map::new();
-    tensor.insert("name".into(), Value::String(tensor_name.into()));
-    tensor.insert("shape".into(), Value::Array(shape.clone()));
-    tensor.insert("datatype".into(), Value::String(datatype.clone()));
-    if let Some(parameters) = optional_object(fields.get("parameters"))? {
+    tensor.insert("name".into(), Value::String(name.into()));
+    tensor.insert("shape".into(), Value::Array(shape.to_vec()));
+    tensor.insert("datatype".into(), Value::String(datatype.into()));
+    if let Some(parameters) = optional_object(parameters)? {
         tensor.insert("parameters".into(), parameters);
     }
     tensor.insert("data".into(), data.clone());
@@ -159,7 +192,10 @@ fn fits(datatype: &str, element: &Value) -> bool {
         "FP16" | "FP32" | "FP64" => return true, // finite: checked by plain_json
         _ => return false,
     };
-    let whole = number.as_i64().map(i128::from).or_else(|| number.as_u64().map(i128::from));
+    let whole = number
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| number.as_u64().map(i128::from));
     whole.is_some_and(|n| low <= n && n <= high)
 }
 
@@ -174,7 +210,9 @@ fn plain_json(value: &Value) -> bool {
             Value::Number(number) => {
                 let text = number.to_string();
                 let integer = !text.contains(['.', 'e', 'E']);
-                if (integer && text.len() > MAX_INT_DIGITS) || (!integer && !number.as_f64().is_some_and(f64::is_finite)) {
+                if (integer && text.len() > MAX_INT_DIGITS)
+                    || (!integer && !number.as_f64().is_some_and(f64::is_finite))
+                {
                     return false;
                 }
                 continue;
@@ -198,8 +236,12 @@ fn plain_json(value: &Value) -> bool {
 /// The InferResponse for a guest's output, or `None` when the output is not strictly of the
 /// GuestInferResult shape (Python then judges it).
 pub fn answer(output: &str, model_name: &str, model_version: &str, id: Option<&str>) -> Option<String> {
-    let Value::Object(fields) = serde_json::from_str::<Value>(output).ok()? else { return None };
-    let Some(Value::Array(outputs)) = fields.get("outputs") else { return None };
+    let Value::Object(fields) = serde_json::from_str::<Value>(output).ok()? else {
+        return None;
+    };
+    let Some(Value::Array(outputs)) = fields.get("outputs") else {
+        return None;
+    };
     let mut response = Map::new();
     response.insert("model_name".into(), Value::String(model_name.into()));
     response.insert("model_version".into(), Value::String(model_version.into()));
@@ -209,30 +251,31 @@ pub fn answer(output: &str, model_name: &str, model_version: &str, id: Option<&s
     if let Some(parameters) = optional_object(fields.get("parameters"))? {
         response.insert("parameters".into(), parameters);
     }
-    response.insert("outputs".into(), Value::Array(outputs.iter().map(response_output).collect::<Option<_>>()?));
+    response.insert(
+        "outputs".into(),
+        Value::Array(outputs.iter().map(response_output).collect::<Option<_>>()?),
+    );
     Some(Value::Object(response).to_string())
 }
 
 fn response_output(value: &Value) -> Option<Value> {
     let Value::Object(fields) = value else { return None };
-    let Some(Value::String(tensor_name)) = fields.get("name") else { return None };
-    let Some(Value::Array(shape)) = fields.get("shape") else { return None };
+    let Some(Value::String(tensor_name)) = fields.get("name") else {
+        return None;
+    };
+    let Some(Value::Array(shape)) = fields.get("shape") else {
+        return None;
+    };
     if !shape.iter().all(|d| d.is_i64() || d.is_u64()) {
         return None;
     }
-    let Some(Value::String(datatype)) = fields.get("datatype") else { return None };
+    let Some(Value::String(datatype)) = fields.get("datatype") else {
+        return None;
+    };
     if !DATATYPES.contains(&datatype.as_str()) {
         return None;
     }
     // Extra keys are ignored, as pydantic does; a null `data` would be dropped there: left to Python.
     let data = fields.get("data").filter(|d| !d.is_null())?;
-    let mut tensor = Map::new();
-    tensor.insert("name".into(), Value::String(tensor_name.clone()));
-    tensor.insert("shape".into(), Value::Array(shape.clone()));
-    tensor.insert("datatype".into(), Value::String(datatype.clone()));
-    if let Some(parameters) = optional_object(fields.get("parameters"))? {
-        tensor.insert("parameters".into(), parameters);
-    }
-    tensor.insert("data".into(), data.clone());
-    Some(Value::Object(tensor))
+    tensor(tensor_name, shape, datatype, fields.get("parameters"), data)
 }

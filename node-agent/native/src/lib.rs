@@ -32,7 +32,10 @@ fn init_engine(pool_instances: u32) -> PyResult<bool> {
     if ENGINE.get().is_some() {
         return Ok(false);
     }
-    let engine = engine::engine(PoolSize { instances: pool_instances }).map_err(err)?;
+    let engine = engine::engine(PoolSize {
+        instances: pool_instances,
+    })
+    .map_err(err)?;
     if ENGINE.set(engine).is_ok() {
         engine::start_ticker(ENGINE.get().unwrap());
         return Ok(true);
@@ -66,7 +69,9 @@ impl NativeComponent {
     fn deserialize_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let engine = shared_engine()?;
         // SAFETY: only this agent and the image build write the compiled cache (see the caller).
-        py.detach(|| unsafe { Component::deserialize_file(engine, &path) }).map(Self).map_err(err)
+        py.detach(|| unsafe { Component::deserialize_file(engine, &path) })
+            .map(Self)
+            .map_err(err)
     }
 
     fn serialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
@@ -87,14 +92,19 @@ struct NativeGuest {
 impl NativeGuest {
     /// `host_call(name, args_json)` returns `(ok, text)`: the guest sees `ok(text)` or `err(text)`.
     #[new]
-    fn new(component: &NativeComponent, host_call: Py<PyAny>, memory_bytes: usize, instantiate_ms: u64) -> PyResult<Self> {
+    fn new(
+        component: &NativeComponent,
+        host_call: Py<PyAny>,
+        memory_bytes: usize,
+        instantiate_ms: u64,
+    ) -> PyResult<Self> {
         let engine = shared_engine()?;
         let host_call = Arc::new(host_call);
         let linker = engine::linker(engine, move |name, args| {
             Python::attach(|py| {
                 host_call
                     .call1(py, (name, args))
-                    .and_then(|answer| answer.extract::<(bool, String)>(py).map_err(PyErr::from))
+                    .and_then(|answer| answer.extract::<(bool, String)>(py))
                     .map_err(|e| {
                         e.print(py);
                         "host capability failed".to_string()
@@ -104,17 +114,29 @@ impl NativeGuest {
         })
         .map_err(err)?;
         let prepared = engine::prepare(&linker, &component.0).map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
-        Ok(Self { prepared: Arc::new(prepared), memory_bytes, instantiate_ticks: engine::epoch_ticks(instantiate_ms) })
+        Ok(Self {
+            prepared: Arc::new(prepared),
+            memory_bytes,
+            instantiate_ticks: engine::epoch_ticks(instantiate_ms),
+        })
     }
 
     /// A fresh sandbox (the GIL is released while it starts).
     fn instantiate(&self, py: Python<'_>) -> PyResult<NativeInstance> {
         let stderr = StderrPipe::default();
         let started = py.detach(|| {
-            engine::instantiate(&self.prepared, self.memory_bytes, self.instantiate_ticks, stderr.clone())
+            engine::instantiate(
+                &self.prepared,
+                self.memory_bytes,
+                self.instantiate_ticks,
+                stderr.clone(),
+            )
         });
         let (store, handle) = started.map_err(|e| err(format!("{e:?}")))?;
-        Ok(NativeInstance { started: Mutex::new(Some((store, handle))), stderr })
+        Ok(NativeInstance {
+            started: Mutex::new(Some((store, handle))),
+            stderr,
+        })
     }
 }
 
@@ -194,11 +216,24 @@ impl NativeFront {
             Python::attach(|py| {
                 let stderr = PyBytes::new(py, &v.stderr);
                 let route = v.route.path();
-                let args = (route, v.label, v.model_name, v.version, v.id, v.kind, v.text, stderr, v.out_of_memory);
-                judge.call1(py, args).and_then(|a| a.extract::<(u16, String, u32)>(py)).unwrap_or_else(|e| {
-                    e.print(py);
-                    (500, r#"{"error": "internal error"}"#.to_string(), 0)
-                })
+                let args = (
+                    route,
+                    v.label,
+                    v.model_name,
+                    v.version,
+                    v.id,
+                    v.kind,
+                    v.text,
+                    stderr,
+                    v.out_of_memory,
+                );
+                judge
+                    .call1(py, args)
+                    .and_then(|a| a.extract::<(u16, String, u32)>(py))
+                    .unwrap_or_else(|e| {
+                        e.print(py);
+                        (500, r#"{"error": "internal error"}"#.to_string(), 0)
+                    })
             })
         });
         let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port));
@@ -209,11 +244,18 @@ impl NativeFront {
             .enable_all()
             .build()
             .map_err(err)?;
-        let listener = py.detach(|| runtime.block_on(bind(&host, port, reuse_port))).map_err(err)?;
+        let listener = py
+            .detach(|| runtime.block_on(bind(&host, port, reuse_port)))
+            .map_err(err)?;
         let port = listener.local_addr().map_err(err)?.port();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         runtime.spawn(front::serve_forever(front.clone(), listener, stopped));
-        Ok(Self { front, runtime: Mutex::new(Some(runtime)), stop: Mutex::new(Some(stop)), port })
+        Ok(Self {
+            front,
+            runtime: Mutex::new(Some(runtime)),
+            stop: Mutex::new(Some(stop)),
+            port,
+        })
     }
 
     /// Serve `name` (as clients spell it) with this guest and these limits; a route already there for
@@ -233,7 +275,10 @@ impl NativeFront {
         fair_share: bool,
     ) {
         let mut routes = self.front.routes.write().unwrap();
-        if routes.get(&name).is_some_and(|r| r.label == label && r.version == version) {
+        if routes
+            .get(&name)
+            .is_some_and(|r| r.label == label && r.version == version)
+        {
             return;
         }
         let route = front::Route::new(
@@ -246,7 +291,10 @@ impl NativeFront {
             cpu_ms,
             wall_ms,
             output_bytes,
-            admission::Cap { base: cap, share: fair_share },
+            admission::Cap {
+                base: cap,
+                share: fair_share,
+            },
         );
         routes.insert(name, Arc::new(route));
     }
@@ -277,7 +325,10 @@ impl NativeFront {
     /// `[(label, route, status, count, seconds, buckets)]` served since the last call.
     fn drain(&self) -> Vec<ServedRow> {
         let served = self.front.drain_served();
-        served.into_iter().map(|((label, kind, status), s)| (label, kind.path(), status, s.count, s.seconds, s.buckets)).collect()
+        served
+            .into_iter()
+            .map(|((label, kind, status), s)| (label, kind.path(), status, s.count, s.seconds, s.buckets))
+            .collect()
     }
 
     /// Stops accepting; connections in progress end with the runtime.
@@ -297,7 +348,11 @@ async fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<tokio:
         .await?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address")))?;
-    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(reuse_port)?;
     socket.bind(address)?;

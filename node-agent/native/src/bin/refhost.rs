@@ -12,7 +12,6 @@ mod engine;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use wasmtime::{bail, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -20,10 +19,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use wasmtime::{bail, Result};
 
 const MEMORY_BYTES: usize = 256 << 20;
 
-async fn serve(prepared: Arc<engine::Prepared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(
+    prepared: Arc<engine::Prepared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return Ok(answer(StatusCode::BAD_REQUEST, "unreadable body".into())),
@@ -60,7 +63,10 @@ fn main() -> Result<()> {
     let linker = engine::linker(&engine, |_name, _args| Err("capability not allowed".to_string()))?;
     let prepared = Arc::new(engine::prepare(&linker, &component)?);
     let port: u16 = port.parse()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
     runtime.block_on(serve_forever(prepared, port))
 }
 
@@ -73,7 +79,9 @@ async fn serve_forever(prepared: Arc<engine::Prepared>, port: u16) -> Result<()>
         let prepared = prepared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| serve(prepared.clone(), request));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
         });
     }
 }

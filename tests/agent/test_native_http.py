@@ -12,7 +12,6 @@ import copy
 import itertools
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -37,7 +36,7 @@ from tests.security.test_tls import issue
 
 from .conftest import make_agent, tars_model
 from .test_http_edges import tensor as edge_tensor
-from .test_main import agent_command, free_port
+from .test_main import SENTIMENT_YAML, agent_command, standalone_agent
 
 INFER = "/v2/models/{}/infer"
 
@@ -314,29 +313,11 @@ async def test_a_busy_model_keeps_to_its_fair_share_on_the_front(served: Served)
     assert [task.result()[1].get("reason") for task in burners] == ["timeout"] * len(burners)
 
 
-SENTIMENT = """
-apiVersion: tars.hyperlight.dev/v1alpha1
-kind: TarsModel
-metadata: {name: sentiment}
-spec: {nodeRef: {name: local}, kind: sentiment, source: "builtin://sentiment-vader"}
-"""
-
-
 def test_the_agent_process_with_native_http_serves_and_stops(tmp_path: Path) -> None:
     """``tars-agent --native-http`` as users start it: the front on the agent's port, Python behind it,
     the compiled sentiment guest answered, every answer counted in the metrics, SIGTERM stopping all."""
-    model = tmp_path / "sentiment.yaml"
-    model.write_text(SENTIMENT)
-    port = free_port()
-    flags = ["--model", str(model), "--backend", "wasmtime", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        agent_command("--standalone", *flags, "--native-http", "--grpc-port", "0"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with standalone_agent(tmp_path, SENTIMENT_YAML, "--native-http", "--grpc-port", "0") as agent:
+        base, proc = agent.base, agent.proc
         eventually(lambda: proc.poll() is None and http_get(f"{base}/v2/health/ready") == 200, 120, "ready")
         body = json.dumps({"text": "What a great day"}).encode()
         answers = [http_post(f"{base}/v1/functions/sentiment:invoke", body) for _ in range(3)]
@@ -344,13 +325,7 @@ def test_the_agent_process_with_native_http_serves_and_stops(tmp_path: Path) -> 
         assert json.loads(answers[0][1])["scores"]["compound"] > 0.5
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
         assert 'route="/v1/functions/{name}:invoke",status="200"} 3.0' in metrics
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate()[0]
-    assert f"native HTTP front on 127.0.0.1:{port}" in output, output[-2000:]
+    assert f"native HTTP front on 127.0.0.1:{agent.port}" in agent.output, agent.output[-2000:]
 
 
 def test_native_http_refuses_tls(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from prometheus_client import (
     Info,
 )
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _START_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -34,7 +34,7 @@ class AgentMetrics:
             "tars_agent_request_duration_seconds",
             "Request latency, by model, route and HTTP status.",
             ["model", "route", "status"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         # Cold starts as a first-class metric (knative/serving#13459): answers that waited for their
@@ -43,7 +43,7 @@ class AgentMetrics:
             "tars_agent_answer_duration_seconds",
             "Time to answer, by model and start: cold (the model was loaded for the request) or warm.",
             ["model", "start"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.sandbox_start = Histogram(
@@ -76,7 +76,7 @@ class AgentMetrics:
             "tars_agent_host_call_duration_seconds",
             "Host capability call latency.",
             ["capability"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.models_loaded = Gauge("tars_agent_models_loaded", "Models loaded on this agent.", registry=r)

@@ -42,7 +42,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client import Histogram
 
 from tars_agent.agent import Agent
-from tars_agent.metrics import _LATENCY_BUCKETS
+from tars_agent.metrics import LATENCY_BUCKETS
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure, Limits, check_output
 from tars_agent.sandbox.native_backend import NativeGuest, native_outcome
@@ -122,7 +122,7 @@ class NativeHttp:
             config.workers,
             self.admission.queue_per_model,
             config.max_body_bytes,
-            list(_LATENCY_BUCKETS),
+            list(LATENCY_BUCKETS),
             reuse_port=reuse_port,
         )
         self.agent.repository.on_change.append(self.front.clear)

@@ -384,8 +384,10 @@ class Reconciler:
         # Placing again from the older status (none, for a new model) moved models just placed: at 100
         # models, every agent's report woke every model, and the first placements swapped between agents.
         decided = node.placed.get(mine)
-        current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
-        current = dict(decided[0]) if decided is not None else current
+        if decided is not None:
+            current = dict(decided[0])
+        else:
+            current = {p.node: p.replicas for p in tm.status.placements} if tm.status else {}
         if problem is not None or seen.tarsnodes.get(node_key) is None:
             return ModelFacts(tarsnode_found=seen.tarsnodes.get(node_key) is not None, current=current, problem=problem)
         agents = seen.agents(node_key)

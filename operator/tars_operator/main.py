@@ -11,7 +11,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from tars_common.kube import load_client_config
-from tars_operator import handlers
+from tars_operator import handlers, toggles
 from tars_operator.kube import Kube
 from tars_operator.reconciler import Reconciler
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     assert handlers  # imported for its kopf registrations
+    toggles.install()
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,

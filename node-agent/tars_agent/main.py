@@ -30,7 +30,7 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from tars_agent.agent import Agent, AgentConfig
+from tars_agent.agent import Agent, AgentConfig, default_workers
 from tars_agent.sandbox.probe import BACKENDS, BackendUnavailable, create_backend, probe_kvm, select_backend
 from tars_agent.server import ADMISSION, CONNECTIONS, create_app
 from tars_agent.tenancy import FairAdmission
@@ -141,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Open Inference Protocol gRPC port (0: off)",
     )
     p.add_argument(
-        "--workers", type=int, default=int(os.environ.get("TARS_WORKERS", "4")), help="guest calls run at once"
+        "--workers",
+        type=int,
+        default=int(os.environ.get("TARS_WORKERS", "0")) or default_workers(),
+        help="guest calls run at once (default: 4 per CPU, so batched nn.embed calls can share a pass)",
     )
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait before 429")
     p.add_argument("--warm-pool", type=int, default=None, help="warm sandboxes per model")
@@ -285,6 +288,7 @@ async def start_http(
         from tars_agent.native_front import NativeHttp
 
         front = NativeHttp(agent, guard, app[ADMISSION])
+        app.middlewares.insert(0, front.client_address())
         app.middlewares.append(front.middleware())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,0 +1,76 @@
+"""With the agent's default configuration, concurrent requests to the embedding builtin share one
+MiniLM batch as large as the workers allow (issue 21: 4 workers on 2 cores kept batches at 2-3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from tars_agent.agent import Agent, AgentConfig, default_workers
+from tars_agent.main import build_parser
+from tars_agent.runtimes.batching import Coalescer
+from tars_agent.runtimes.minilm import MiniLMEmbedder
+from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
+from tests.models.conftest import SessionBackend, tars_model
+
+
+def test_default_workers_scale_with_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert default_workers() == 4 * cpus
+    assert AgentConfig().workers == 4 * cpus
+    monkeypatch.delenv("TARS_WORKERS", raising=False)
+    assert build_parser().parse_args([]).workers == 4 * cpus
+    monkeypatch.setenv("TARS_WORKERS", "3")
+    assert build_parser().parse_args([]).workers == 3
+
+
+def test_every_default_worker_can_wait_in_one_shared_batch(embedder: MiniLMEmbedder) -> None:
+    backend = SessionBackend()
+    agent = Agent(AgentConfig(warm_pool_size=1), backend)
+    loop = asyncio.new_event_loop()
+    try:
+        loaded = loop.run_until_complete(
+            agent.repository.load(tars_model("embedding", "builtin://all-minilm-l6-v2", "embedding", ["nn.embed"]))
+        )
+        batches: list[int] = []
+        first_batch_running, release_first = threading.Event(), threading.Event()
+
+        def gated_embed(texts: Sequence[str]) -> np.ndarray:
+            batches.append(len(texts))
+            if len(batches) == 1:
+                first_batch_running.set()
+                assert release_first.wait(120)
+            return embedder.embed(texts)
+
+        coalescer = Coalescer(gated_embed)
+        agent.services._coalescer = coalescer
+        callers = agent.config.workers
+        texts = [f"request {i} about pods and nodes" for i in range(callers)]
+
+        async def run_all() -> list[str]:
+            calls = [asyncio.ensure_future(agent.repository.invoke(loaded, json.dumps({"text": t}))) for t in texts]
+            deadline = time.monotonic() + 120
+            # The first caller computes alone; every other worker's guest then waits in nn.embed.
+            while not (first_batch_running.is_set() and len(coalescer._pending) == callers - 1):
+                assert time.monotonic() < deadline, f"{len(coalescer._pending)} of {callers - 1} callers queued"
+                await asyncio.sleep(0.01)
+            release_first.set()
+            return await asyncio.gather(*calls)
+
+        replies = loop.run_until_complete(run_all())
+    finally:
+        release_first.set()
+        agent.close()
+        loop.close()
+        WasmtimeBackend.close(backend)
+    assert batches == [1, callers - 1]
+    assert callers - 1 > 4 or len(os.sched_getaffinity(0)) == 1  # before: 4 workers, batches of 3 at most
+    vectors = np.array([json.loads(reply)["embedding"] for reply in replies])
+    np.testing.assert_allclose(vectors, embedder.embed(texts), atol=2e-5)  # each caller got its own row

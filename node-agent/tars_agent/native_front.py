@@ -31,24 +31,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import ipaddress
+import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from tars_agent.agent import Agent
+from tars_agent.capabilities import audit_log
 from tars_agent.metrics import LATENCY_BUCKETS
 from tars_agent.repository import AmbiguousModel, LoadedModel
 from tars_agent.sandbox.base import FailureReason, GuestFailure, Limits, check_output
 from tars_agent.sandbox.native_backend import NativeGuest, native_outcome
 from tars_agent.server import ApiError, guest_answer, guest_failure_error, json_output
 from tars_agent.tenancy import FairAdmission
-from tars_api.access import DefaultAccess
+from tars_api.access import DefaultAccess, Outcome
 from tars_common.auth import AccessGuard, credential_from, token_expiry
 
 log = logging.getLogger(__name__)
@@ -86,13 +92,75 @@ def open_to_all(guard: AccessGuard | None, model: LoadedModel) -> bool:
     return model.spec.access is None and guard.config.default_access is DefaultAccess.OPEN
 
 
-def add_served(histogram: Histogram, buckets: list[int], seconds: float) -> None:
-    """Adds observations counted by the front, bucket by bucket, to a prometheus_client histogram
-    child (same bounds; the client has no public call for observations made elsewhere)."""
-    for value, count in zip(histogram._buckets, buckets, strict=True):
-        if count:
-            value.inc(count)
-    histogram._sum.inc(seconds)
+# The front's own rows of a histogram, by label values: (observations per bucket, not cumulative,
+# +Inf last; their sum).
+Added = Mapping[tuple[str, ...], tuple[list[int], float]]
+
+
+class WithFront(Collector):
+    """A prometheus_client histogram's series with the front's observations added: one family per
+    metric name, as Prometheus requires, built with the client's public API (the histogram's own
+    ``collect`` and a :class:`HistogramMetricFamily`). Registered in place of the histogram."""
+
+    def __init__(self, histogram: Histogram, labels: tuple[str, ...], added: Callable[[], Added]) -> None:
+        self.histogram = histogram
+        self.labels = labels
+        self.added = added
+        self.bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS, float("inf"))]
+
+    def describe(self) -> list[Metric]:
+        return list(self.histogram.describe())
+
+    def collect(self) -> Iterator[Metric]:
+        added = self.added()
+        for family in self.histogram.collect():
+            buckets: dict[tuple[str, ...], dict[str, float]] = collections.defaultdict(dict)
+            sums: dict[tuple[str, ...], float] = collections.defaultdict(float)
+            for sample in family.samples:
+                key = tuple(sample.labels[name] for name in self.labels)
+                if sample.name.endswith("_bucket"):
+                    buckets[key][sample.labels["le"]] = sample.value
+                elif sample.name.endswith("_sum"):
+                    sums[key] = sample.value
+            merged = HistogramMetricFamily(family.name, family.documentation, labels=self.labels)
+            for key in sorted({*buckets, *added}):
+                counts, extra = added.get(key, ([0] * len(self.bounds), 0.0))
+                series = [
+                    (le, buckets[key].get(le, 0.0) + front)
+                    for le, front in zip(self.bounds, itertools.accumulate(counts), strict=True)
+                ]
+                merged.add_metric(key, series, sums[key] + extra)
+            yield merged
+
+
+def with_front(
+    registry: CollectorRegistry, histogram: Histogram, labels: tuple[str, ...], added: Callable[[], Added]
+) -> None:
+    registry.unregister(histogram)
+    registry.register(WithFront(histogram, labels, added))
+
+
+def answers_warm(answers: Added) -> Added:
+    """The front's answers below 400 by model: ``tars_agent_answer_duration_seconds{start="warm"}``
+    (a model the front serves is loaded)."""
+    warm: dict[tuple[str, ...], tuple[list[int], float]] = {}
+    for (label, _route, status), (counts, total) in answers.items():
+        if int(status) < 400:
+            before, before_sum = warm.get((label, "warm"), ([0] * len(counts), 0.0))
+            warm[(label, "warm")] = ([a + b for a, b in zip(before, counts, strict=True)], before_sum + total)
+    return warm
+
+
+def forwarded_for(request: web.Request) -> str | None:
+    """The client address the front adds to what it forwards (the last ``X-Forwarded-For`` entry),
+    believed only from a loopback peer: the aiohttp app behind the front listens on loopback only."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if not peer or not ipaddress.ip_address(peer[0]).is_loopback:
+        return None
+    values = request.headers.getall("X-Forwarded-For", [])
+    if not values:
+        return None
+    return values[-1].rsplit(",", 1)[-1].strip() or None
 
 
 class NativeHttp:
@@ -107,6 +175,8 @@ class NativeHttp:
         self._collector: asyncio.Task[None] | None = None
         # Answers the front gave itself, by (model, route, status), since start (for logs and tests).
         self.served: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        # What the in-flight gauge last got from the front, by model (the Python route moves it too).
+        self._in_flight: dict[str, int] = {}
 
     def start(self, upstream_port: int, reuse_port: bool = False) -> int:
         """Binds the agent's public port (returned: the one bound when it asked for 0) in front of the
@@ -126,6 +196,10 @@ class NativeHttp:
             reuse_port=reuse_port,
         )
         self.agent.repository.on_change.append(self.front.clear)
+        metrics = self.agent.metrics
+        with_front(metrics.registry, metrics.latency, ("model", "route", "status"), self._answers)
+        with_front(metrics.registry, metrics.answers, ("model", "start"), lambda: answers_warm(self._answers()))
+        with_front(metrics.registry, metrics.host_call_latency, ("capability",), self._host_calls)
         self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
         return int(self.front.port)
 
@@ -164,6 +238,9 @@ class NativeHttp:
         limits = model.limits
         # The model's cap now; the fair share among busy models is applied by the front per request.
         cap = self.admission.cap()
+        # Its host calls are all refused by the front (it has no capabilities), counted by the names
+        # the agent knows like the Python route's.
+        known = {*model.bundle.capabilities, *self.agent.repository.capabilities.names()}
         self.front.route(
             name,
             label,
@@ -175,6 +252,7 @@ class NativeHttp:
             limits.output_bytes,
             cap,
             self.admission.per_model is None,
+            known,
         )
         if open_to_all(self.guard, model):
             self.front.grant(name, None, GRANT_TTL_S)
@@ -215,20 +293,45 @@ class NativeHttp:
     # -- metrics -----------------------------------------------------------------------------------
 
     def collect(self) -> None:
-        """What the front served since the last call, into the metrics and the reported load."""
+        """What the front did since the last call, into the counters, gauges and reported load (its
+        durations are added to the histograms at each scrape, by :class:`WithFront`)."""
         if self.front is None:
             return
         agent, metrics = self.agent, self.agent.metrics
-        for label, route, status, count, seconds, buckets in self.front.drain():
+        decisions = self.guard.decisions if self.guard is not None and self.guard.config.enabled else None
+        answers, refused = self.front.drain()
+        for label, route, status, count, seconds in answers:
             metrics.requests.labels(label, route, str(status)).inc(count)
-            add_served(metrics.latency.labels(label, route, str(status)), buckets, seconds)
-            if status < 400:
-                add_served(metrics.answers.labels(label, "warm"), buckets, seconds)
-            elif status == 429:  # its queue for the model was full, as the Python route counts it
+            if status == 429:  # its queue for the model was full, as the Python route counts it
                 metrics.rejected.labels(label, "overload").inc(count)
+            if decisions is not None:  # the front took them on a grant: allowed, as Python decided
+                decisions.labels(label, Outcome.ALLOWED.value).inc(count)
             self.served[(label, route, status)] += count
             agent.rates.record(label, count)
             agent.concurrency.add(label, seconds)
+        for label, name, known, count, seconds in refused:
+            capability = name if known else "<unknown>"
+            metrics.host_calls.labels(label, capability, "denied").inc(count)
+            if audit_log.isEnabledFor(logging.INFO):
+                line = {"model": label, "capability": name, "outcome": "denied"}
+                line["duration_ms"] = round(seconds / count * 1000, 3)
+                for _ in range(count):
+                    audit_log.info(json.dumps(line))
+        # In flight: running or waiting in the front's admission, as the Python route counts them.
+        now = {label: running + waiting for label, running, waiting in self.front.admitted()}
+        for label in {*now, *self._in_flight}:
+            change = now.get(label, 0) - self._in_flight.get(label, 0)
+            if change:
+                metrics.in_flight.labels(label).inc(change)
+        self._in_flight = now
+
+    def _answers(self) -> Added:
+        answers, _ = self.front.histograms()
+        return {(label, route, str(status)): (counts, total) for label, route, status, counts, total in answers}
+
+    def _host_calls(self) -> Added:
+        _, host_calls = self.front.histograms()
+        return {(capability,): (counts, total) for capability, counts, total in host_calls}
 
     async def _collect_forever(self) -> None:
         while True:
@@ -253,3 +356,13 @@ class NativeHttp:
             return response
 
         return native_http
+
+    def client_address(self) -> Any:
+        """Outermost: the request as from the client the front forwarded it for (``request.remote``)."""
+
+        @web.middleware
+        async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
+            client = forwarded_for(request)
+            return await handler(request if client is None else request.clone(remote=client))
+
+        return forwarded

@@ -5,18 +5,19 @@
 //! share of the CPU-bound concurrency, `min(workers, cores) / active`; each model waits in its own
 //! bounded queue, so a full queue refuses (429) that model only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 struct Model {
     running: usize,
-    waiting: usize,
+    // First come, first served: a freed worker is handed to the head of a queue, never raced for.
+    queue: VecDeque<(u64, oneshot::Sender<Permit>)>,
+    cap: Cap, // the latest a request of this model came with
     asked: Option<Instant>,
 }
 
@@ -24,11 +25,13 @@ struct Model {
 struct State {
     total: usize,
     models: HashMap<String, Model>,
+    // Models with a queue, in round-robin order: a model served goes to the back.
+    turns: VecDeque<String>,
+    next_waiter: u64,
 }
 
 pub struct Admission {
     state: Mutex<State>,
-    freed: Notify,
     workers: usize,
     cores: usize,
     max_queue: usize,
@@ -41,7 +44,8 @@ pub struct Cap {
     pub share: bool,
 }
 
-/// A worker held by one call of `model`; given back when dropped (once the guest has stopped).
+/// A worker held by one call of `model`; given back when dropped (once the guest has stopped), to the
+/// next waiter in turn. One handed to a waiter that has left is dropped with its channel: given back.
 pub struct Permit {
     admission: Arc<Admission>,
     model: String,
@@ -49,26 +53,36 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut state = self.admission.state.lock().unwrap();
-        state.total -= 1;
-        if let Some(model) = state.models.get_mut(&self.model) {
-            model.running -= 1;
+        let handed = {
+            let mut state = self.admission.state.lock().unwrap();
+            state.total -= 1;
+            if let Some(model) = state.models.get_mut(&self.model) {
+                model.running -= 1;
+            }
+            self.admission.dispatch(&mut state)
+        };
+        // Sent outside the lock: a send to a waiter that left drops the permit, which dispatches again.
+        for (waiter, permit) in handed {
+            let _ = waiter.send(permit);
         }
-        drop(state);
-        self.admission.freed.notify_waiters();
     }
 }
 
-/// Takes a request out of its model's queue when it leaves it, admitted or not (a client that left).
+/// Takes a request out of its model's queue when it leaves before its turn (a client that left).
 struct Waiting<'a> {
     admission: &'a Admission,
     model: &'a str,
+    id: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let Some(model) = self.admission.state.lock().unwrap().models.get_mut(self.model) {
-            model.waiting -= 1;
+        let mut state = self.admission.state.lock().unwrap();
+        if let Some(model) = state.models.get_mut(self.model) {
+            model.queue.retain(|(id, _)| *id != self.id);
+            if model.queue.is_empty() {
+                state.turns.retain(|name| name != self.model);
+            }
         }
     }
 }
@@ -78,7 +92,6 @@ impl Admission {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             state: Mutex::default(),
-            freed: Notify::new(),
             workers: workers.max(1),
             cores,
             max_queue,
@@ -87,33 +100,63 @@ impl Admission {
 
     /// Waits for a worker for `model`; None when its queue is full.
     pub async fn acquire(self: &Arc<Self>, model: &str, cap: Cap) -> Option<Permit> {
-        {
+        let (id, turn) = {
             let mut state = self.state.lock().unwrap();
             let now = Instant::now();
-            let entry = state.models.entry(model.to_string()).or_default();
+            let entry = state.models.entry(model.to_string()).or_insert_with(|| Model {
+                running: 0,
+                queue: VecDeque::new(),
+                cap,
+                asked: None,
+            });
             entry.asked = Some(now);
-            let queued = entry.waiting;
+            entry.cap = cap;
+            let queued = entry.queue.len();
             if queued == 0 && self.can_start(&state, model, cap, now) {
                 return Some(self.start(&mut state, model));
             }
             if queued >= self.max_queue {
                 return None;
             }
-            state.models.get_mut(model).unwrap().waiting += 1;
-        }
-        let _waiting = Waiting { admission: self, model };
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable(); // registered before the check: a release in between is not lost
-            {
-                let mut state = self.state.lock().unwrap();
-                if self.can_start(&state, model, cap, Instant::now()) {
-                    return Some(self.start(&mut state, model));
-                }
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            let (send, turn) = oneshot::channel();
+            state.models.get_mut(model).unwrap().queue.push_back((id, send));
+            if queued == 0 {
+                state.turns.push_back(model.to_string());
             }
-            freed.await;
+            (id, turn)
+        };
+        let _waiting = Waiting {
+            admission: self,
+            model,
+            id,
+        };
+        turn.await.ok()
+    }
+
+    /// Hands free workers round-robin to the models that wait and are under their cap: the waiters
+    /// to wake, each with its permit (counted as running already).
+    fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<(oneshot::Sender<Permit>, Permit)> {
+        let mut handed = Vec::new();
+        let now = Instant::now();
+        while state.total < self.workers {
+            let Some(turn) = (0..state.turns.len()).find(|&i| {
+                let model = &state.turns[i];
+                self.can_start(state, model, state.models[model].cap, now)
+            }) else {
+                break;
+            };
+            let name = state.turns.remove(turn).unwrap();
+            let model = state.models.get_mut(&name).unwrap();
+            let (_, waiter) = model.queue.pop_front().unwrap();
+            if !model.queue.is_empty() {
+                state.turns.push_back(name.clone());
+            }
+            let permit = self.start(state, &name);
+            handed.push((waiter, permit));
         }
+        handed
     }
 
     fn start(self: &Arc<Self>, state: &mut State, model: &str) -> Permit {
@@ -141,7 +184,7 @@ impl Admission {
             .filter(|(name, m)| {
                 name.as_str() == model
                     || m.running > 0
-                    || m.waiting > 0
+                    || !m.queue.is_empty()
                     || m.asked.is_some_and(|at| now.duration_since(at) < ACTIVE_WINDOW)
             })
             .count()
@@ -158,7 +201,7 @@ impl Admission {
         state
             .models
             .iter()
-            .map(|(name, m)| (name.clone(), m.running, m.waiting))
+            .map(|(name, m)| (name.clone(), m.running, m.queue.len()))
             .collect()
     }
 }

@@ -29,6 +29,8 @@ const STDERR_KEEP: usize = 8192;
 const MEMORY_MARKERS: [&[u8]; 2] = [b"MemoryError", b"memory allocation of"];
 
 pub type Handle = TypedFunc<(String,), (Result<String, String>,)>;
+/// `tars:guest/host.call(name, args)`: the guest sees `ok(text)` or `err(text)`.
+pub type HostFn = Arc<dyn Fn(String, String) -> Result<String, String> + Send + Sync>;
 
 /// Slots the pooling allocator reserves up front (virtual address space, not memory).
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +138,8 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    // This store's host calls, in place of the linker's (the native front answers them in Rust).
+    host: Option<HostFn>,
 }
 
 impl WasiView for State {
@@ -166,11 +170,15 @@ where
         )?;
     }
     linker.allow_shadowing(false);
-    linker
-        .instance(HOST_INTERFACE)?
-        .func_wrap("call", move |_store, (name, args): (String, String)| {
-            Ok((host_call(name, args),))
-        })?;
+    linker.instance(HOST_INTERFACE)?.func_wrap(
+        "call",
+        move |store: wasmtime::StoreContextMut<'_, State>, (name, args): (String, String)| {
+            Ok((match &store.data().host {
+                Some(host) => host(name, args),
+                None => host_call(name, args),
+            },))
+        },
+    )?;
     Ok(linker)
 }
 
@@ -190,12 +198,14 @@ pub fn prepare(linker: &Linker<State>, component: &Component) -> Result<Prepared
     })
 }
 
-/// A fresh store and instance; `instantiate_ticks` bounds start-up.
+/// A fresh store and instance; `instantiate_ticks` bounds start-up; `host`, when given, answers the
+/// guest's host calls in place of the linker's.
 pub fn instantiate(
     prepared: &Prepared,
     memory_bytes: usize,
     instantiate_ticks: u64,
     stderr: StderrPipe,
+    host: Option<HostFn>,
 ) -> Result<(Store<State>, Handle)> {
     let wasi = WasiCtxBuilder::new().stderr(stderr).build(); // stdout is discarded by default
     let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).build();
@@ -205,6 +215,7 @@ pub fn instantiate(
             wasi,
             table: ResourceTable::new(),
             limits,
+            host,
         },
     );
     store.limiter(|state| &mut state.limits);

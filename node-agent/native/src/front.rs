@@ -11,7 +11,7 @@
 //! Python clears everything when its set of models changes, so a reload or a changed spec.access
 //! takes effect at once; a revoked credential stops working at the grant's expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
@@ -28,12 +28,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::admission::{Admission, Cap};
-use crate::engine::{self, Outcome, Prepared, StderrPipe};
+use crate::engine::{self, HostFn, Outcome, Prepared, StderrPipe};
+use crate::figures::Figures;
 use crate::infer;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 // tars_common.oip_binary.HEADER_LENGTH: the binary tensor extension is Python's to decode.
 const BINARY_HEADER: &str = "inference-header-content-length";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 // tars_common.http_limits: headers within 10 s, a body within 30 s, at most 1,024 connections.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +54,8 @@ pub struct Route {
     pub output_bytes: usize,
     // What the model may hold of the shared workers (crate::admission).
     cap: Cap,
+    // The guest's host calls, all refused: models with capabilities are never taught to the front.
+    host: HostFn,
     open_until: Mutex<Option<Instant>>,
     grants: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -69,7 +73,10 @@ impl Route {
         wall_ms: u64,
         output_bytes: usize,
         cap: Cap,
+        known: HashSet<String>,
+        figures: Arc<Figures>,
     ) -> Self {
+        let host = refuse_all(label.clone(), known, figures);
         Self {
             label,
             model_name,
@@ -81,6 +88,7 @@ impl Route {
             wall_ms,
             output_bytes,
             cap,
+            host,
             open_until: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
         }
@@ -111,6 +119,17 @@ impl Route {
     }
 }
 
+/// The host call of a model that may call nothing: refused as Python's allowlist refuses it (the same
+/// text), counted for Python's metrics and audit, without entering Python.
+fn refuse_all(label: String, known: HashSet<String>, figures: Arc<Figures>) -> HostFn {
+    Arc::new(move |name: String, _args: String| {
+        let started = Instant::now();
+        let text = format!("capability {name} is not allowed for model {label}");
+        figures.refused(&label, &name, known.contains(&name), started.elapsed().as_secs_f64());
+        Err(text)
+    })
+}
+
 /// The two routes the front serves.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kind {
@@ -126,14 +145,6 @@ impl Kind {
             Kind::Invoke => "/v1/functions/{name}:invoke",
         }
     }
-}
-
-/// Answers to requests the front served, by (model, route, status): what Python adds to its metrics.
-#[derive(Default)]
-pub struct Served {
-    pub count: u64,
-    pub seconds: f64,
-    pub buckets: Vec<u64>, // one per bound, plus +Inf; not cumulative
 }
 
 /// Python's verdict on an outcome the front does not answer itself: (status, JSON body, Retry-After).
@@ -156,8 +167,7 @@ pub struct Front {
     upstream: SocketAddr,
     pub admission: Arc<Admission>,
     max_body: usize,
-    bounds: Vec<f64>,
-    served: Mutex<HashMap<(String, Kind, u16), Served>>,
+    pub figures: Arc<Figures>,
     judge: Judge,
 }
 
@@ -175,32 +185,9 @@ impl Front {
             upstream,
             admission: Arc::new(Admission::new(workers, max_queue)),
             max_body,
-            bounds,
-            served: Mutex::new(HashMap::new()),
+            figures: Arc::new(Figures::new(bounds)),
             judge,
         }
-    }
-
-    pub fn drain_served(&self) -> HashMap<(String, Kind, u16), Served> {
-        std::mem::take(&mut *self.served.lock().unwrap())
-    }
-
-    fn record(&self, label: &str, kind: Kind, status: StatusCode, seconds: f64) {
-        let mut served = self.served.lock().unwrap();
-        let entry = served
-            .entry((label.to_string(), kind, status.as_u16()))
-            .or_insert_with(|| Served {
-                buckets: vec![0; self.bounds.len() + 1],
-                ..Served::default()
-            });
-        entry.count += 1;
-        entry.seconds += seconds;
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(self.bounds.len());
-        entry.buckets[bucket] += 1;
     }
 }
 
@@ -241,7 +228,7 @@ pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: o
             accepted = listener.accept() => accepted,
             _ = &mut stop => return,
         };
-        let Ok((socket, _)) = accepted else { continue };
+        let Ok((socket, peer)) = accepted else { continue };
         // Past the cap the connection is closed at once, as tars_common.http_limits does.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
@@ -250,7 +237,11 @@ pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: o
         let front = front.clone();
         tokio::spawn(async move {
             let upstream = Arc::new(tokio::sync::Mutex::new(None));
-            let service = hyper::service::service_fn(move |request| serve(front.clone(), upstream.clone(), request));
+            // The client's address, for what is forwarded (the aiohttp app believes it from loopback only).
+            let client = HeaderValue::from_str(&peer.ip().to_string()).ok();
+            let service = hyper::service::service_fn(move |request| {
+                serve(front.clone(), upstream.clone(), client.clone(), request)
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -266,6 +257,7 @@ type Upstream = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRe
 async fn serve(
     front: Arc<Front>,
     upstream: Upstream,
+    client: Option<HeaderValue>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -278,7 +270,7 @@ async fn serve(
                 && route.admits(credential_digest(request.headers()), started)
         });
     let Some((route, kind)) = route else {
-        return Ok(forward(&front, &upstream, request.map(BodyExt::boxed)).await);
+        return Ok(forward(&front, &upstream, client, request.map(BodyExt::boxed)).await);
     };
     let (parts, body) = request.into_parts();
     let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, front.max_body).collect()).await {
@@ -307,14 +299,15 @@ async fn serve(
     };
     let Some(parsed) = parsed else {
         let request = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
-        return Ok(forward(&front, &upstream, request).await);
+        return Ok(forward(&front, &upstream, client, request).await);
     };
     let response = run(&front, &route, kind, parsed).await;
     Ok(finish(&front, &route, kind, started, response))
 }
 
 fn finish(front: &Front, route: &Route, kind: Kind, started: Instant, response: Response<Body>) -> Response<Body> {
-    front.record(&route.label, kind, response.status(), started.elapsed().as_secs_f64());
+    let answer = (route.label.clone(), kind, response.status().as_u16());
+    front.figures.answered(answer, started.elapsed().as_secs_f64());
     response
 }
 
@@ -389,6 +382,7 @@ fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> 
         route.memory_bytes,
         route.instantiate_ticks,
         stderr.clone(),
+        Some(route.host.clone()),
     ) {
         Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(route.cpu_ms)),
         Err(error) => Outcome::Trap(format!("{error:?}")),
@@ -435,9 +429,18 @@ fn json(status: StatusCode, body: String, retry_after: u32) -> Response<Body> {
     response
 }
 
-/// The request, unchanged, to the aiohttp app over this client connection's own upstream connection
-/// (HTTP/1 serves a connection's requests one at a time, so one upstream connection per client).
-async fn forward(front: &Front, upstream: &Upstream, request: Request<Body>) -> Response<Body> {
+/// The request, with the client's address appended to `X-Forwarded-For`, to the aiohttp app over this
+/// client connection's own upstream connection (HTTP/1 serves a connection's requests one at a time,
+/// so one upstream connection per client).
+async fn forward(
+    front: &Front,
+    upstream: &Upstream,
+    client: Option<HeaderValue>,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    if let Some(client) = client {
+        request.headers_mut().append(X_FORWARDED_FOR, client);
+    }
     let mut sender = upstream.lock().await;
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
         *sender = connect(front.upstream).await;

@@ -6,9 +6,11 @@
 
 mod admission;
 mod engine;
+mod figures;
 mod front;
 mod infer;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -130,6 +132,7 @@ impl NativeGuest {
                 self.memory_bytes,
                 self.instantiate_ticks,
                 stderr.clone(),
+                None,
             )
         });
         let (store, handle) = started.map_err(|e| err(format!("{e:?}")))?;
@@ -179,7 +182,9 @@ impl NativeInstance {
     }
 }
 
-type ServedRow = (String, &'static str, u16, u64, f64, Vec<u64>);
+type Answered = (String, &'static str, u16, u64, f64);
+type Refused = (String, String, bool, u64, f64);
+type AnswerHistogram = (String, &'static str, u16, Vec<u64>, f64);
 
 /// The agent's native HTTP front (see front.rs): owns the public port, serves the infer route of the
 /// models and callers Python taught it, forwards everything else to aiohttp on `upstream_port`.
@@ -273,6 +278,7 @@ impl NativeFront {
         output_bytes: usize,
         cap: usize,
         fair_share: bool,
+        capabilities: HashSet<String>,
     ) {
         let mut routes = self.front.routes.write().unwrap();
         if routes
@@ -295,6 +301,8 @@ impl NativeFront {
                 base: cap,
                 share: fair_share,
             },
+            capabilities,
+            self.front.figures.clone(),
         );
         routes.insert(name, Arc::new(route));
     }
@@ -322,13 +330,32 @@ impl NativeFront {
         self.front.routes.write().unwrap().clear();
     }
 
-    /// `[(label, route, status, count, seconds, buckets)]` served since the last call.
-    fn drain(&self) -> Vec<ServedRow> {
-        let served = self.front.drain_served();
-        served
+    /// `([(label, route, status, count, seconds)], [(label, capability, known, count, seconds)])`:
+    /// answers and refused host calls since the last call.
+    fn drain(&self) -> (Vec<Answered>, Vec<Refused>) {
+        let (answers, refused) = self.front.figures.drain();
+        let answers = answers
             .into_iter()
-            .map(|((label, kind, status), s)| (label, kind.path(), status, s.count, s.seconds, s.buckets))
-            .collect()
+            .map(|((label, kind, status), t)| (label, kind.path(), status, t.count, t.seconds))
+            .collect();
+        let refused = refused
+            .into_iter()
+            .map(|((label, name), r)| (label, name, r.known, r.count, r.seconds))
+            .collect();
+        (answers, refused)
+    }
+
+    /// `([(label, route, status, buckets, sum)], [(capability, buckets, sum)])`: the answers' and the
+    /// refused host calls' durations since start, bucket by bucket (not cumulative, +Inf last).
+    #[allow(clippy::type_complexity)]
+    fn histograms(&self) -> (Vec<AnswerHistogram>, Vec<(String, Vec<u64>, f64)>) {
+        let (answers, host) = self.front.figures.histograms();
+        let answers = answers
+            .into_iter()
+            .map(|((label, kind, status), h)| (label, kind.path(), status, h.buckets, h.sum))
+            .collect();
+        let host = host.into_iter().map(|(name, h)| (name, h.buckets, h.sum)).collect();
+        (answers, host)
     }
 
     /// Stops accepting; connections in progress end with the runtime.

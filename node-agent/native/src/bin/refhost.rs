@@ -32,7 +32,13 @@ async fn serve(
         Err(_) => return Ok(answer(StatusCode::BAD_REQUEST, "unreadable body".into())),
     };
     let input = String::from_utf8_lossy(&body).into_owned();
-    let started = engine::instantiate(&prepared, MEMORY_BYTES, engine::epoch_ticks(30_000), Default::default());
+    let started = engine::instantiate(
+        &prepared,
+        MEMORY_BYTES,
+        engine::epoch_ticks(30_000),
+        Default::default(),
+        None,
+    );
     let (status, text) = match started {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
         Ok((store, handle)) => match engine::call(store, handle, input, engine::epoch_ticks(2_000)) {

@@ -285,10 +285,10 @@ async def start_http(
     app = create_app(agent, guard, admission)
     front = None
     if native_http:
-        from tars_agent.native_front import NativeHttp
+        from tars_agent.native_front import NativeHttp, client_address
 
         front = NativeHttp(agent, guard, app[ADMISSION])
-        app.middlewares.insert(0, front.client_address())
+        app.middlewares.insert(0, client_address)
         app.middlewares.append(front.middleware())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

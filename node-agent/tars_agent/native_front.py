@@ -163,6 +163,15 @@ def forwarded_for(request: web.Request) -> str | None:
     return values[-1].rsplit(",", 1)[-1].strip() or None
 
 
+@web.middleware
+async def client_address(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost, behind the front: the request as from the client it was forwarded for (what
+    ``request.remote`` says)."""
+    client = forwarded_for(request)
+    return await handler(request if client is None else request.clone(remote=client))
+
+
+
 class NativeHttp:
     """The front, and the Python half of it: teaching, judging, metrics."""
 
@@ -356,13 +365,3 @@ class NativeHttp:
             return response
 
         return native_http
-
-    def client_address(self) -> Any:
-        """Outermost: the request as from the client the front forwarded it for (``request.remote``)."""
-
-        @web.middleware
-        async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
-            client = forwarded_for(request)
-            return await handler(request if client is None else request.clone(remote=client))
-
-        return forwarded

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import itertools
 import json
+import logging
 import os
 import subprocess
 import time
@@ -23,14 +24,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tars_agent.agent import Agent
 from tars_agent.capabilities import ModelKey
 from tars_agent.main import parse_args, start_http
-from tars_agent.native_front import NativeHttp
+from tars_agent.native_front import NativeHttp, client_address
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
 from tars_agent.tenancy import FairAdmission
+from tars_api.access import DefaultAccess
+from tars_common.auth import AccessGuard, AuthConfig
 from tests.fixtures import eventually
 from tests.security.test_tls import issue
 
@@ -385,3 +390,124 @@ async def test_a_full_queue_on_the_front_is_429_and_counted(backend: WasmtimeBac
         listener.close()
         await runner.cleanup()
         agent.close()
+
+
+async def test_a_host_call_refused_on_the_front_is_counted_and_audited_as_python_does(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The front's models have no capabilities: it refuses their host calls itself (never entering
+    Python), with Python's answer, in the same host-call metrics and audit log."""
+    url = "/v1/functions/hostile-bare:invoke"
+    calls = [{"do": "call", "name": "clock.now"}, {"do": "call", "name": "no.such.capability"}]
+    with caplog.at_level(logging.INFO, logger="tars_agent.audit"):
+        python = [await served.post(url, call) for call in calls]  # the first teaches the front
+        front = [await served.post(url, call) for call in calls]
+        assert served.served() == {("default/hostile-bare", 200): 3}
+    assert python == front
+    assert front[0] == (
+        200,
+        {"blocked": True, "error": "capability clock.now is not allowed for model default/hostile-bare"},
+    )
+    records = [r for r in caplog.records if r.name == "tars_agent.audit"]
+    # Python's host_call ran for the one call Python served; the front's three were written from its figures.
+    assert sorted(r.module for r in records) == ["capabilities", "native_front", "native_front", "native_front"]
+    audit = [json.loads(r.getMessage()) for r in records]
+    # One line a call (the front's are written when its figures are collected: grouped, not in order).
+    assert Counter((a["model"], a["capability"], a["outcome"]) for a in audit) == {
+        ("default/hostile-bare", call["name"], "denied"): 2 for call in calls
+    }
+    metrics = generate_latest(served.agent.metrics.registry).decode()
+    for capability in ("clock.now", "<unknown>"):
+        labels = f'capability="{capability}",model="default/hostile-bare",outcome="denied"'
+        assert f"tars_agent_host_calls_total{{{labels}}} 2.0" in metrics
+        assert f'tars_agent_host_call_duration_seconds_count{{capability="{capability}"}} 2.0' in metrics
+
+
+async def test_the_fronts_durations_join_pythons_in_one_series_per_metric(served: Served) -> None:
+    """The front's observations are added to the Python route's series (one family per name, as the
+    exposition format requires), not exposed beside them."""
+    for _ in range(4):  # the first answered by Python
+        assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200
+    assert served.served() == {("default/plain", 200): 3}
+    text = generate_latest(served.agent.metrics.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("tars_agent_request_duration_seconds", "tars_agent_answer_duration_seconds"):
+        assert text.count(f"# TYPE {name} histogram") == 1
+        samples = [s for s in families[name].samples if s.labels.get("model") == "default/plain"]
+        count = next(s.value for s in samples if s.name == name + "_count")
+        buckets = [s.value for s in samples if s.name == name + "_bucket"]
+        assert count == 4 and buckets[-1] == 4 and buckets == sorted(buckets), samples
+
+
+async def test_the_in_flight_gauge_counts_what_the_front_holds(served: Served) -> None:
+    burner = "hostile-tight"
+    assert (await served.post(f"/v1/functions/{burner}:invoke", {"do": "state"}))[0] == 200  # teaches
+
+    def in_flight() -> float | None:
+        served.front.collect()
+        return served.agent.metrics.registry.get_sample_value(
+            "tars_agent_in_flight_requests", {"model": f"default/{burner}"}
+        )
+
+    loops = [asyncio.create_task(served.post(f"/v1/functions/{burner}:invoke", {"do": "loop"})) for _ in range(3)]
+    deadline = time.monotonic() + 60
+    while in_flight() != 3:  # the loops run until their 300 ms CPU deadline: seen in flight meanwhile
+        assert time.monotonic() < deadline and not any(task.done() for task in loops), in_flight()
+        await asyncio.sleep(0.01)
+    assert [(await task)[0] for task in loops] == [500] * 3
+    assert in_flight() == 0
+
+
+async def test_the_fronts_answers_count_as_allowed_auth_decisions(backend: WasmtimeBackend) -> None:
+    agent = make_agent(backend, host="127.0.0.1", port=0)
+    assert await agent.ensure_loaded(tars_model("open", "builtin://echo"))
+    guard = AccessGuard(AuthConfig(enabled=True, default_access=DefaultAccess.OPEN))
+    guard.attach_metrics(agent.metrics.registry)
+    runner, listener, front = await start_http(agent, guard, None, None, False, True)
+    try:
+        url = f"http://127.0.0.1:{agent.config.port}{INFER.format('open')}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):  # the first answered by Python, which decides and teaches
+                async with session.post(url, json=BODIES[0]) as r:
+                    assert r.status == 200
+        front.collect()
+        assert sum(front.served.values()) == 2
+        metrics = generate_latest(agent.metrics.registry).decode()
+        assert 'tars_agent_auth_decisions_total{model="default/open",outcome="allowed"} 3.0' in metrics
+    finally:
+        front.close()
+        listener.close()
+        await runner.cleanup()
+        agent.close()
+
+
+async def test_forwarded_requests_carry_the_clients_address() -> None:
+    """What the front forwards reaches aiohttp as from the client (``request.remote``), from the
+    X-Forwarded-For entry the front appends: one a client sends itself is not believed."""
+    import tars_native
+
+    async def remote(request: web.Request) -> web.Response:
+        return web.Response(text=request.remote or "")
+
+    app = web.Application(middlewares=[client_address])
+    app.router.add_get("/remote", remote)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream = runner.addresses[0][1]
+    front = tars_native.NativeFront("127.0.0.1", 0, upstream, lambda *_: (500, "{}", 0), 1, 1, 1024, [1.0])
+    try:
+        # Another loopback address than the front's own upstream connection comes from.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"http://127.0.0.1:{front.port}/remote"
+            for headers in ({}, {"X-Forwarded-For": "203.0.113.7"}):
+                async with session.get(url, headers=headers) as r:
+                    assert (r.status, await r.text()) == (200, "127.0.0.9"), headers
+        # Straight to aiohttp from loopback without the header: the peer itself.
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{upstream}/remote") as r:
+            assert await r.text() == "127.0.0.1"
+    finally:
+        front.close()
+        await runner.cleanup()

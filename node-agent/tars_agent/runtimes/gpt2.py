@@ -21,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from tars_agent.runtimes.int8_matmul import Int8Matmul
 from tars_agent.runtimes.numerics import gelu_exact, gelu_tanh, layer_norm, limit_blas_threads, softmax
 
 SYNTHETIC_KEY = "tars_synthetic"
@@ -168,10 +169,23 @@ def _required_names(config: GPT2Config) -> list[str]:
     return names
 
 
-class GPT2Model:
-    """A loaded checkpoint; read-only after loading, so one instance serves concurrent requests."""
+PRECISIONS = ("float32", "int8")
+_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+_HEAD = "lm_head"
 
-    def __init__(self, model_dir: Path) -> None:
+
+class GPT2Model:
+    """A loaded checkpoint; read-only after loading, so one instance serves concurrent requests.
+
+    ``precision="int8"`` (opt-in) keeps the blocks' matrices and the output head in 7-bit integers
+    (:mod:`tars_agent.runtimes.int8_matmul`): a token reads a quarter of the bytes, and its logits
+    move by about 1 % of their range, so greedy text can part from float32's where two tokens are
+    close. float32 stays the default: it matches transformers to 1e-5.
+    """
+
+    def __init__(self, model_dir: Path, precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         model_dir = Path(model_dir)
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             if not (model_dir / name).is_file():
@@ -192,6 +206,15 @@ class GPT2Model:
         self._tokenizer_lock = threading.Lock()
         self._activation = _ACTIVATIONS[self.config.activation_function]
         self.eos_token_id = self._find_eos()
+        self.precision = precision
+        self._parameters = sum(int(w.size) for w in self.weights.values())
+        self._int8: dict[str, Int8Matmul] = {}
+        if precision == "int8":
+            self._int8[_HEAD] = Int8Matmul(self.weights["wte.weight"].T)  # wte itself stays for the lookup
+            for layer in range(self.config.n_layer):
+                for part in _MATRICES:
+                    name = f"h.{layer}.{part}.weight"
+                    self._int8[name] = Int8Matmul(self.weights.pop(name))
 
     def _find_eos(self) -> int | None:
         if self.config.eos_token_id is not None and self.config.eos_token_id < self.config.vocab_size:
@@ -200,7 +223,13 @@ class GPT2Model:
         return int(token) if token is not None else None
 
     def parameter_count(self) -> int:
-        return sum(int(w.size) for w in self.weights.values())
+        return self._parameters
+
+    def _matmul(self, x: np.ndarray, name: str) -> np.ndarray:
+        quantized = self._int8.get(name)
+        if quantized is not None:
+            return quantized(x)
+        return _SPLIT(x, self.weights["wte.weight"].T if name == _HEAD else self.weights[name])
 
     def encode(self, text: str) -> list[int]:
         with self._tokenizer_lock:
@@ -228,7 +257,7 @@ class GPT2Model:
             x = self._block(x, layer, cache, start, mask)
         cache.length = start + count
         x = layer_norm(x if all_logits else x[-1:], w["ln_f.weight"], w["ln_f.bias"], cfg.layer_norm_epsilon)
-        logits = _SPLIT(x, w["wte.weight"].T)  # GPT-2 ties the output head to the token embeddings
+        logits = self._matmul(x, _HEAD)  # GPT-2 ties the output head to the token embeddings
         return logits if all_logits else logits[0]
 
     def _block(self, x: np.ndarray, layer: int, cache: KVCache, start: int, mask: np.ndarray) -> np.ndarray:
@@ -238,7 +267,7 @@ class GPT2Model:
         count, heads, head_dim = x.shape[0], cfg.n_head, cfg.head_dim
         h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], cfg.layer_norm_epsilon)
         # HF GPT-2 uses Conv1D: weights are already (in, out).
-        qkv = _SPLIT(h, w[p + "attn.c_attn.weight"]) + w[p + "attn.c_attn.bias"]
+        qkv = self._matmul(h, p + "attn.c_attn.weight") + w[p + "attn.c_attn.bias"]
         q, k, v = (t.reshape(count, heads, head_dim).transpose(1, 0, 2) for t in np.split(qkv, 3, axis=-1))
         end = start + count
         cache.keys[layer][:, start:end] = k
@@ -246,10 +275,10 @@ class GPT2Model:
         keys, values = cache.keys[layer][:, :end], cache.values[layer][:, :end]
         scores = q @ keys.transpose(0, 2, 1) / np.float32(np.sqrt(head_dim)) + mask
         context = (softmax(scores) @ values).transpose(1, 0, 2).reshape(count, cfg.n_embd)
-        x = x + _SPLIT(context, w[p + "attn.c_proj.weight"]) + w[p + "attn.c_proj.bias"]
+        x = x + self._matmul(context, p + "attn.c_proj.weight") + w[p + "attn.c_proj.bias"]
         h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], cfg.layer_norm_epsilon)
-        inner = self._activation(_SPLIT(h, w[p + "mlp.c_fc.weight"]) + w[p + "mlp.c_fc.bias"])
-        return x + _SPLIT(inner, w[p + "mlp.c_proj.weight"]) + w[p + "mlp.c_proj.bias"]
+        inner = self._activation(self._matmul(h, p + "mlp.c_fc.weight") + w[p + "mlp.c_fc.bias"])
+        return x + self._matmul(inner, p + "mlp.c_proj.weight") + w[p + "mlp.c_proj.bias"]
 
     def generate(self, request: GenerationRequest, token_limit: int = DEFAULT_TOKEN_LIMIT) -> GenerationResult:
         """Generates up to ``min(request.max_tokens, token_limit)`` tokens after the prompt."""

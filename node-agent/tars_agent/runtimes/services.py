@@ -457,7 +457,7 @@ class ModelServices:
         if path is None:
             raise ValueError("file:// source without a path")
         if request.spec.kind == ModelKind.TEXT_GENERATION:
-            model = GPT2Model(path)
+            model = GPT2Model(path, request.spec.precision)
             key = request.key
             token_limit = request.spec.max_tokens or DEFAULT_TOKEN_LIMIT
             self.register_generator(key, model, token_limit)

@@ -45,12 +45,20 @@ STARTUP_GRACE_S = 60.0
 # A model's Service and EndpointSlices are applied again after this long (by the 30 s safety net):
 # how long drift on them can last. Every 25 s, it was two requests per model per 30 s while idle.
 REAPPLY_AFTER_S = 300.0
-# Annotation on a model's Service and slices: the digest of the object as the operator applied it.
+# Annotation on every child the operator applies: the digest of the object as it applied it.
 APPLIED = f"{GROUP}/applied"
-# A model's children an earlier operator process may have left: apiVersion and label selector.
+# The children an earlier operator process may have left, by kind: apiVersion and label selector.
+_OURS = f"{MANAGED_BY}={OPERATOR}"
 LEFT = {
-    "Service": ("v1", f"{MANAGED_BY}={OPERATOR},{MODEL_LABEL}"),
+    "Service": ("v1", _OURS),
     "EndpointSlice": ("discovery.k8s.io/v1", f"{SLICE_MANAGED_BY}={OPERATOR}"),
+    "ServiceAccount": ("v1", _OURS),
+    "Role": ("rbac.authorization.k8s.io/v1", _OURS),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", _OURS),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", _OURS),
+    "ConfigMap": ("v1", _OURS),
+    "PodDisruptionBudget": ("policy/v1", _OURS),
+    "DaemonSet": ("apps/v1", _OURS),
 }
 
 
@@ -167,7 +175,7 @@ class Reconciler:
         self._handled_requests: dict[tuple[Any, ...], None] = {}  # insertion-ordered, bounded
         self._detached: set[asyncio.Future[None]] = set()
         # (kind, namespace) -> name -> object: what an earlier process left, listed once.
-        self._listings: dict[tuple[str, str], asyncio.Future[dict[str, dict[str, Any]]]] = {}
+        self._listings: dict[tuple[str, str | None], asyncio.Future[dict[str, dict[str, Any]]]] = {}
         self.agent_pods: dict[Key, dict[str, PodRecord]] = {}  # container states, per TarsNode
         self.terminating: set[str] = set()  # namespaces being deleted
         self.liveness = LeaseConfirmations(self._get_lease)
@@ -260,11 +268,15 @@ class Reconciler:
         await self._confirm_leases(seen, key)
         spec_hash = builders.config_hash(tn) + str(tn.metadata.generation)
         if record.children_stale or record.applied_spec != spec_hash:
-            record.children_stale = False
+            # A child edited or deleted: all are applied again. Otherwise only those that differ from
+            # what this process, or else an earlier one, applied: a restart with 100 TarsNodes sent
+            # their 800 unchanged children again before the models' first requests.
+            force, record.children_stale = record.children_stale, False
+            fresh = not (body.get("status") or {}).get("observedGeneration")
             *supporting, daemonset = builders.desired_children(tn)
             # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
-            await asyncio.gather(*(self.kube.apply(child) for child in supporting))
-            await self.kube.apply(daemonset)
+            await asyncio.gather(*(self._apply_if_changed(record, c, fresh, force) for c in supporting))
+            await self._apply_if_changed(record, daemonset, fresh, force)
             record.applied_spec = spec_hash
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
@@ -457,28 +469,32 @@ class Reconciler:
             written = asyncio.ensure_future(status())  # scheduled before the routing's tasks are
             await asyncio.gather(written, routed())
 
-    async def _apply_if_changed(self, record: TarsModelRecord, obj: dict[str, Any], fresh: bool) -> None:
+    async def _apply_if_changed(
+        self, record: TarsNodeRecord | TarsModelRecord, obj: dict[str, Any], fresh: bool, force: bool = False
+    ) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than
-        REAPPLY_AFTER_S ago. A model is reconciled on every status change of its own; re-sending
-        unchanged children each time cost more requests than anything else. Drift on them is
-        repaired within REAPPLY_AFTER_S plus the 30 s of the safety net that reconciles every model."""
+        REAPPLY_AFTER_S ago (or, ``force`` aside, an earlier process left it so). A model is reconciled
+        on every status change of its own; re-sending unchanged children each time cost more requests
+        than anything else. Drift on a model's children is repaired within REAPPLY_AFTER_S plus the
+        30 s of the safety net that reconciles every model; on a TarsNode's, their watch events
+        bring it back (child_changed)."""
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
         now = time.monotonic()
         last = record.applied.get(key)
-        if last is None and not fresh and await self._applied_before(obj) == digest:
+        if last is None and not fresh and not force and await self._applied_before(obj) == digest:
             # Applied so by an earlier operator process (the digest covers the owner's uid): after a
             # restart with 1,000 models, it sent 2,000 unchanged Services and slices again.
             last = record.applied[key] = (digest, now)
-        if last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
+        if not force and last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
             return
         annotations = {**meta.get("annotations", {}), APPLIED: digest}
         await self.kube.apply({**obj, "metadata": {**meta, "annotations": annotations}})
         record.applied[key] = (digest, now)
 
     async def _applied_before(self, obj: dict[str, Any]) -> str | None:
-        left = await self._left(obj["kind"], obj["metadata"]["namespace"])
+        left = await self._left(obj["kind"], obj["metadata"].get("namespace"))
         meta = (left.get(obj["metadata"]["name"]) or {}).get("metadata", {})
         found: str | None = (meta.get("annotations") or {}).get(APPLIED)
         return found
@@ -498,7 +514,7 @@ class Reconciler:
             record.applied.pop(("discovery.k8s.io/v1", "EndpointSlice", namespace, name), None)
         record.slices = set(keep)
 
-    async def _left(self, kind: str, namespace: str) -> dict[str, dict[str, Any]]:
+    async def _left(self, kind: str, namespace: str | None) -> dict[str, dict[str, Any]]:
         """Name -> object of a model child kind in a namespace, as the first asker in this process
         listed it: one list per namespace, not one per model (that was a tenth of a restart's
         requests), and no watch (kopf's start with 2,000 more objects indexed took longer than the
@@ -507,7 +523,7 @@ class Reconciler:
             self._listings[kind, namespace] = asyncio.ensure_future(self._list_left(kind, namespace))
         return await asyncio.shield(self._listings[kind, namespace])
 
-    async def _list_left(self, kind: str, namespace: str) -> dict[str, dict[str, Any]]:
+    async def _list_left(self, kind: str, namespace: str | None) -> dict[str, dict[str, Any]]:
         api_version, selector = LEFT[kind]
         try:
             items = await self.kube.list(api_version, kind, namespace, selector)

@@ -34,6 +34,8 @@ class TarsNodeRecord:
     seen: bool = False  # the TarsNode's first event has been handled
     children_stale: bool = False  # a child changed: apply every child again
     applied_spec: str | None = None  # spec hash and generation last applied
+    # (apiVersion, kind, namespace, name) of a child -> (digest, monotonic time) of its last apply.
+    applied: dict[tuple[str, str, str | None, str], tuple[str, float]] = field(default_factory=dict)
     status_written: str | None = None  # resourceVersion of the last status this process wrote
 
 

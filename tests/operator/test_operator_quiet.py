@@ -4,6 +4,7 @@ this module runs its own operator, so only its objects move the counters."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tars_api.labels import MODEL_LABEL
+from tars_api.labels import FIELD_MANAGER, MODEL_LABEL
+from tars_operator.reconciler import APPLIED
 from tests.fixtures import ControlPlane, OperatorProcess, eventually, start_operator
 from tests.operator.test_operator_cluster import apply, lease_for, put_lease, tarsmodel, tarsnode
 
@@ -109,11 +111,12 @@ def test_a_status_write_costs_the_model_no_more_writes(
     assert delta(before, after, requests("PATCH", "services")) == 0
 
 
-def test_a_restarted_operator_sends_no_unchanged_routing_again(
+def test_a_restarted_operator_sends_no_unchanged_children_again(
     control_plane: ControlPlane, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    """A new operator process (here: a higher-priority replica taking over) reconciles every model,
-    and finds their Services and slices as it would apply them: it sends none again."""
+    """A new operator process (here: a higher-priority replica taking over) reconciles every model and
+    TarsNode, and finds their children as it would apply them: it sends again only the one that is
+    not (its digest annotation changed by a write the old process took for its own)."""
     others_gone(control_plane)
     apply(control_plane, namespace, tarsnode())
     put_lease(control_plane, namespace, lease_for(namespace, "node-a", 9411, {}, capacity=10_000))
@@ -127,13 +130,22 @@ def test_a_restarted_operator_sends_no_unchanged_routing_again(
             what=f"{name} routed",
         )
     settled(operator)
+    stale = {"metadata": {"annotations": {APPLIED: "stale"}}}
+    control_plane.kubectl(
+        "patch", "configmap", "tars-agent", "-n", namespace, "--type=merge", f"--field-manager={FIELD_MANAGER}",
+        "-p", json.dumps(stale),
+    )  # fmt: skip
     fresh = start_operator(control_plane, tmp_path / "fresh.log", priority=500, lifetime=5)
     try:
         eventually(lambda: delta({}, counters(fresh), 'kind="TarsModel"') >= 2, timeout=60, what="models reconciled")
         after = settled(fresh)
-        assert delta({}, after, requests("PATCH", "endpointslices")) == 0
-        # The TarsNode's own headless Service: a new process applies a TarsNode's children once.
-        assert delta({}, after, requests("PATCH", "services")) == 1
+        assert delta({}, after, 'kind="TarsNode"') >= 1
+        for resource in ("endpointslices", "services", "daemonsets", "serviceaccounts", "roles", "rolebindings"):
+            assert delta({}, after, requests("PATCH", resource)) == 0, resource
+        # Before, a new process applied all eight children of every TarsNode again.
+        assert delta({}, after, requests("PATCH", "configmaps")) == 1
+        annotations = control_plane.get_json("configmap", "tars-agent", "-n", namespace)["metadata"]["annotations"]
+        assert annotations[APPLIED] not in ("stale", None)
     finally:
         fresh.process.terminate()
         fresh.process.wait(timeout=15)

@@ -6,8 +6,8 @@
 #   2. image: `buildah bud` of the repository's Containerfile on that base (overlay storage, chroot
 #      isolation: no daemon, works under cgroup v1 as root);
 #   3. archive + SBOM (syft, built once from the Go module proxy).
-# Every step is cached under $TARS_IMAGES_DIR (default ~/.cache/tars/images) by a digest of its
-# inputs; with nothing changed a run only checks digests.
+# Every step is cached under $TARS_IMAGES_DIR (default $TARS_CACHE_DIR/images, ~/.cache/tars/images)
+# by a digest of its inputs; with nothing changed a run only checks digests.
 #
 #   hack/images.sh build            # what `make images` runs
 #   hack/images.sh push REGISTRY    # skopeo copy of the archive to REGISTRY/tars:<version>
@@ -22,21 +22,28 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/tars-operator/Chart.yaml")
 REPOSITORY=${IMAGE_REPOSITORY:-ghcr.io/tars-hyperlight/tars}
 REFERENCE="$REPOSITORY:$VERSION"
-OUT=${TARS_IMAGES_DIR:-$HOME/.cache/tars/images}
+# Every cache outside the repository is under one root (TARS_CACHE_DIR, as for the native build and
+# the guests); TARS_IMAGES_DIR alone moves this script's storage and archive (a cold build's scratch).
+CACHE=${TARS_CACHE_DIR:-$HOME/.cache/tars}
+OUT=${TARS_IMAGES_DIR:-$CACHE/images}
 SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # libstdc++6: numpy's and tokenizers' wheels link it (manylinux leaves it to the system).
 PACKAGES=python3.11,python3.11-venv,ca-certificates,libstdc++6
 SYFT_VERSION=v1.57.1
-SYFT=$HOME/.cache/tars/bin/syft-$SYFT_VERSION/syft
+SYFT=$CACHE/bin/syft-$SYFT_VERSION/syft
 # overlay: layers are differences (vfs would copy the whole tree for every step: tens of GB).
 STORAGE=(--storage-driver overlay --root "$OUT/storage-overlay" --runroot "$OUT/run-overlay")
 ARCHIVE="$OUT/tars-$VERSION.oci.tar"
 BUILD_STAGE=localhost/tars-build:$VERSION
 RECORD="$OUT/tars-$VERSION.json"
 SBOM="$OUT/tars-$VERSION.spdx.json"
+# buildah keeps the RUN --mount=type=cache directories (pip's downloads, the guest and compiled-code
+# cache) and its scratch files under TMPDIR, /var/tmp by default (outside the caches CI keeps, and an
+# interrupted push left 1.1 GB there): beside the storage instead, kept and cleaned with it.
+export TMPDIR="$OUT/tmp"
 
-log() { printf 'images: %s\n' "$*" >&2; }
+log() { printf 'images: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 install_tools() {
   local missing=()
@@ -102,7 +109,7 @@ sources_digest() {
 NATIVE_STAGE="$ROOT/node-agent/native/wheels"
 stage_native_wheel() {
   rm -rf "$NATIVE_STAGE"
-  local wheels=("$HOME/.cache/tars/wheels/"tars_native-*.whl)
+  local wheels=("$CACHE/wheels/"tars_native-*.whl)
   if [ -f "${wheels[0]}" ]; then
     mkdir -p "$NATIVE_STAGE" && cp "${wheels[0]}" "$NATIVE_STAGE/"
   else
@@ -111,7 +118,7 @@ stage_native_wheel() {
 }
 
 native_digest() {
-  cat "$NATIVE_STAGE"/*.whl "$COMPILED_STAGE"/*.wasm 2>/dev/null | sha256sum | cut -c1-64
+  cat "$NATIVE_STAGE"/*.whl "$COMPILED_STAGE"/*.wasm "$GUESTS_STAGE"/*.wasm 2>/dev/null | sha256sum | cut -c1-64
 }
 
 # The compiled builtin guests (guests/compiled, Rust; built with cargo by `make install`, cached in
@@ -123,6 +130,17 @@ stage_compiled_guests() {
   "${PYTHON:-python3}" -m tars_guests.compiled --stage "$COMPILED_STAGE" >/dev/null
 }
 
+# The builtin guests componentize-py builds (the TARS apps, echo, sleep) go into the build context
+# under their cache keys (a digest of their sources and the componentize-py version): the unit lane
+# has built them into ~/.cache/tars/guests already, and the Containerfile puts them into its build
+# cache, so the image build runs componentize-py only for a guest whose key differs there (none when
+# the image's componentize-py is this machine's; every one from a plain clone).
+GUESTS_STAGE="$ROOT/guests/staged"
+stage_componentized_guests() {
+  rm -rf "$GUESTS_STAGE"
+  "${PYTHON:-python3}" -m tars_agent.prebuild --stage-guests "$GUESTS_STAGE" >/dev/null
+}
+
 # Every build leaves the previous build's layers untagged (2 GB or more each), and an interrupted
 # build leaves its working containers: without this the storage grows by gigabytes per build until
 # the disk is full. Kept: the base, the image and the build stage, with the layers under them.
@@ -130,10 +148,11 @@ stage_compiled_guests() {
 prune() {
   buildah "${STORAGE[@]}" rm --all >/dev/null
   buildah "${STORAGE[@]}" rmi --prune >/dev/null
+  rm -rf "$TMPDIR"/buildah[0-9]*
 }
 
 build() {
-  mkdir -p "$OUT"
+  mkdir -p "$OUT" "$TMPDIR"
   # One build at a time per machine: a second `make images` waits, then finds the archive up to date.
   exec 9>"$OUT/.build.lock"
   flock 9
@@ -143,6 +162,7 @@ build() {
   revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
   stage_native_wheel
   stage_compiled_guests
+  stage_componentized_guests
   key=$(printf '%s\n' "$tag" "$REFERENCE" "$revision" "$(sources_digest)" "$(native_digest)" | sha256sum | cut -c1-64)
   if [ -f "$RECORD" ] && [ -f "$ARCHIVE" ] && [ -f "$SBOM" ] && grep -q "\"key\": \"$key\"" "$RECORD"; then
     log "$REFERENCE is up to date: $ARCHIVE"
@@ -162,6 +182,7 @@ build() {
   # as the next build's cache; the second run takes every build-stage step from that cache.
   "${bud[@]}" --target build -t "$BUILD_STAGE" "$ROOT"
   "${bud[@]}" -t "$REFERENCE" "$ROOT"
+  log "writing the OCI archive"
   rm -f "$ARCHIVE.tmp"
   buildah "${STORAGE[@]}" push -q "$REFERENCE" "oci-archive:$ARCHIVE.tmp:$REFERENCE"
   mv "$ARCHIVE.tmp" "$ARCHIVE"
@@ -204,6 +225,6 @@ case "${1:-build}" in
   build) build ;;
   push) push "${2:-}" ;;
   archive) echo "$ARCHIVE" ;;
-  buildah) shift; exec buildah "${STORAGE[@]}" "$@" ;;  # e.g. run a command in the image (tests, bench)
+  buildah) shift; mkdir -p "$TMPDIR"; exec buildah "${STORAGE[@]}" "$@" ;;  # e.g. run a command in the image (tests, bench)
   *) echo "usage: $0 [build|push REGISTRY|archive|buildah ARGS...]" >&2; exit 2 ;;
 esac

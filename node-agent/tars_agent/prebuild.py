@@ -9,6 +9,10 @@ plus ``manifest.json``.
 An agent started with ``TARS_PREBUILT_DIR=DIR`` finds both under the keys it computes anyway, so it
 loads a builtin model without componentize-py or Cranelift; anything else still builds on demand
 into the writable cache.
+
+``python -m tars_agent.prebuild --stage-guests DIR`` (run by hack/images.sh on the build machine)
+copies the componentize-py guests this machine has built into the image's build context, so the
+image build does not build them a second time.
 """
 
 from __future__ import annotations
@@ -35,25 +39,45 @@ from tars_agent.sandbox.wasmtime_backend import (
 MANIFEST = "manifest.json"
 
 
+def _componentized() -> dict[str, Callable[[], Path]]:
+    """Builders of the builtin guests componentize-py makes: the TARS apps, the echo and sleep guests."""
+    from tars_guests.apps import APPS, build_app
+    from tars_guests.build import build_guest
+    from tars_guests.testapps import ECHO_APP, SLEEP_APP
+
+    builders: dict[str, Callable[[], Path]] = {name: functools.partial(build_app, name) for name in APPS}
+    builders["echo"] = functools.partial(build_guest, ECHO_APP)
+    builders["sleep"] = functools.partial(build_guest, SLEEP_APP)
+    return builders
+
+
 def builtin_guests(names: Sequence[str] | None = None) -> dict[str, Path]:
     """The guests builtin models run (all: the TARS apps, the compiled guests and the echo and sleep
     test guests), built or cached. Compiled guests are never built here in an image: it takes the
     ones hack/images.sh staged (tars_guests.compiled)."""
-    from tars_guests.apps import APPS, build_app
-    from tars_guests.build import build_guest
     from tars_guests.compiled import COMPILED, build_compiled
-    from tars_guests.testapps import ECHO_APP, SLEEP_APP
 
-    builders: dict[str, Callable[[], Path]] = {name: functools.partial(build_app, name) for name in APPS}
+    builders = _componentized()
     builders.update({f"compiled-{name}": functools.partial(build_compiled, name) for name in COMPILED})
-    builders["echo"] = functools.partial(build_guest, ECHO_APP)
-    builders["sleep"] = functools.partial(build_guest, SLEEP_APP)
     if names is not None:
         builders = {name: builders[name] for name in names}
     # componentize-py is single-threaded and CPU-bound: one build per core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = {name: pool.submit(build) for name, build in builders.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def stage_guests(out: Path) -> list[Path]:
+    """The componentize-py guests, built here (or taken from this machine's cache) and copied into
+    ``out`` under their cache names (``<source digest>.wasm``), for an image build: the Containerfile
+    puts them into its build cache, where the prebuild finds each guest whose digest it computes too
+    (the same sources and componentize-py) and builds only the others."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for built in builtin_guests(sorted(_componentized())).values():
+        shutil.copyfile(built, out / built.name)
+        staged.append(out / built.name)
+    return staged
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -132,10 +156,14 @@ def prebuild(out: Path, names: Sequence[str] | None = None) -> dict[str, object]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prebuild every builtin guest and its Wasmtime code into a directory.")
-    parser.add_argument("--out", type=Path, required=True, help="directory to fill (TARS_PREBUILT_DIR at run time)")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--out", type=Path, help="directory to fill (TARS_PREBUILT_DIR at run time)")
+    action.add_argument("--stage-guests", type=Path, metavar="DIR", help="copy only the componentize-py guests here")
     args = parser.parse_args(argv)
-    manifest = prebuild(args.out)
-    print(json.dumps(manifest))
+    if args.stage_guests:
+        print("\n".join(map(str, stage_guests(args.stage_guests))))
+    else:
+        print(json.dumps(prebuild(args.out)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from tars_agent.repository import ModelRepository
 from tars_agent.runtimes.knowledge_store import DocumentStore, StoreUnavailable, open_store
 from tars_agent.runtimes.services import ModelServices
 from tars_agent.sandbox.base import SandboxBackend
-from tars_api.tarsmodel import HostCapability, TarsModel
+from tars_api.tarsmodel import HostCapability, ModelKind, TarsModel
 from tars_api.tarsnode import SandboxLimits
 from tars_common.http_limits import HttpLimits
 
@@ -106,8 +106,8 @@ def default_workers() -> int:
 
     A guest waiting in a batched host capability (``nn.embed``) holds its worker, so the worker count
     caps how many requests can share one forward pass: with 4 workers on 2 cores MiniLM's batches
-    stayed at 2-3 and one core idled. CPU-bound guests do not run faster with fewer: a model alone
-    holds every worker anyway, and several models split ``min(workers, cores)`` (tenancy).
+    stayed at 2-3 and one core idled. Models whose requests each use a core still hold at most 2 per
+    core (:class:`~tars_agent.tenancy.FairAdmission`), as with the former 4 on 2 cores.
     """
     return WORKERS_PER_CPU * len(os.sched_getaffinity(0))
 
@@ -191,6 +191,17 @@ class Agent:
     @property
     def draining(self) -> bool:
         return self.executor.draining
+
+    def waits_in_batches(self, label: str) -> bool:
+        """Whether the model ``namespace/name`` spends its requests waiting in a shared batch (an
+        embedding model on nn.embed) rather than on a core: fair admission then lets it hold every worker."""
+        namespace, _, name = label.partition("/")
+        loaded = self.repository.models.get(ModelKey(namespace, name))
+        return (
+            loaded is not None
+            and loaded.spec.kind == ModelKind.EMBEDDING
+            and HostCapability.NN_EMBED in loaded.spec.capabilities
+        )
 
     def ready(self) -> bool:
         wedged = self.executor.saturated_for() > self.config.unready_after_saturated_s

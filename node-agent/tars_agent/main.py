@@ -430,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.model_queue if args.model_queue is not None else agent.config.max_queue,
         args.model_concurrency,
         models_loaded=lambda: len(agent.repository.models),
+        batched=agent.waits_in_batches,
     )
     grpc_port = args.grpc_port if args.grpc_port > 0 else None
     grpc_tls = (args.tls_key.read_bytes(), args.tls_cert.read_bytes()) if context is not None else None

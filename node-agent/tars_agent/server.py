@@ -566,7 +566,10 @@ def create_app(
     app[AGENT] = agent
     app[CONNECTIONS] = connections
     app[ADMISSION] = admission or FairAdmission(
-        agent.config.workers, agent.config.max_queue, models_loaded=lambda: len(agent.repository.models)
+        agent.config.workers,
+        agent.config.max_queue,
+        models_loaded=lambda: len(agent.repository.models),
+        batched=agent.waits_in_batches,
     )
     table = routes()
     app[ROUTES] = table

@@ -7,7 +7,10 @@ front of it and admits per model (namespace/name):
 
 - at most :func:`model_cap` of a model's requests hold workers at once. While other models are loaded,
   the cap leaves at least one worker for them (a quiet model never queues behind a busy one unless
-  several are busy at once); a model alone on the agent may use every worker;
+  several are busy at once); a model alone on the agent may use every worker if its requests wait in
+  shared batches (``batched``: the embedding builtin's ``nn.embed``), else :data:`CPU_BOUND_PER_CORE`
+  per core (a request past that only stretches every running call toward its time budget: GPT-2
+  small at 8 calls on 2 cores ran all of them out of their 2 s);
 - each model waits in its own bounded queue: a model whose queue is full gets 429 (``Overloaded``),
   never its neighbours;
 - a freed worker goes to the next waiting model in round-robin order, not to the longest queue;
@@ -33,6 +36,7 @@ from tars_agent.pool import Overloaded
 # A model that asked for a worker this recently still counts as having work: a neighbour's
 # requests arrive one after another, and the gaps between them must not hand its share back.
 ACTIVE_WINDOW_S = 1.0
+CPU_BOUND_PER_CORE = 2
 
 
 def fair_share(workers: int, cores: int, active: int) -> int:
@@ -57,8 +61,10 @@ class FairAdmission:
         models_loaded: Callable[[], int] = lambda: 1,
         cores: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batched: Callable[[str], bool] = lambda _model: False,
     ) -> None:
         self.workers = workers
+        self._batched = batched
         self.queue_per_model = queue_per_model
         self.per_model = per_model
         self.cores = cores or os.cpu_count() or 1
@@ -73,6 +79,8 @@ class FairAdmission:
         """Workers ``model`` may hold now: :func:`model_cap`, and its fair share while others have work
         (unless the cap was configured explicitly)."""
         base = model_cap(self.workers, self.per_model, self._models_loaded())
+        if self.per_model is None and (model is None or not self._batched(model)):
+            base = min(base, CPU_BOUND_PER_CORE * self.cores)
         active = self.active_models(model) if model is not None and self.per_model is None else 1
         return base if active <= 1 else min(base, fair_share(self.workers, self.cores, active))
 

@@ -1,5 +1,6 @@
 """With the agent's default configuration, concurrent requests to the embedding builtin share one
-MiniLM batch as large as the workers allow (issue 21: 4 workers on 2 cores kept batches at 2-3)."""
+MiniLM batch as large as the workers allow (issue 21: 4 workers on 2 cores kept batches at 2-3),
+while models whose requests each use a core stay at 2 per core."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tars_agent.main import build_parser
 from tars_agent.runtimes.batching import Coalescer
 from tars_agent.runtimes.minilm import MiniLMEmbedder
 from tars_agent.sandbox.wasmtime_backend import WasmtimeBackend
-from tests.models.conftest import SessionBackend, tars_model
+from tars_agent.tenancy import FairAdmission
+from tests.models.conftest import ModelAgent, SessionBackend, tars_model
 
 
 def test_default_workers_scale_with_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,3 +76,17 @@ def test_every_default_worker_can_wait_in_one_shared_batch(embedder: MiniLMEmbed
     assert callers - 1 > 4 or len(os.sched_getaffinity(0)) == 1  # before: 4 workers, batches of 3 at most
     vectors = np.array([json.loads(reply)["embedding"] for reply in replies])
     np.testing.assert_allclose(vectors, embedder.embed(texts), atol=2e-5)  # each caller got its own row
+
+
+def test_only_batched_models_may_hold_every_default_worker(model_agent: ModelAgent) -> None:
+    agent = model_agent.agent
+    assert agent.waits_in_batches("default/embedding")
+    assert not agent.waits_in_batches("default/sentiment")  # VADER runs in its guest
+    assert not agent.waits_in_batches("default/edge-tiny")  # generation uses a core per request
+    assert not agent.waits_in_batches("default/not-loaded")
+    admission = FairAdmission(8, 16, models_loaded=lambda: 1, cores=2, batched=agent.waits_in_batches)
+    assert admission.cap("default/embedding") == 8
+    assert admission.cap("default/edge-tiny") == 4  # GPT-2 small at 8 calls on 2 cores ran out of its budget
+    assert admission.cap() == 4
+    configured = FairAdmission(8, 16, per_model=6, cores=2, batched=agent.waits_in_batches)
+    assert configured.cap("default/edge-tiny") == 6  # --model-concurrency decides when given

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 from tars_agent.assembly import default_catalog
 from tars_agent.capabilities import CapabilityRegistry, ModelKey, default_registry
 from tars_agent.catalog import Catalog
+from tars_agent.cpus import usable_cpus
 from tars_agent.metrics import AgentMetrics
 from tars_agent.pool import GuestExecutor
 from tars_agent.repository import ModelRepository
@@ -102,14 +102,14 @@ WORKERS_PER_CPU = 4
 
 
 def default_workers() -> int:
-    """Guest calls run at once unless configured: 4 per CPU this process may use.
+    """Guest calls run at once unless configured: 4 per CPU this process may use (:func:`usable_cpus`).
 
     A guest waiting in a batched host capability (``nn.embed``) holds its worker, so the worker count
     caps how many requests can share one forward pass: with 4 workers on 2 cores MiniLM's batches
     stayed at 2-3 and one core idled. Models whose requests each use a core still hold at most 2 per
     core (:class:`~tars_agent.tenancy.FairAdmission`), as with the former 4 on 2 cores.
     """
-    return WORKERS_PER_CPU * len(os.sched_getaffinity(0))
+    return WORKERS_PER_CPU * usable_cpus()
 
 
 @dataclass

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 
+from tars_agent.cpus import usable_cpus
 from tars_agent.pool import Overloaded
 
 # A model that asked for a worker this recently still counts as having work: a neighbour's
@@ -67,7 +67,7 @@ class FairAdmission:
         self._batched = batched
         self.queue_per_model = queue_per_model
         self.per_model = per_model
-        self.cores = cores or os.cpu_count() or 1
+        self.cores = cores or usable_cpus()
         self._models_loaded = models_loaded
         self._clock = clock
         self._last_asked: dict[str, float] = {}

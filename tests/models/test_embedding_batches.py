@@ -10,11 +10,13 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tars_agent.agent import Agent, AgentConfig, default_workers
+from tars_agent.cpus import usable_cpus
 from tars_agent.main import build_parser
 from tars_agent.runtimes.batching import Coalescer
 from tars_agent.runtimes.minilm import MiniLMEmbedder
@@ -23,8 +25,20 @@ from tars_agent.tenancy import FairAdmission
 from tests.models.conftest import ModelAgent, SessionBackend, tars_model
 
 
+def test_usable_cpus_honour_a_cgroup_cpu_limit(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cpus(cpu_max) == affinity  # no cgroup v2 file
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # limits.cpu: 500m
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{(affinity + 8) * 100000} 100000\n")  # above the CPUs it may run on
+    assert usable_cpus(cpu_max) == affinity
+
+
 def test_default_workers_scale_with_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     assert default_workers() == 4 * cpus
     assert AgentConfig().workers == 4 * cpus
     monkeypatch.delenv("TARS_WORKERS", raising=False)
@@ -73,7 +87,7 @@ def test_every_default_worker_can_wait_in_one_shared_batch(embedder: MiniLMEmbed
         loop.close()
         WasmtimeBackend.close(backend)
     assert batches == [1, callers - 1]
-    assert callers - 1 > 4 or len(os.sched_getaffinity(0)) == 1  # before: 4 workers, batches of 3 at most
+    assert callers - 1 > 4 or usable_cpus() == 1  # before: 4 workers, batches of 3 at most
     vectors = np.array([json.loads(reply)["embedding"] for reply in replies])
     np.testing.assert_allclose(vectors, embedder.embed(texts), atol=2e-5)  # each caller got its own row
 

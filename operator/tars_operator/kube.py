@@ -68,6 +68,9 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self._allocating = asyncio.Semaphore(ALLOCATING_SERVICES)
+        self._ahead = 0  # applies with ahead=True in flight
+        self._none_ahead = asyncio.Event()
+        self._none_ahead.set()
         self._status_lane = ThreadPoolExecutor(STATUS_CONCURRENCY, "kube-status")
 
     def _call(
@@ -113,7 +116,21 @@ class Kube:
             raise
         return found
 
-    async def apply(self, obj: dict[str, Any]) -> Any:
+    async def apply(self, obj: dict[str, Any], *, ahead: bool = False) -> Any:
+        """``ahead``: every other apply waits while one such is in flight. A burst of new TarsNodes
+        queued each one's DaemonSet, what its user waits for, behind the others' seven supporting
+        children (100 TarsNodes at once, under load: DaemonSet p95 12.4 s). Not in threads of their
+        own: with four, the API server answered them too slowly (p95 13.3 s)."""
+        if ahead:
+            self._ahead += 1
+            self._none_ahead.clear()
+            try:
+                return await asyncio.to_thread(self.apply_sync, obj)
+            finally:
+                self._ahead -= 1
+                if not self._ahead:
+                    self._none_ahead.set()
+        await self._none_ahead.wait()
         if allocates_ip(obj):
             async with self._allocating:
                 return await asyncio.to_thread(self.apply_sync, obj)

@@ -274,9 +274,18 @@ class Reconciler:
             force, record.children_stale = record.children_stale, False
             fresh = not (body.get("status") or {}).get("observedGeneration")
             *supporting, daemonset = builders.desired_children(tn)
-            # Everything the agent pods use goes first, together; then the DaemonSet that starts them.
-            await asyncio.gather(*(self._apply_if_changed(record, c, fresh, force) for c in supporting))
-            await self._apply_if_changed(record, daemonset, fresh, force)
+            if fresh:
+                # Nothing of it exists, so no pod can start on a stale configuration (they wait for
+                # their ConfigMap to mount): the DaemonSet, what a user waits for, goes ahead of every
+                # other apply, with the ServiceAccount its pods' admission needs; the rest follows.
+                first = [c for c in supporting if c["kind"] == "ServiceAccount"] + [daemonset]
+                rest = [c for c in supporting if c not in first]
+                await asyncio.gather(*(self._apply_if_changed(record, c, fresh, force, ahead=True) for c in first))
+                await asyncio.gather(*(self._apply_if_changed(record, c, fresh, force) for c in rest))
+            else:
+                # Everything the agent pods use goes first, together; then the DaemonSet that rolls them.
+                await asyncio.gather(*(self._apply_if_changed(record, c, fresh, force) for c in supporting))
+                await self._apply_if_changed(record, daemonset, fresh, force)
             record.applied_spec = spec_hash
         agents = seen.agents(key)
         for node, patch in node_label_patches(agents, seen.nodes).items():
@@ -470,7 +479,12 @@ class Reconciler:
             await asyncio.gather(written, routed())
 
     async def _apply_if_changed(
-        self, record: TarsNodeRecord | TarsModelRecord, obj: dict[str, Any], fresh: bool, force: bool = False
+        self,
+        record: TarsNodeRecord | TarsModelRecord,
+        obj: dict[str, Any],
+        fresh: bool,
+        force: bool = False,
+        ahead: bool = False,
     ) -> None:
         """Server-side applies ``obj`` unless this process applied the same object less than
         REAPPLY_AFTER_S ago (or, ``force`` aside, an earlier process left it so). A model is reconciled
@@ -490,7 +504,7 @@ class Reconciler:
         if not force and last is not None and last[0] == digest and now - last[1] < REAPPLY_AFTER_S:
             return
         annotations = {**meta.get("annotations", {}), APPLIED: digest}
-        await self.kube.apply({**obj, "metadata": {**meta, "annotations": annotations}})
+        await self.kube.apply({**obj, "metadata": {**meta, "annotations": annotations}}, ahead=ahead)
         record.applied[key] = (digest, now)
 
     async def _applied_before(self, obj: dict[str, Any]) -> str | None:

@@ -1,10 +1,19 @@
-"""Which applies the operator holds back: only Services the API server allocates a cluster IP for."""
+"""Which applies the operator holds back: Services the API server allocates a cluster IP for, and
+every apply while one that goes ahead is in flight."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+
 from tars_api import TarsNode
+from tars_api.labels import FIELD_MANAGER
+from tars_common.kube import load_client_config
 from tars_operator import builders, routing
-from tars_operator.kube import allocates_ip
+from tars_operator.kube import Kube, allocates_ip
+from tests.fixtures import ControlPlane
 from tests.operator.test_decide import tarsmodel
 
 
@@ -14,3 +23,36 @@ def test_a_models_service_allocates_and_the_agents_headless_one_does_not() -> No
     assert allocates_ip(routing.desired_model_service(tarsmodel())) is True
     assert allocates_ip(agent_service) is False
     assert allocates_ip({"kind": "ConfigMap", "metadata": {"name": "c"}}) is False
+
+
+class Recording(Kube):
+    """The operator's Kube against the real API server, noting when each apply starts and ends."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        super().__init__(load_client_config(kubeconfig))
+        self.log: list[tuple[str, str]] = []
+
+    def apply_sync(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER) -> Any:
+        self.log.append(("start", obj["metadata"]["name"]))
+        try:
+            return super().apply_sync(obj, field_manager)
+        finally:
+            self.log.append(("end", obj["metadata"]["name"]))
+
+
+def _configmap(namespace: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": {}}
+
+
+@pytest.mark.cluster
+async def test_applies_wait_while_one_that_goes_ahead_is_in_flight(control_plane: ControlPlane, namespace: str) -> None:
+    """A new TarsNode's DaemonSet goes ahead of the other TarsNodes' supporting children."""
+    kube = Recording(str(control_plane.kubeconfig))
+    ahead = [_configmap(namespace, f"ahead-{i}") for i in range(3)]
+    others = [_configmap(namespace, f"other-{i}") for i in range(6)]
+    await asyncio.gather(*(kube.apply(obj, ahead=True) for obj in ahead), *(kube.apply(obj) for obj in others))
+    ends = [i for i, (what, name) in enumerate(kube.log) if what == "end" and name.startswith("ahead")]
+    starts = [i for i, (what, name) in enumerate(kube.log) if what == "start" and name.startswith("other")]
+    assert max(ends) < min(starts), kube.log
+    for obj in ahead + others:  # every apply went through
+        assert control_plane.get_json("configmap", obj["metadata"]["name"], "-n", namespace)

@@ -511,3 +511,20 @@ async def test_forwarded_requests_carry_the_clients_address() -> None:
     finally:
         front.close()
         await runner.cleanup()
+
+
+async def test_a_quick_model_made_to_loop_on_the_fronts_threads_stops_at_its_deadline(served: Served) -> None:
+    """A model whose calls are quick runs them on the front's own threads; a loop there still stops at
+    its CPU deadline with Python's answer, and the front keeps serving others meanwhile."""
+    url = "/v1/functions/hostile-tight:invoke"
+    python = await served.post(url, {"do": "loop"})  # not taught yet: Python's route
+    for _ in range(3):  # teaches, then quick calls on the front
+        assert await served.post(url, {"do": "state"}) == (200, {"calls": 1})
+    assert (await served.post(INFER.format("plain"), BODIES[0]))[0] == 200  # teaches the neighbour
+    served.served()
+    loops = [asyncio.create_task(served.post(url, {"do": "loop"})) for _ in range(2)]
+    neighbour = [await served.post(INFER.format("plain"), BODIES[0]) for _ in range(5)]
+    native = [await loop for loop in loops]
+    assert all(status == 200 for status, _ in neighbour)
+    assert native == [python] * 2 and python[1]["reason"] == "timeout", (native, python)
+    assert served.served() == {("default/hostile-tight", 500): 2, ("default/plain", 200): 5}

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,13 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 1024;
+// A model whose calls answer within INLINE_MAX has them run on the front's own threads, as the
+// reference host runs every call (no hand-off to the blocking pool: a tenth of a millisecond of CPU a
+// request here); one slower call sends its calls to the blocking pool for INLINE_BACKOFF, so a guest
+// made to loop holds a front thread once in a while at most, and never all of them (Front::inline_max).
+// Wall-clock time: generous, so a quick call preempted on a busy machine does not count as slow.
+const INLINE_MAX: Duration = Duration::from_millis(10);
+const INLINE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A model the front may run: what Python's route would run, with the same limits.
 pub struct Route {
@@ -58,6 +66,15 @@ pub struct Route {
     host: HostFn,
     open_until: Mutex<Option<Instant>>,
     grants: Mutex<HashMap<[u8; 32], Instant>>,
+    pace: Mutex<Pace>,
+}
+
+/// How quickly a model's calls have answered (see INLINE_MAX).
+#[derive(Clone, Copy)]
+enum Pace {
+    Unknown,
+    Quick,
+    SlowUntil(Instant),
 }
 
 impl Route {
@@ -91,7 +108,26 @@ impl Route {
             host,
             open_until: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
+            pace: Mutex::new(Pace::Unknown),
         }
+    }
+
+    fn quick(&self, now: Instant) -> bool {
+        match *self.pace.lock().unwrap() {
+            Pace::Quick => true,
+            Pace::SlowUntil(until) => now >= until,
+            Pace::Unknown => false,
+        }
+    }
+
+    fn took(&self, took: Duration) {
+        let now = Instant::now();
+        let mut pace = self.pace.lock().unwrap();
+        *pace = match *pace {
+            _ if took > INLINE_MAX => Pace::SlowUntil(now + INLINE_BACKOFF),
+            Pace::SlowUntil(until) if now < until => Pace::SlowUntil(until),
+            _ => Pace::Quick,
+        };
     }
 
     fn admits(&self, credential: Option<[u8; 32]>, now: Instant) -> bool {
@@ -166,14 +202,19 @@ pub struct Front {
     pub routes: RwLock<HashMap<String, Arc<Route>>>,
     upstream: SocketAddr,
     pub admission: Arc<Admission>,
+    // Calls running on the front's own threads now, and how many may (fewer than its threads).
+    inline: AtomicUsize,
+    inline_max: usize,
     max_body: usize,
     pub figures: Arc<Figures>,
     judge: Judge,
 }
 
 impl Front {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         upstream: SocketAddr,
+        threads: usize,
         workers: usize,
         max_queue: usize,
         max_body: usize,
@@ -184,6 +225,8 @@ impl Front {
             routes: RwLock::new(HashMap::new()),
             upstream,
             admission: Arc::new(Admission::new(workers, max_queue)),
+            inline: AtomicUsize::new(0),
+            inline_max: threads.saturating_sub(1).max(1),
             max_body,
             figures: Arc::new(Figures::new(bounds)),
             judge,
@@ -320,36 +363,75 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer:
             1,
         );
     };
+    if route.quick(Instant::now()) {
+        if let Some(inline) = Inline::take(&front.inline, front.inline_max) {
+            // Epoch ticks are wall-clock time, and a guest here cannot wait in the host (its calls
+            // are refused at once): the earlier of its deadlines bounds the call.
+            let started = Instant::now();
+            let answer = call(route, kind, request, route.cpu_ms.min(route.wall_ms));
+            route.took(started.elapsed());
+            drop(inline);
+            drop(worker);
+            return match answer {
+                Ok(answer) => reply(answer),
+                Err(verdict) => reply(judged(front, verdict).await),
+            };
+        }
+    }
     // The worker is held until the guest has stopped, even when the client was told of a wall-clock
     // timeout first: a running guest cannot be cancelled, only stopped by its deadline.
     let call_front = front.clone();
     let call_route = route.clone();
     let id = request.id.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let reply = call(&call_front, &call_route, kind, request);
+        let started = Instant::now();
+        let answer = call(&call_route, kind, request, call_route.cpu_ms);
+        call_route.took(started.elapsed());
         drop(worker);
-        reply
+        answer.unwrap_or_else(|verdict| (call_front.judge)(verdict))
     });
     // Dropping the handle on a timeout leaves the call running to its CPU deadline, worker held.
     match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {
-        Ok(Ok((status, body, retry))) => json(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            body,
-            retry,
-        ),
+        Ok(Ok(answer)) => reply(answer),
         Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),
         Err(_) => {
-            let front = front.clone();
             let verdict = verdict(route, kind, id, "wall", String::new(), Default::default());
-            let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
-            let (status, body, retry) = judged.unwrap_or((500, error_body("internal error"), 0));
-            json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                body,
-                retry,
-            )
+            reply(judged(front, verdict).await)
         }
     }
+}
+
+/// A call running on one of the front's own threads, counted while it runs.
+struct Inline<'a>(&'a AtomicUsize);
+
+impl<'a> Inline<'a> {
+    fn take(running: &'a AtomicUsize, max: usize) -> Option<Self> {
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(running))
+    }
+}
+
+impl Drop for Inline<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Python's judgement, off the front's threads (it takes the GIL).
+async fn judged(front: &Arc<Front>, verdict: Verdict) -> (u16, String, u32) {
+    let front = front.clone();
+    let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
+    judged.unwrap_or((500, error_body("internal error"), 0))
+}
+
+fn reply((status, body, retry): (u16, String, u32)) -> Response<Body> {
+    json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+        retry,
+    )
 }
 
 fn verdict(
@@ -374,8 +456,9 @@ fn verdict(
     }
 }
 
-/// Blocking: starts the sandbox, runs it, and answers; Python judges what is not a strict success.
-fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> (u16, String, u32) {
+/// Blocking: starts the sandbox, runs it within `budget_ms`, and answers; what is not a strict success
+/// is returned for Python to judge.
+fn call(route: &Route, served: Kind, request: infer::Request, budget_ms: u64) -> Result<(u16, String, u32), Verdict> {
     let stderr = StderrPipe::default();
     let outcome = match engine::instantiate(
         &route.prepared,
@@ -384,7 +467,7 @@ fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> 
         stderr.clone(),
         Some(route.host.clone()),
     ) {
-        Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(route.cpu_ms)),
+        Ok((store, handle)) => engine::call(store, handle, request.guest_input, engine::epoch_ticks(budget_ms)),
         Err(error) => Outcome::Trap(format!("{error:?}")),
     };
     let (kind, text) = match outcome {
@@ -395,20 +478,22 @@ fn call(front: &Front, route: &Route, served: Kind, request: infer::Request) -> 
                         if let Some(body) =
                             infer::answer(&output, &route.model_name, &route.version, request.id.as_deref())
                         {
-                            return (200, body, 0);
+                            return Ok((200, body, 0));
                         }
                     }
-                    Kind::Invoke if infer::is_json(&output) => return (200, output, 0),
+                    Kind::Invoke if infer::is_json(&output) => return Ok((200, output, 0)),
                     Kind::Invoke => {}
                 }
             }
             ("ok", output)
         }
         Outcome::Rejected(text) => ("rejected", text),
+        // The wall-clock limit, when it was the earlier of the two budgets.
+        Outcome::Timeout if budget_ms < route.cpu_ms => ("wall", String::new()),
         Outcome::Timeout => ("timeout", String::new()),
         Outcome::Trap(text) => ("trap", text),
     };
-    (front.judge)(verdict(route, served, request.id, kind, text, stderr))
+    Err(verdict(route, served, request.id, kind, text, stderr))
 }
 
 fn error_body(error: &str) -> String {

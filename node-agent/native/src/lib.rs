@@ -242,7 +242,15 @@ impl NativeFront {
             })
         });
         let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port));
-        let front = Arc::new(front::Front::new(upstream, workers, max_queue, max_body, bounds, judge));
+        let front = Arc::new(front::Front::new(
+            upstream,
+            threads.max(1),
+            workers,
+            max_queue,
+            max_body,
+            bounds,
+            judge,
+        ));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("tars-front")

@@ -388,7 +388,7 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer:
         let answer = call(&call_route, kind, request, call_route.cpu_ms);
         call_route.took(started.elapsed());
         drop(worker);
-        answer.unwrap_or_else(|verdict| (call_front.judge)(verdict))
+        answer.unwrap_or_else(|verdict| (call_front.judge)(*verdict))
     });
     // Dropping the handle on a timeout leaves the call running to its CPU deadline, worker held.
     match tokio::time::timeout(Duration::from_millis(route.wall_ms), answer).await {
@@ -396,7 +396,7 @@ async fn run(front: &Arc<Front>, route: &Arc<Route>, kind: Kind, request: infer:
         Ok(Err(_)) => json(StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error"), 0),
         Err(_) => {
             let verdict = verdict(route, kind, id, "wall", String::new(), Default::default());
-            reply(judged(front, verdict).await)
+            reply(judged(front, Box::new(verdict)).await)
         }
     }
 }
@@ -420,9 +420,9 @@ impl Drop for Inline<'_> {
 }
 
 /// Python's judgement, off the front's threads (it takes the GIL).
-async fn judged(front: &Arc<Front>, verdict: Verdict) -> (u16, String, u32) {
+async fn judged(front: &Arc<Front>, verdict: Box<Verdict>) -> (u16, String, u32) {
     let front = front.clone();
-    let judged = tokio::task::spawn_blocking(move || (front.judge)(verdict)).await;
+    let judged = tokio::task::spawn_blocking(move || (front.judge)(*verdict)).await;
     judged.unwrap_or((500, error_body("internal error"), 0))
 }
 
@@ -458,7 +458,12 @@ fn verdict(
 
 /// Blocking: starts the sandbox, runs it within `budget_ms`, and answers; what is not a strict success
 /// is returned for Python to judge.
-fn call(route: &Route, served: Kind, request: infer::Request, budget_ms: u64) -> Result<(u16, String, u32), Verdict> {
+fn call(
+    route: &Route,
+    served: Kind,
+    request: infer::Request,
+    budget_ms: u64,
+) -> Result<(u16, String, u32), Box<Verdict>> {
     let stderr = StderrPipe::default();
     let outcome = match engine::instantiate(
         &route.prepared,
@@ -493,7 +498,7 @@ fn call(route: &Route, served: Kind, request: infer::Request, budget_ms: u64) ->
         Outcome::Timeout => ("timeout", String::new()),
         Outcome::Trap(text) => ("trap", text),
     };
-    Err(verdict(route, served, request.id, kind, text, stderr))
+    Err(Box::new(verdict(route, served, request.id, kind, text, stderr)))
 }
 
 fn error_body(error: &str) -> String {

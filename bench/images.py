@@ -1,7 +1,8 @@
 """Image benchmark: the size of the image `make images` built, and how fast each builtin model loads
 from the guests and compiled code baked into it.
 
-    python bench/images.py
+    python bench/images.py            # the image's files in the page cache (a node's later loads)
+    python bench/images.py --cold     # page cache dropped before each model: a fresh node (root)
 
 Each model is loaded by a fresh Python process inside the image (``buildah run``, the image's own
 user, environment and Python), through the agent's own repository and Wasmtime path (the native one
@@ -15,6 +16,7 @@ Prints a table and one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -74,7 +76,14 @@ def buildah(*args: str) -> str:
     return result.stdout.strip()
 
 
-def load_in_image(container: str, name: str, kind: str) -> dict[str, Any]:
+def drop_page_cache() -> None:
+    """Nothing of the image in memory: what a node that has just pulled it reads from disk."""
+    subprocess.run(["sh", "-c", "sync && echo 3 > /proc/sys/vm/drop_caches"], check=True)
+
+
+def load_in_image(container: str, name: str, kind: str, cold: bool) -> dict[str, Any]:
+    if cold:
+        drop_page_cache()
     # A fresh, empty tmpfs cache per model: nothing left by the previous model's load.
     output = buildah(
         "run",
@@ -94,18 +103,21 @@ def load_in_image(container: str, name: str, kind: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each model (root)")
+    cold = parser.parse_args().cold
     archive = Path(images_script("archive"))
     record = json.loads(archive.with_name(archive.name.replace(".oci.tar", ".json")).read_text())
     container = buildah("from", "--pull-never", record["reference"])
     try:
-        results = [load_in_image(container, name, kind) for name, kind in MODELS.items()]
+        results = [load_in_image(container, name, kind, cold) for name, kind in MODELS.items()]
     finally:
         buildah("rm", container)
     table = Table(
         title=f"{record['reference']}: {record['imageBytes'] / 2**20:.0f} MiB "
         f"({record['archiveBytes'] / 2**20:.0f} MiB compressed)"
     )
-    for column in ("builtin model", "load ms (prebuilt)", "built on the node"):
+    for column in ("builtin model", f"load ms ({'cold' if cold else 'warm'} page cache)", "built on the node"):
         table.add_column(column)
     for r in results:
         table.add_row(r["model"], f"{r['load_ms']:.0f}", ", ".join(r["built_on_node"]) or "nothing")
@@ -125,6 +137,7 @@ def main() -> None:
                 "image_bytes": record["imageBytes"],
                 "archive_bytes": record["archiveBytes"],
                 "build_seconds": record["buildSeconds"],
+                "page_cache": "cold" if cold else "warm",
                 "load_ms": {r["model"]: r["load_ms"] for r in results},
                 "goal_ms": GOAL_MS,
                 "goal_met": met,

@@ -529,7 +529,7 @@ class Reconciler:
         record.slices = set(keep)
 
     async def _left(self, kind: str, namespace: str | None) -> dict[str, dict[str, Any]]:
-        """Name -> object of a model child kind in a namespace, as the first asker in this process
+        """Name -> object of a child kind in a namespace, as the first asker in this process
         listed it: one list per namespace, not one per model (that was a tenth of a restart's
         requests), and no watch (kopf's start with 2,000 more objects indexed took longer than the
         applies it saved)."""

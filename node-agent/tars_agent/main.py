@@ -279,9 +279,11 @@ async def start_http(
     ssl_context: Any,
     reuse_port: bool,
     native_http: bool,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> tuple[web.AppRunner, asyncio.Server, Any]:
     """The aiohttp app listening, and with ``native_http`` the native front (tars_agent.native_front)
-    on the agent's port, aiohttp then on a loopback port of its own behind it."""
+    on the agent's port, aiohttp then on a loopback port of its own behind it, in plain HTTP (the
+    front speaks TLS from ``tls_files``, the certificate and key behind ``ssl_context``)."""
     app = create_app(agent, guard, admission)
     front = None
     if native_http:
@@ -294,10 +296,11 @@ async def start_http(
     await runner.setup()
     # Behind the connection guard (tars_common.http_limits): slow clients and too many connections cut off.
     host, port = ("127.0.0.1", 0) if front is not None else (agent.config.host, agent.config.port)
-    listener = await app[CONNECTIONS].serve(runner, host, port, ssl_context, reuse_port and front is None)
+    behind = ssl_context if front is None else None
+    listener = await app[CONNECTIONS].serve(runner, host, port, behind, reuse_port and front is None)
     if front is not None:
         upstream = listener.sockets[0].getsockname()[1]
-        agent.config.port = front.start(upstream, reuse_port)
+        agent.config.port = front.start(upstream, reuse_port, tls_files if ssl_context is not None else None)
         log.info("native HTTP front on %s:%d, Python on 127.0.0.1:%d", agent.config.host, agent.config.port, upstream)
     return runner, listener, front
 
@@ -314,8 +317,11 @@ async def serve(
     grpc_port: int | None = None,
     grpc_tls: tuple[bytes, bytes] | None = None,
     native_http: bool = False,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> None:
-    runner, listener, front = await start_http(agent, guard, admission, ssl_context, reuse_port, native_http)
+    runner, listener, front = await start_http(
+        agent, guard, admission, ssl_context, reuse_port, native_http, tls_files
+    )
     log.info(
         "serving on %s:%d with backend %s (%s)",
         agent.config.host,
@@ -412,8 +418,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("KVM probe: %s %s -> backend %s", probe.reason, probe.checks, backend_name)
     context = ssl_context(args)
     agent = Agent(agent_config(args, node), create_backend(backend_name), reason)
-    if args.native_http and context is not None:
-        raise SystemExit("--native-http serves plain HTTP: it cannot be combined with --tls-cert")
     if args.native_http and agent.backend.path != "native":
         # The front runs guests through tars_native; other backends (Hyperlight) keep the Python path.
         log.warning("--native-http ignored: backend %s (%s path) is not tars_native", backend_name, agent.backend.path)
@@ -447,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             grpc_port,
             grpc_tls,
             args.native_http,
+            (args.tls_cert, args.tls_key) if context is not None else None,
         )
     )
     stuck = agent.executor.guests_running()

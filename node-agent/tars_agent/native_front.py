@@ -37,6 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -187,9 +188,9 @@ class NativeHttp:
         # What the in-flight gauge last got from the front, by model (the Python route moves it too).
         self._in_flight: dict[str, int] = {}
 
-    def start(self, upstream_port: int, reuse_port: bool = False) -> int:
+    def start(self, upstream_port: int, reuse_port: bool = False, tls: tuple[Path, Path] | None = None) -> int:
         """Binds the agent's public port (returned: the one bound when it asked for 0) in front of the
-        aiohttp app on ``upstream_port``."""
+        aiohttp app on ``upstream_port``, speaking HTTPS with ``tls`` (certificate and key files)."""
         import tars_native  # optional extension: imported only with --native-http
 
         config = self.agent.config
@@ -203,6 +204,8 @@ class NativeHttp:
             config.max_body_bytes,
             list(LATENCY_BUCKETS),
             reuse_port=reuse_port,
+            tls_cert=tls[0] if tls is not None else None,
+            tls_key=tls[1] if tls is not None else None,
         )
         self.agent.repository.on_change.append(self.front.clear)
         metrics = self.agent.metrics

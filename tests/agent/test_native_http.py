@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import http.client
 import itertools
 import json
 import logging
 import os
-import subprocess
+import ssl
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -41,7 +43,7 @@ from tests.security.test_tls import issue
 
 from .conftest import make_agent, tars_model
 from .test_http_edges import tensor as edge_tensor
-from .test_main import SENTIMENT_YAML, agent_command, standalone_agent
+from .test_main import SENTIMENT_YAML, standalone_agent
 
 INFER = "/v2/models/{}/infer"
 
@@ -333,13 +335,30 @@ def test_the_agent_process_with_native_http_serves_and_stops(tmp_path: Path) -> 
     assert f"native HTTP front on 127.0.0.1:{agent.port}" in agent.output, agent.output[-2000:]
 
 
-def test_native_http_refuses_tls(tmp_path: Path) -> None:
-    """The front speaks plain HTTP: asked for both, the agent refuses to start rather than drop TLS."""
-    _ca, cert, key = issue(tmp_path)
+def test_native_http_speaks_tls_with_the_agents_certificate(tmp_path: Path) -> None:
+    """With --tls-cert the front terminates TLS on the agent's port with the same files (the aiohttp
+    app behind it stays on loopback): HTTPS answers, from Python then from the front; plain HTTP does not."""
+    ca, cert, key = issue(tmp_path)
     tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
-    command = agent_command("--standalone", "--backend", "wasmtime", "--native-http", *tls)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "--native-http serves plain HTTP" in done.stderr, done.stderr[-2000:]
+    with standalone_agent(tmp_path, SENTIMENT_YAML, "--native-http", "--grpc-port", "0", *tls) as agent:
+        base, proc = f"https://127.0.0.1:{agent.port}", agent.proc
+        trusted = ssl.create_default_context(cafile=str(ca))
+
+        def get(path: str) -> int:
+            with urllib.request.urlopen(base + path, timeout=5, context=trusted) as r:
+                return int(r.status)
+
+        eventually(lambda: proc.poll() is None and get("/v2/health/ready") == 200, 120, "ready over TLS")
+        body = json.dumps({"text": "What a great day"}).encode()
+        for _ in range(3):  # the first answered by Python behind the front, which teaches it
+            request = urllib.request.Request(base + "/v1/functions/sentiment:invoke", data=body)
+            with urllib.request.urlopen(request, timeout=10, context=trusted) as r:
+                assert r.status == 200 and json.loads(r.read())["scores"]["compound"] > 0.5
+        with urllib.request.urlopen(base + "/metrics", timeout=10, context=trusted) as r:
+            assert 'route="/v1/functions/{name}:invoke",status="200"} 3.0' in r.read().decode()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            http_get(f"http://127.0.0.1:{agent.port}/v2/health/ready")
+    assert f"native HTTP front on 127.0.0.1:{agent.port}" in agent.output, agent.output[-2000:]
 
 
 def http_get(url: str) -> int:

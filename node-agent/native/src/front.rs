@@ -25,8 +25,10 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTE
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Cap};
 use crate::engine::{self, HostFn, Outcome, Prepared, StderrPipe};
@@ -264,7 +266,12 @@ fn served_route(path: &str) -> Option<(&str, Kind)> {
     (!name.is_empty() && !name.contains(['/', '%', '{', '}'])).then_some((name, kind))
 }
 
-pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+pub async fn serve_forever(
+    front: Arc<Front>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -278,21 +285,36 @@ pub async fn serve_forever(front: Arc<Front>, listener: TcpListener, mut stop: o
         };
         let _ = socket.set_nodelay(true);
         let front = front.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let upstream = Arc::new(tokio::sync::Mutex::new(None));
-            // The client's address, for what is forwarded (the aiohttp app believes it from loopback only).
-            let client = HeaderValue::from_str(&peer.ip().to_string()).ok();
-            let service = hyper::service::service_fn(move |request| {
-                serve(front.clone(), upstream.clone(), client.clone(), request)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(socket), service)
-                .await;
+            match tls {
+                None => serve_connection(front, peer, socket).await,
+                // The handshake within the header timeout: a client stalling it is cut off like a slow one.
+                Some(tls) => {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(socket)).await {
+                        serve_connection(front, peer, stream).await
+                    }
+                }
+            }
             drop(permit);
         });
     }
+}
+
+async fn serve_connection<I>(front: Arc<Front>, peer: SocketAddr, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upstream = Arc::new(tokio::sync::Mutex::new(None));
+    // The client's address, for what is forwarded (the aiohttp app believes it from loopback only).
+    let client = HeaderValue::from_str(&peer.ip().to_string()).ok();
+    let service =
+        hyper::service::service_fn(move |request| serve(front.clone(), upstream.clone(), client.clone(), request));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 type Upstream = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Body>>>>;

@@ -9,6 +9,7 @@ mod engine;
 mod figures;
 mod front;
 mod infer;
+mod tls;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -200,9 +201,10 @@ struct NativeFront {
 #[pymethods]
 impl NativeFront {
     /// `judge(route, label, model_name, version, id, kind, text, stderr, out_of_memory)` returns
-    /// `(status, json_body, retry_after)` for every outcome the front does not answer itself.
+    /// `(status, json_body, retry_after)` for every outcome the front does not answer itself; with
+    /// `tls_cert` and `tls_key` (PEM files) it speaks HTTPS.
     #[new]
-    #[pyo3(signature = (host, port, upstream_port, judge, workers, max_queue, max_body, bounds, threads = 2, reuse_port = false))]
+    #[pyo3(signature = (host, port, upstream_port, judge, workers, max_queue, max_body, bounds, threads = 2, reuse_port = false, tls_cert = None, tls_key = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -216,7 +218,14 @@ impl NativeFront {
         bounds: Vec<f64>,
         threads: usize,
         reuse_port: bool,
+        tls_cert: Option<std::path::PathBuf>,
+        tls_key: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
+        let tls = match (&tls_cert, &tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(PyValueError::new_err)?),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("TLS needs both a certificate and a key")),
+        };
         let judge: front::Judge = Box::new(move |v: front::Verdict| {
             Python::attach(|py| {
                 let stderr = PyBytes::new(py, &v.stderr);
@@ -262,7 +271,7 @@ impl NativeFront {
             .map_err(err)?;
         let port = listener.local_addr().map_err(err)?.port();
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        runtime.spawn(front::serve_forever(front.clone(), listener, stopped));
+        runtime.spawn(front::serve_forever(front.clone(), listener, tls, stopped));
         Ok(Self {
             front,
             runtime: Mutex::new(Some(runtime)),

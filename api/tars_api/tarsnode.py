@@ -142,13 +142,6 @@ class AgentSpec(ApiModel):
             holds=lambda s: s.grpc_port != s.port,
             field_path=".grpcPort",
         ),
-        # The native front speaks plain HTTP: the agent would refuse to start rather than drop TLS.
-        Rule(
-            cel="!(self.nativeHttp && has(self.tlsSecretName))",
-            message="nativeHttp serves plain HTTP and cannot be combined with tlsSecretName",
-            holds=lambda s: not (s.native_http and s.tls_secret_name),
-            field_path=".nativeHttp",
-        ),
     )
 
     image: str = Field(
@@ -190,7 +183,8 @@ class AgentSpec(ApiModel):
         default=False,
         description=(
             "Serve the model routes of native-path models from the agent's Rust front (hyper in "
-            "tars_native), Python deciding access; plain HTTP only. Off: every request goes through Python."
+            "tars_native), Python deciding access; with tlsSecretName it serves HTTPS from the same "
+            "certificate. Off: every request goes through Python."
         ),
     )
     default_access: Literal["open", "namespace"] = Field(

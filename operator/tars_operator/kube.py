@@ -7,9 +7,12 @@ serving watches while a request is in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,10 +67,50 @@ def allocates_ip(obj: dict[str, Any]) -> bool:
     return obj["kind"] == "Service" and obj.get("spec", {}).get("clusterIP") != "None"
 
 
+class Slots:
+    """At most ``size`` holders at once; a waiter that goes ahead gets the next free slot before every
+    other waiter. Applies queued in the threads' own queue instead: one arriving behind a burst's
+    supporting children waited for all of them, however fast each was (1,000 models on 100 TarsNodes:
+    DaemonSet applies took 0.19 s mean, and p95 TarsNode -> DaemonSet was 6.4 s)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._ahead: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def taken(self, ahead: bool = False) -> AsyncIterator[None]:
+        if self._free and not self._ahead and not self._others:
+            self._free -= 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            (self._ahead if ahead else self._others).append(waiter)
+            try:
+                await waiter  # a releaser handed its slot over
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # handed over just before the cancellation
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for queue in (self._ahead, self._others):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():  # a cancelled waiter is skipped
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self._allocating = asyncio.Semaphore(ALLOCATING_SERVICES)
+        self._slots = Slots(API_CONCURRENCY)  # as many as the threads the applies run in
         self._ahead = 0  # applies with ahead=True in flight
         self._none_ahead = asyncio.Event()
         self._none_ahead.set()
@@ -125,16 +168,15 @@ class Kube:
             self._ahead += 1
             self._none_ahead.clear()
             try:
-                return await asyncio.to_thread(self.apply_sync, obj)
+                async with self._slots.taken(ahead=True):
+                    return await asyncio.to_thread(self.apply_sync, obj)
             finally:
                 self._ahead -= 1
                 if not self._ahead:
                     self._none_ahead.set()
         await self._none_ahead.wait()
-        if allocates_ip(obj):
-            async with self._allocating:
-                return await asyncio.to_thread(self.apply_sync, obj)
-        return await asyncio.to_thread(self.apply_sync, obj)
+        async with self._allocating if allocates_ip(obj) else contextlib.nullcontext(), self._slots.taken():
+            return await asyncio.to_thread(self.apply_sync, obj)
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

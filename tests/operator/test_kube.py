@@ -12,7 +12,7 @@ from tars_api import TarsNode
 from tars_api.labels import FIELD_MANAGER
 from tars_common.kube import load_client_config
 from tars_operator import builders, routing
-from tars_operator.kube import Kube, allocates_ip
+from tars_operator.kube import Kube, Slots, allocates_ip
 from tests.fixtures import ControlPlane
 from tests.operator.test_decide import tarsmodel
 
@@ -56,3 +56,35 @@ async def test_applies_wait_while_one_that_goes_ahead_is_in_flight(control_plane
     assert max(ends) < min(starts), kube.log
     for obj in ahead + others:  # every apply went through
         assert control_plane.get_json("configmap", obj["metadata"]["name"], "-n", namespace)
+
+
+async def test_a_free_slot_goes_to_those_waiting_ahead_first() -> None:
+    slots = Slots(2)
+    order: list[str] = []
+    release = asyncio.Event()
+    holding = [0, 0]  # now, most
+
+    async def hold(name: str, ahead: bool = False) -> None:
+        async with slots.taken(ahead=ahead):
+            order.append(name)
+            holding[0] += 1
+            holding[1] = max(holding)
+            await release.wait()
+            await asyncio.sleep(0)
+            holding[0] -= 1
+
+    tasks = [asyncio.create_task(hold(n)) for n in ("first", "second", "other-1", "other-2")]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(hold("ahead", ahead=True))]
+    cancelled = asyncio.create_task(hold("cancelled", ahead=True))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    cancelled.cancel()  # a waiter that leaves gives no slot away
+    assert order == ["first", "second"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    # The ahead waiter came last and was let in first; never more than two held a slot at once.
+    assert order == ["first", "second", "ahead", "other-1", "other-2"]
+    assert holding == [0, 2]
+    async with slots.taken(), slots.taken():  # both slots back
+        pass

@@ -319,9 +319,7 @@ async def serve(
     native_http: bool = False,
     tls_files: tuple[Path, Path] | None = None,
 ) -> None:
-    runner, listener, front = await start_http(
-        agent, guard, admission, ssl_context, reuse_port, native_http, tls_files
-    )
+    runner, listener, front = await start_http(agent, guard, admission, ssl_context, reuse_port, native_http, tls_files)
     log.info(
         "serving on %s:%d with backend %s (%s)",
         agent.config.host,

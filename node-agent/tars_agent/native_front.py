@@ -172,7 +172,6 @@ async def client_address(request: web.Request, handler: Any) -> web.StreamRespon
     return await handler(request if client is None else request.clone(remote=client))
 
 
-
 class NativeHttp:
     """The front, and the Python half of it: teaching, judging, metrics."""
 

@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := .make
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: install browser control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
+.PHONY: install browser helm control-plane lint test test-unit test-cluster e2e crds cluster-up cluster-down kind-up demo bench examples-wasm clean images push
 
 # The native data plane (node-agent/native, Rust) is built into the tars_native extension; its cargo
 # target directory is cached outside the repository.
@@ -27,6 +27,10 @@ control-plane: install
 	bash hack/install-node-packages.sh
 	bash hack/build-control-plane.sh
 
+# The unit lane renders and lints the chart: helm alone, from the same script, before the rest.
+helm: install
+	bash hack/build-control-plane.sh helm
+
 # Debian's chromium, for the test that opens the demo's report.html headless.
 browser:
 	bash hack/install-browser.sh
@@ -48,7 +52,7 @@ REST := cluster or images
 COV := --cov --cov-report=term
 test: test-unit test-cluster
 
-test-unit: install browser
+test-unit: install browser helm
 	$(PYTHON) -m pytest -m "$(UNIT)" $(COV)
 
 test-cluster: install browser control-plane images

@@ -9,6 +9,7 @@ are more than twice that apart, as in the float32 test, whose tolerance is 1e-5.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tars_agent.runtimes.gpt2 import GenerationRequest, GPT2Model, KVCache
+from tars_agent.runtimes.gpt2 import GenerationRequest, GPT2Model, KVCache, _int8_halves, _SplitMatmul
 from tars_agent.runtimes.int8_matmul import WEIGHT_LEVELS, Int8Matmul, quantize_columns
 from tars_api import TarsModel
 from tarsctl.models import make_synthetic
@@ -86,7 +87,7 @@ def test_int8_weights_take_a_quarter_of_the_bytes(models: tuple[GPT2Model, GPT2M
     assert int8.parameter_count() == float32.parameter_count()
     block_matrices = [n for n in float32.weights if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))]
     assert block_matrices and not any(name in int8.weights for name in block_matrices)  # float32 copies dropped
-    quantized = sum(m.nbytes for m in int8._int8.values())
+    quantized = sum(half.nbytes for halves in int8._int8.values() for half in halves)
     full = sum(float32.weights[n].nbytes for n in block_matrices) + float32.weights["wte.weight"].nbytes
     assert quantized < 0.3 * full
 
@@ -100,6 +101,17 @@ def test_quantized_columns_keep_seven_bits_and_a_zero_column() -> None:
     x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
     exact = x @ w
     assert np.abs(Int8Matmul(w)(x) - exact).max() < 0.05 * np.abs(exact).max()
+
+
+def test_column_halves_on_one_thread_or_two_equal_the_whole_matrix() -> None:
+    w = np.random.default_rng(5).standard_normal((96, 1030)).astype(np.float32)
+    x = np.random.default_rng(6).standard_normal((2, 96)).astype(np.float32)
+    whole = Int8Matmul(w)(x)
+    left, right = _int8_halves(w)
+    split = _SplitMatmul(helpers=1)
+    assert np.array_equal(split.halves(partial(left, x), partial(right, x)), whole)  # helper free
+    with split._idle:  # the helper is taken, as by another stream: the caller does both halves
+        assert np.array_equal(split.halves(partial(left, x), partial(right, x)), whole)
 
 
 def test_precision_is_a_spec_option_of_text_generation_only(model_agent: ModelAgent, edge_tiny_dir: Path) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,10 @@ class _SplitMatmul:
     """``x @ w`` with ``w``'s columns split between the calling thread and an idle helper thread.
 
     One generated token reads every weight once (340 MB for GPT-2 small) for little arithmetic, so a
-    token's time is one core's memory bandwidth; numpy drops the GIL inside BLAS, so a second thread
-    reading the other half of each matrix uses a second core's. Column halves leave every output
-    element's sum as it was. When the helper is busy (other streams), the caller does both halves.
+    token's time is one core's memory bandwidth; numpy and onnxruntime drop the GIL while they
+    multiply, so a second thread reading the other half of each matrix uses a second core's. Column
+    halves leave every output element's sum as it was. When the helper is busy (other streams), the
+    caller does both halves.
     """
 
     def __init__(self, helpers: int) -> None:
@@ -46,16 +48,34 @@ class _SplitMatmul:
 
     def __call__(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         half = w.shape[1] // 2
-        if self._pool is None or half < 256 or not self._idle.acquire(blocking=False):
+        if half < 256 or not self._helper_free():
             return x @ w
+        return self._with_helper(partial(np.matmul, x, w[:, :half]), partial(np.matmul, x, w[:, half:]))
+
+    def halves(self, left: Callable[[], np.ndarray], right: Callable[[], np.ndarray]) -> np.ndarray:
+        """``[left(), right()]`` side by side, ``right`` on the helper when it is free."""
+        if not self._helper_free():
+            return np.concatenate([left(), right()], axis=-1)
+        return self._with_helper(left, right)
+
+    def _helper_free(self) -> bool:
+        return self._pool is not None and self._idle.acquire(blocking=False)
+
+    def _with_helper(self, left: Callable[[], np.ndarray], right: Callable[[], np.ndarray]) -> np.ndarray:
+        assert self._pool is not None
         try:
-            other = self._pool.submit(np.matmul, x, w[:, half:])
-            return np.concatenate([x @ w[:, :half], other.result()], axis=-1)
+            other = self._pool.submit(right)
+            return np.concatenate([left(), other.result()], axis=-1)
         finally:
             self._idle.release()
 
 
 _SPLIT = _SplitMatmul(helpers=min(1, (os.cpu_count() or 1) - 1))
+
+
+def _int8_halves(w: np.ndarray) -> tuple[Int8Matmul, Int8Matmul]:
+    half = w.shape[1] // 2
+    return Int8Matmul(w[:, :half]), Int8Matmul(w[:, half:])
 
 
 class CheckpointError(ValueError):
@@ -208,13 +228,14 @@ class GPT2Model:
         self.eos_token_id = self._find_eos()
         self.precision = precision
         self._parameters = sum(int(w.size) for w in self.weights.values())
-        self._int8: dict[str, Int8Matmul] = {}
+        # Column halves, for _SPLIT: per-column scales make them exactly the whole matrix's columns.
+        self._int8: dict[str, tuple[Int8Matmul, Int8Matmul]] = {}
         if precision == "int8":
-            self._int8[_HEAD] = Int8Matmul(self.weights["wte.weight"].T)  # wte itself stays for the lookup
+            self._int8[_HEAD] = _int8_halves(self.weights["wte.weight"].T)  # wte itself stays for the lookup
             for layer in range(self.config.n_layer):
                 for part in _MATRICES:
                     name = f"h.{layer}.{part}.weight"
-                    self._int8[name] = Int8Matmul(self.weights.pop(name))
+                    self._int8[name] = _int8_halves(self.weights.pop(name))
 
     def _find_eos(self) -> int | None:
         if self.config.eos_token_id is not None and self.config.eos_token_id < self.config.vocab_size:
@@ -228,7 +249,8 @@ class GPT2Model:
     def _matmul(self, x: np.ndarray, name: str) -> np.ndarray:
         quantized = self._int8.get(name)
         if quantized is not None:
-            return quantized(x)
+            left, right = quantized
+            return _SPLIT.halves(partial(left, x), partial(right, x))
         return _SPLIT(x, self.weights["wte.weight"].T if name == _HEAD else self.weights[name])
 
     def encode(self, text: str) -> list[int]:

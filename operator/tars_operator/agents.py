@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tars_api.labels import BACKEND_LABEL, NODE_LABEL, TARSNODE_LABEL
-from tars_api.lease import LEASE_DURATION_S, AgentReport, lease_expired, parse_agent_annotations
+from tars_api.lease import LEASE_DURATION_S, RENEW_INTERVAL_S, AgentReport, lease_expired, parse_agent_annotations
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# A Lease not renewed for this long has missed a renewal (every 2 s) by more than the jitter of a
+# loaded node: the operator then asks the agent's port whether anything still listens (liveness.py).
+LATE_AFTER_S = RENEW_INTERVAL_S + 1.5
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,13 @@ class LeaseRecord:
     duration_s: int | None
     report: AgentReport
     name: str = ""
+    # The agent missed a renewal and its address refused a connection: its process is gone, so it
+    # is lost without waiting out the rest of the Lease. Holds only until a later renewal.
+    refused: bool = False
+
+
+def lease_lost(lease: LeaseRecord, now: datetime) -> bool:
+    return lease.refused or lease_expired(lease.renew_time, lease.duration_s, now)
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def agent_views(
     for lease in sorted(leases, key=lambda item: item.node):
         report = lease.report
         node = nodes.get(lease.node)
-        alive = not lease_expired(lease.renew_time, lease.duration_s, now)
+        alive = not lease_lost(lease, now)
         healthy_node = node is None or (node.ready and node.schedulable)
         views.append(
             AgentView(
@@ -119,6 +129,8 @@ def agent_views(
 def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime) -> str | None:
     """Why an agent is out of service, in words for a condition or Event; None if it is fine."""
     node = nodes.get(lease.node)
+    if lease.refused:
+        return f"agent on {lease.node} missed a Lease renewal and its port refuses connections"
     if lease_expired(lease.renew_time, lease.duration_s, now):
         return f"agent on {lease.node} stopped renewing its Lease"
     if node is not None and not node.ready:
@@ -131,11 +143,14 @@ def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime)
 
 
 def next_expiry_s(leases: list[LeaseRecord], now: datetime, longest_s: float) -> float:
-    """Seconds until the first of these Leases that is still fresh expires, at most ``longest_s``
-    (a renewal meanwhile moves that moment later; a new Lease arrives as a watch event)."""
-    waits = [
-        (lease.renew_time - now).total_seconds() + (lease.duration_s or LEASE_DURATION_S)
-        for lease in leases
-        if lease.renew_time is not None and not lease_expired(lease.renew_time, lease.duration_s, now)
-    ]
+    """Seconds until the first of these Leases still renewed on time turns late (LATE_AFTER_S) or
+    expires, at most ``longest_s`` (a renewal meanwhile moves that moment later; a new Lease arrives as
+    a watch event)."""
+    waits = []
+    for lease in leases:
+        if lease.renew_time is None or lease_lost(lease, now):
+            continue
+        late_at = lease.renew_time + timedelta(seconds=LATE_AFTER_S)
+        expires_at = lease.renew_time + timedelta(seconds=lease.duration_s or LEASE_DURATION_S)
+        waits.append(((late_at if late_at > now else expires_at) - now).total_seconds())
     return max(0.0, min([longest_s, *waits]))

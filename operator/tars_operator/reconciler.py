@@ -24,10 +24,9 @@ import kopf
 from tars_api import API_VERSION, GROUP, TarsModel, TarsNode
 from tars_api.functions import validate_function
 from tars_api.labels import MANAGED_BY, MODEL_LABEL, OPERATOR, SLICE_MANAGED_BY
-from tars_api.lease import lease_expired
 from tars_api.tarsmodel import ModelKind
 from tars_operator import builders, metrics, requests, routing
-from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lost_reason, node_label_patches
+from tars_operator.agents import LeaseRecord, NodeRecord, agent_views, lease_lost, lost_reason, node_label_patches
 from tars_operator.autoscaler import Decision, Policy, decide, model_load
 from tars_operator.conditions import merge_conditions, transitions
 from tars_operator.decide import ModelFacts, ModelPlan, decide_model
@@ -138,7 +137,7 @@ def observed_load(tm: TarsModel, seen: Observed) -> float:
     now = datetime.now(UTC)
     total = 0.0
     for lease in seen.leases.get((tm.metadata.namespace, tm.spec.node_ref.name), []):
-        if lease_expired(lease.renew_time, lease.duration_s, now):
+        if lease_lost(lease, now):
             continue
         state = lease.report.models.get(key)
         if state is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from tars_api.lease import AgentReport
-from tars_operator.agents import LeaseRecord, next_expiry_s
+from tars_operator.agents import LATE_AFTER_S, LeaseRecord, next_expiry_s
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -17,12 +18,18 @@ def lease(node: str, renewed_s_ago: float | None, duration_s: int | None = 8) ->
 
 
 def test_wakes_when_the_first_fresh_lease_expires() -> None:
-    leases = [lease("n1", 2.0), lease("n2", 5.0), lease("n3", 1.0, duration_s=30)]
+    leases = [lease("n2", 5.0), lease("n3", 6.0, duration_s=30)]  # both late already
     assert next_expiry_s(leases, NOW, longest_s=10.0) == 3.0
 
 
-def test_expired_and_unrenewed_leases_do_not_wake_it_again() -> None:
-    leases = [lease("dead", 20.0), lease("never", None), lease("n1", 0.0, duration_s=30)]
+def test_wakes_when_a_lease_misses_a_renewal_to_ask_its_agent() -> None:
+    leases = [lease("n1", 2.0), lease("n2", 5.0), lease("n3", 3.0, duration_s=30)]
+    assert next_expiry_s(leases, NOW, longest_s=10.0) == LATE_AFTER_S - 3.0
+
+
+def test_expired_refused_and_unrenewed_leases_do_not_wake_it_again() -> None:
+    refused = replace(lease("gone", 4.0), refused=True)
+    leases = [lease("dead", 20.0), lease("never", None), refused, lease("n1", 4.0, duration_s=30)]
     assert next_expiry_s(leases, NOW, longest_s=10.0) == 10.0
     assert next_expiry_s([], NOW, longest_s=10.0) == 10.0
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tars_api.lease import AgentReport, lease_body
-from tars_operator.agents import lease_record
-from tars_operator.liveness import LeaseConfirmations, suspect
+from tars_operator.agents import agent_views, lease_record, lost_reason
+from tars_operator.liveness import LeaseConfirmations, connection_refused, late, suspect
 
 NOW = datetime.now(UTC)
 REPORT = AgentReport(address="10.0.0.1:9400", backend="wasmtime", capacity_mib=1024, ready=True)
@@ -62,3 +63,59 @@ def test_a_lease_expired_in_the_api_server_too_stays_expired() -> None:
         confirmed = asyncio.run(LeaseConfirmations(server.get).confirm([record(10.0)], NOW))
         assert server.gets == 1
         assert suspect(confirmed[0], NOW)
+
+
+class Port:
+    """What connecting to the agent's address finds, and how often it was tried."""
+
+    def __init__(self, refused: bool) -> None:
+        self.refused, self.probes = refused, 0
+
+    async def probe(self, address: str) -> bool:
+        assert address == REPORT.address
+        self.probes += 1
+        return self.refused
+
+
+def confirmed(server: ApiServer, port: Port, renewed_s_ago: float) -> Any:
+    confirmations = LeaseConfirmations(server.get, port.probe)
+    return asyncio.run(confirmations.confirm([record(renewed_s_ago)], NOW))[0]
+
+
+def test_only_a_missed_renewal_is_asked_about() -> None:
+    assert not late(record(2.5), NOW)  # within a renewal and its jitter
+    assert late(record(5.0), NOW)
+    assert not late(record(9.0), NOW)  # expired: the GET decides, as before
+
+
+def test_a_late_agent_whose_port_refuses_is_lost_at_once() -> None:
+    server, port = ApiServer(body(5.0)), Port(refused=True)
+    lease = confirmed(server, port, 5.0)
+    assert lease.refused and port.probes == 1 and server.gets == 1
+    assert "refuses connections" in (lost_reason(lease, {}, NOW) or "")
+    assert not agent_views([lease], {}, NOW)[0].ready
+    # The same agent renewing again (it restarted) is back, without asking.
+    confirmations = LeaseConfirmations(server.get, port.probe)
+    asyncio.run(confirmations.confirm([record(5.0)], NOW))
+    assert confirmations.latest(record(5.0)).refused
+    assert not confirmations.latest(record(1.0)).refused
+
+
+def test_a_late_agent_that_still_listens_or_renewed_meanwhile_keeps_its_models() -> None:
+    server, port = ApiServer(body(5.0)), Port(refused=False)
+    assert not confirmed(server, port, 5.0).refused and server.gets == 0
+    # Refused, but the API server has a renewal the index has not: an agent restarted in place.
+    server, port = ApiServer(body(0.5)), Port(refused=True)
+    lease = confirmed(server, port, 5.0)
+    assert not lease.refused and agent_views([lease], {}, NOW)[0].ready
+
+
+def test_connection_refused_is_only_a_refusal() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert not asyncio.run(connection_refused(address))
+    assert asyncio.run(connection_refused(address))  # closed: nothing listens there now
+    assert not asyncio.run(connection_refused("not-an-address"))
+    assert not asyncio.run(connection_refused("agent.invalid:9400", timeout_s=0.5))  # no such host: unknown

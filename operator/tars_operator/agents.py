@@ -11,9 +11,8 @@ from tars_api.lease import LEASE_DURATION_S, RENEW_INTERVAL_S, AgentReport, leas
 from tars_operator.placement import AgentView
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
-# A Lease not renewed for this long has missed a renewal (every 2 s) by more than the jitter of a
-# loaded node: the operator then asks the agent's port whether anything still listens (liveness.py).
-LATE_AFTER_S = RENEW_INTERVAL_S + 1.5
+# How much later than its renewal interval a Lease counts as late: a loaded node's jitter.
+LATE_GRACE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,14 @@ class LeaseRecord:
     # The agent missed a renewal and its address refused a connection: its process is gone, so it
     # is lost without waiting out the rest of the Lease. Holds only until a later renewal.
     refused: bool = False
+
+
+def late_after_s(lease: LeaseRecord) -> float:
+    """A Lease not renewed for this long has missed a renewal: the operator then asks the agent's
+    port whether anything still listens (liveness.py). Agents renew every quarter of the duration
+    their Lease declares (2 s of 8)."""
+    duration = lease.duration_s or LEASE_DURATION_S
+    return duration * RENEW_INTERVAL_S / LEASE_DURATION_S + LATE_GRACE_S
 
 
 def lease_lost(lease: LeaseRecord, now: datetime) -> bool:
@@ -143,14 +150,14 @@ def lost_reason(lease: LeaseRecord, nodes: dict[str, NodeRecord], now: datetime)
 
 
 def next_expiry_s(leases: list[LeaseRecord], now: datetime, longest_s: float) -> float:
-    """Seconds until the first of these Leases still renewed on time turns late (LATE_AFTER_S) or
+    """Seconds until the first of these Leases still renewed on time turns late (late_after_s) or
     expires, at most ``longest_s`` (a renewal meanwhile moves that moment later; a new Lease arrives as
     a watch event)."""
     waits = []
     for lease in leases:
         if lease.renew_time is None or lease_lost(lease, now):
             continue
-        late_at = lease.renew_time + timedelta(seconds=LATE_AFTER_S)
+        late_at = lease.renew_time + timedelta(seconds=late_after_s(lease))
         expires_at = lease.renew_time + timedelta(seconds=lease.duration_s or LEASE_DURATION_S)
         waits.append(((late_at if late_at > now else expires_at) - now).total_seconds())
     return max(0.0, min([longest_s, *waits]))

@@ -7,7 +7,7 @@ models the placements churned between three healthy agents for minutes. One GET,
 that looks expired, tells a late index from a lost agent.
 
 An agent that crashed is found sooner than its Lease expires: once its Lease has missed a renewal
-(LATE_AFTER_S), the operator opens a connection to the agent's address. A refusal means nothing
+(late_after_s), the operator opens a connection to the agent's address. A refusal means nothing
 listens there, the process is gone, and, the Lease read again to rule out a late index, the agent is
 lost at once (a crash-looping pod or an OOM-killed agent: its models move about 4 s after its last
 renewal instead of 8). Anything else, an accepted connection (a stopped or overloaded agent: the
@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tars_api.lease import LEASE_DURATION_S, lease_expired
-from tars_operator.agents import LATE_AFTER_S, LeaseRecord, lease_record
+from tars_operator.agents import LeaseRecord, late_after_s, lease_record
 
 log = logging.getLogger("tars_operator")
 # A Lease is read at most this often, however many reconciles ask at once.
@@ -75,7 +75,7 @@ def late(lease: LeaseRecord, now: datetime) -> bool:
     """Missed a renewal but not yet expired: worth asking whether the agent still listens."""
     if lease.renew_time is None or lease.refused or not lease.report.address or not lease.name:
         return False
-    overdue = (now - lease.renew_time).total_seconds() > LATE_AFTER_S
+    overdue = (now - lease.renew_time).total_seconds() > late_after_s(lease)
     return overdue and not lease_expired(lease.renew_time, lease.duration_s, now)
 
 

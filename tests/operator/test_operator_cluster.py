@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +40,31 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
+_LISTENING: dict[int, socket.socket | None] = {}
+_LISTENING_LOCK = threading.Lock()
+
+
+def listen_as_agent(port: int) -> None:
+    """Opens a simulated agent's port, as a live agent's is: the operator asks the address of an agent
+    whose Lease missed a renewal, and a refused connection makes it lost at once (liveness.py)."""
+    with _LISTENING_LOCK:
+        if port in _LISTENING:
+            return
+        try:
+            server: socket.socket | None = socket.create_server((localcluster.host_ip(), port))
+        except OSError:  # taken: something listens there already
+            server = None
+        _LISTENING[port] = server
+    if server is not None:
+        threading.Thread(target=_accept_and_close, args=(server,), daemon=True).start()
+
+
+def _accept_and_close(server: socket.socket) -> None:
+    while True:
+        connection, _ = server.accept()
+        connection.close()
+
+
 def lease_for(
     namespace: str,
     node: str,
@@ -49,6 +76,7 @@ def lease_for(
     renewed: datetime | None = None,
     requests: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    listen_as_agent(port)
     report = AgentReport(
         address=f"{localcluster.host_ip()}:{port}",
         backend="wasmtime",
@@ -256,6 +284,41 @@ def test_lost_agent_moves_placements(
         ),
         what="the TarsNode reporting the lost agent",
     )
+
+
+def test_agent_that_refuses_connections_is_lost_before_its_lease_expires(
+    control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
+) -> None:
+    apply(control_plane, namespace, tarsnode())
+    key = f"{namespace}/m"
+    for port, node in enumerate(simulated_nodes, start=9301):
+        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
+    apply(control_plane, namespace, tarsmodel("m", replicas=1))
+    status = eventually(lambda: (s := _model(control_plane, namespace, "m").get("status", {})).get("placements") and s)
+    victim = status["placements"][0]["node"]
+    # The victim's process died: its last renewal 12 s ago, nothing listens at its address. Its Lease
+    # declares 40 s (renewed every 10 s), so it is late now and expires only 28 s from now.
+    with socket.socket() as closed:
+        closed.bind((localcluster.host_ip(), 0))
+        dead_port = closed.getsockname()[1]
+    stale = lease_for(namespace, victim, 9301, {key: True}, renewed=datetime.now(UTC) - timedelta(seconds=12))
+    stale["metadata"]["annotations"]["tars.hyperlight.dev/address"] = f"{localcluster.host_ip()}:{dead_port}"
+    stale["spec"]["leaseDurationSeconds"] = 40
+    put_lease(control_plane, namespace, stale)
+    eventually(
+        lambda: _model(control_plane, namespace, "m")["status"]["placements"][0]["node"] != victim,
+        timeout=20,
+        what="placement moved off the agent that refuses connections, before its Lease expired",
+    )
+    degraded = eventually(
+        lambda: (
+            (d := condition(control_plane.get_json("tarsnode", "tars", "-n", namespace), "Degraded")).get("status")
+            == "True"
+            and d
+        ),
+        what="the TarsNode reporting the lost agent",
+    )
+    assert victim in degraded["message"] and "refuses connections" in degraded["message"]
 
 
 def test_unplaceable_replicas_are_reported(

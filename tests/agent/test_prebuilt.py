@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,11 @@ REQUEST = json.dumps({"text": "The launch went wonderfully, nothing broke!"})
 # Runs in a Python that cannot find componentize-py (neither on PATH nor beside the interpreter),
 # with an empty writable cache: a guest or compiled file appearing there means it was built here.
 CHILD = """
-import json, sys, time
+import json, site, sys, time
+# The parent's site directories with their .pth files: a virtualenv's editable install is an import
+# hook there, which PYTHONPATH alone does not run (this interpreter is the venv's base, see below).
+for directory in json.loads(sys.argv[2]):
+    site.addsitedir(directory)
 from pathlib import Path
 from tars_agent.sandbox.base import GuestSource, Limits
 from tars_agent.sandbox.probe import wasmtime_backend
@@ -96,7 +101,12 @@ def test_prebuilt_guests_load_without_componentize_py(prebuilt: Path, tmp_path: 
     assert probe.stdout.strip() == "False"
 
     result = subprocess.run(
-        [str(python), "-c", CHILD, REQUEST], env=env, capture_output=True, text=True, timeout=300, check=False
+        [str(python), "-c", CHILD, REQUEST, json.dumps(site.getsitepackages())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout)

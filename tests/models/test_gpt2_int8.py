@@ -49,7 +49,7 @@ def test_int8_logits_stay_within_tolerance_of_transformers(
     checked = 0
     for sequence in reference["sequences"]:
         ids = sequence["ids"]
-        got = int8.forward(ids, KVCache.empty(int8.config), all_logits=True).astype(np.float64)
+        got = int8.forward(ids, int8.new_cache(), all_logits=True).astype(np.float64)
         top_ids = np.asarray(sequence["top_ids"])
         top_logits = np.asarray(sequence["top_logits"], dtype=np.float64)
         last = np.asarray(sequence["last_logits"], dtype=np.float64)
@@ -71,7 +71,7 @@ def test_int8_greedy_generation_follows_the_float32_path(models: tuple[GPT2Model
         done = float32.generate(GenerationRequest(prompt, max_tokens=GENERATED))
         ids = float32.encode(prompt) + float32.encode(done.text)
         expected = float32.forward(ids, KVCache.empty(float32.config), all_logits=True)
-        got = int8.forward(ids, KVCache.empty(int8.config), all_logits=True)
+        got = int8.forward(ids, int8.new_cache(), all_logits=True)
         generated_from = len(float32.encode(prompt)) - 1
         tolerance = INT8_RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max()))
         assert np.abs(got - expected).max() <= tolerance
@@ -82,12 +82,28 @@ def test_int8_greedy_generation_follows_the_float32_path(models: tuple[GPT2Model
     assert clear_steps >= len(PROMPTS) * GENERATED // 2
 
 
+def test_int8_token_by_token_through_the_cache_matches_one_pass(models: tuple[GPT2Model, GPT2Model]) -> None:
+    """The graph's keys and values, written into the cache and read back as the next call's past,
+    give what one pass over the whole sequence gives (to the int8 tolerance: each call quantizes its
+    own activations)."""
+    _, int8 = models
+    ids = int8.encode(PROMPTS[2])
+    whole = int8.forward(ids, int8.new_cache(), all_logits=True)
+    cache = int8.new_cache()
+    steps = [int8.forward(ids[:3], cache)] + [int8.forward([token], cache) for token in ids[3:]]
+    assert cache.length == len(ids)
+    tolerance = INT8_RELATIVE_TOLERANCE * max(1.0, float(np.abs(whole).max()))
+    assert np.abs(np.stack(steps) - whole[2:]).max() <= tolerance
+    with pytest.raises(ValueError, match="new_cache"):
+        int8.forward(ids, KVCache.empty(int8.config))
+
+
 def test_int8_weights_take_a_quarter_of_the_bytes(models: tuple[GPT2Model, GPT2Model]) -> None:
     float32, int8 = models
     assert int8.parameter_count() == float32.parameter_count()
     block_matrices = [n for n in float32.weights if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))]
     assert block_matrices and not any(name in int8.weights for name in block_matrices)  # float32 copies dropped
-    quantized = sum(half.nbytes for halves in int8._int8.values() for half in halves)
+    quantized = int8.quantized_bytes()
     full = sum(float32.weights[n].nbytes for n in block_matrices) + float32.weights["wte.weight"].nbytes
     assert quantized < 0.3 * full
 

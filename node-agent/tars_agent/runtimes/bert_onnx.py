@@ -10,15 +10,15 @@ onnxruntime's own optimizer fuses the pieces (BiasGelu, SkipLayerNormalization, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-OPSET = 18  # LayerNormalization (17) and Reduce* taking axes as an input (18)
+from tars_agent.runtimes.onnx_graph import OPSET, OnnxGraph
+
 # Added to the attention scores of padding positions: exp() of it is 0 in float32.
 MASKED = -1e9
 
@@ -31,29 +31,9 @@ class BertShape:
     layer_norm_eps: float
 
 
-@dataclass
-class _Graph:
-    """Collects nodes and initializers; every node gets a fresh output name."""
-
-    nodes: list[onnx.NodeProto] = field(default_factory=list)
-    initializers: list[onnx.TensorProto] = field(default_factory=list)
-
-    def const(self, name: str, value: np.ndarray | float | Sequence[int]) -> str:
-        array = np.asarray(value)
-        if array.dtype == np.float64:
-            array = array.astype(np.float32)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, **attributes: Any) -> str:
-        output = f"{op_type}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
-        return output
-
-
 def bert_sentence_encoder(weights: Mapping[str, np.ndarray], shape: BertShape) -> onnx.ModelProto:
     """The ONNX model for a Hugging Face BERT checkpoint's tensors (names as in model.safetensors)."""
-    g = _Graph()
+    g = OnnxGraph()
     w = {name: value.astype(np.float32) for name, value in weights.items() if value.dtype != np.int64}
     hidden, heads = shape.hidden_size, shape.num_heads
     head_dim = hidden // heads
@@ -106,7 +86,7 @@ def bert_sentence_encoder(weights: Mapping[str, np.ndarray], shape: BertShape) -
     counts = g.op("Max", g.op("ReduceSum", mask, one, keepdims=0), g.const("min_count", 1e-9))
     pooled = g.op("Div", summed, counts)
     norm = g.op("ReduceL2", pooled, g.const("hidden_axis", [-1]), keepdims=1)
-    g.nodes.append(helper.make_node("Div", [pooled, g.op("Max", norm, g.const("min_norm", 1e-12))], ["embedding"]))
+    g.named("Div", [pooled, g.op("Max", norm, g.const("min_norm", 1e-12))], ["embedding"])
     graph = helper.make_graph(
         g.nodes,
         "bert_sentence_encoder",

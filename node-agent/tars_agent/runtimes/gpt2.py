@@ -22,6 +22,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from tars_agent.runtimes.gpt2_int8 import Int8Blocks
 from tars_agent.runtimes.int8_matmul import Int8Matmul
 from tars_agent.runtimes.numerics import gelu_exact, gelu_tanh, layer_norm, limit_blas_threads, softmax
 
@@ -124,18 +125,23 @@ class GPT2Config:
 
 @dataclass
 class KVCache:
-    """Keys and values of every position seen so far, per layer: (heads, n_positions, head_dim)."""
+    """Keys and values of every position seen so far, per layer: (heads, n_positions, head_dim), or
+    (n_positions, heads, head_dim) with ``positions_first`` (the int8 graph's: a prefix is contiguous)."""
 
     keys: list[np.ndarray]
     values: list[np.ndarray]
     length: int = 0
+    positions_first: bool = False
 
     @staticmethod
-    def empty(config: GPT2Config) -> KVCache:
+    def empty(config: GPT2Config, positions_first: bool = False) -> KVCache:
         shape = (config.n_head, config.n_positions, config.head_dim)
+        if positions_first:
+            shape = (config.n_positions, config.n_head, config.head_dim)
         return KVCache(
             keys=[np.zeros(shape, np.float32) for _ in range(config.n_layer)],
             values=[np.zeros(shape, np.float32) for _ in range(config.n_layer)],
+            positions_first=positions_first,
         )
 
 
@@ -190,7 +196,6 @@ def _required_names(config: GPT2Config) -> list[str]:
 
 
 PRECISIONS = ("float32", "int8")
-_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _HEAD = "lm_head"
 
 
@@ -198,9 +203,10 @@ class GPT2Model:
     """A loaded checkpoint; read-only after loading, so one instance serves concurrent requests.
 
     ``precision="int8"`` (opt-in) keeps the blocks' matrices and the output head in 7-bit integers
-    (:mod:`tars_agent.runtimes.int8_matmul`): a token reads a quarter of the bytes, and its logits
-    move by about 1 % of their range, so greedy text can part from float32's where two tokens are
-    close. float32 stays the default: it matches transformers to 1e-5.
+    (:mod:`tars_agent.runtimes.int8_matmul`), the blocks as one onnxruntime graph
+    (:mod:`tars_agent.runtimes.gpt2_int8`): a token reads a quarter of the bytes, and its logits move
+    by about 1 % of their range, so greedy text can part from float32's where two tokens are close.
+    float32 stays the default: it matches transformers to 1e-5.
     """
 
     def __init__(self, model_dir: Path, precision: str = "float32") -> None:
@@ -228,14 +234,16 @@ class GPT2Model:
         self.eos_token_id = self._find_eos()
         self.precision = precision
         self._parameters = sum(int(w.size) for w in self.weights.values())
-        # Column halves, for _SPLIT: per-column scales make them exactly the whole matrix's columns.
-        self._int8: dict[str, tuple[Int8Matmul, Int8Matmul]] = {}
+        # The int8 output head in column halves, for _SPLIT: per-column scales make them exactly the
+        # whole matrix's columns. wte itself stays for the lookup.
+        self._head: tuple[Int8Matmul, Int8Matmul] | None = None
+        self._blocks: Int8Blocks | None = None
         if precision == "int8":
-            self._int8[_HEAD] = _int8_halves(self.weights["wte.weight"].T)  # wte itself stays for the lookup
-            for layer in range(self.config.n_layer):
-                for part in _MATRICES:
-                    name = f"h.{layer}.{part}.weight"
-                    self._int8[name] = _int8_halves(self.weights.pop(name))
+            self._head = _int8_halves(self.weights["wte.weight"].T)
+            cfg = self.config
+            self._blocks = Int8Blocks(
+                self.weights, cfg.n_layer, cfg.n_head, cfg.layer_norm_epsilon, cfg.activation_function
+            )
 
     def _find_eos(self) -> int | None:
         if self.config.eos_token_id is not None and self.config.eos_token_id < self.config.vocab_size:
@@ -246,10 +254,17 @@ class GPT2Model:
     def parameter_count(self) -> int:
         return self._parameters
 
+    def quantized_bytes(self) -> int:
+        """Bytes of the int8 matrices and their scales (0 for float32)."""
+        head = sum(half.nbytes for half in self._head) if self._head else 0
+        return head + (self._blocks.nbytes if self._blocks else 0)
+
+    def new_cache(self) -> KVCache:
+        return KVCache.empty(self.config, positions_first=self._blocks is not None)
+
     def _matmul(self, x: np.ndarray, name: str) -> np.ndarray:
-        quantized = self._int8.get(name)
-        if quantized is not None:
-            left, right = quantized
+        if name == _HEAD and self._head is not None:
+            left, right = self._head
             return _SPLIT.halves(partial(left, x), partial(right, x))
         return _SPLIT(x, self.weights["wte.weight"].T if name == _HEAD else self.weights[name])
 
@@ -275,12 +290,27 @@ class GPT2Model:
         # Query i sits at absolute position start+i and may attend to keys 0..start+i.
         causal = np.arange(start + count)[None, :] > (start + np.arange(count))[:, None]
         mask = np.where(causal, np.float32(-1e9), np.float32(0.0))
-        for layer in range(cfg.n_layer):
-            x = self._block(x, layer, cache, start, mask)
+        if self._blocks is not None:
+            x = self._int8_blocks(x, cache, start, mask)
+        else:
+            for layer in range(cfg.n_layer):
+                x = self._block(x, layer, cache, start, mask)
+            x = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], cfg.layer_norm_epsilon)
         cache.length = start + count
-        x = layer_norm(x if all_logits else x[-1:], w["ln_f.weight"], w["ln_f.bias"], cfg.layer_norm_epsilon)
-        logits = self._matmul(x, _HEAD)  # GPT-2 ties the output head to the token embeddings
+        logits = self._matmul(x if all_logits else x[-1:], _HEAD)  # GPT-2 ties the head to the embeddings
         return logits if all_logits else logits[0]
+
+    def _int8_blocks(self, x: np.ndarray, cache: KVCache, start: int, mask: np.ndarray) -> np.ndarray:
+        """Every block and the final layer norm in one call; the new keys and values go into ``cache``."""
+        assert self._blocks is not None
+        if not cache.positions_first:
+            raise ValueError("an int8 model's cache comes from its new_cache()")
+        end = start + x.shape[0]
+        hidden, keys, values = self._blocks(x, mask, [k[:start] for k in cache.keys], [v[:start] for v in cache.values])
+        for layer in range(self.config.n_layer):
+            cache.keys[layer][start:end] = keys[layer]
+            cache.values[layer][start:end] = values[layer]
+        return hidden
 
     def _block(self, x: np.ndarray, layer: int, cache: KVCache, start: int, mask: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -320,7 +350,7 @@ class GPT2Model:
         if not prompt_ids:
             prompt_ids = [self.eos_token_id] if self.eos_token_id is not None else [0]
         rng = np.random.default_rng(request.seed)
-        cache = KVCache.empty(self.config)
+        cache = self.new_cache()
         logits = self.forward(prompt_ids, cache)
         generated: list[int] = []
         text = ""

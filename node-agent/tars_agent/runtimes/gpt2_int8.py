@@ -15,12 +15,11 @@ first, so a prefix of the cache is one contiguous array), and returns the final 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from tars_agent.cpus import usable_cpus
 from tars_agent.runtimes.int8_matmul import quantize_columns
 from tars_agent.runtimes.onnx_graph import CONTRIB, OPSET, OnnxGraph
 
@@ -111,9 +110,9 @@ class Int8Blocks:
             graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
         )
         options = ort.SessionOptions()
-        # One stream's token is one call: its products are split over the cores it may use (two
-        # here). Pool threads sleep rather than spin between calls, leaving the cores to others.
-        options.intra_op_num_threads = threads or min(2, len(os.sched_getaffinity(0)))
+        # One stream's token is one call: its products are split over two of the cores it may use
+        # (a pod's CPU limit counts). Pool threads sleep rather than spin between calls, leaving the cores to others.
+        options.intra_op_num_threads = threads or min(2, usable_cpus())
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3

@@ -111,7 +111,8 @@ class Int8Blocks:
         )
         options = ort.SessionOptions()
         # One stream's token is one call: its products are split over two of the cores it may use
-        # (a pod's CPU limit counts). Pool threads sleep rather than spin between calls, leaving the cores to others.
+        # (a pod's CPU limit counts). Pool threads sleep rather than spin between calls, leaving the
+        # cores to other requests.
         options.intra_op_num_threads = threads or min(2, usable_cpus())
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -275,8 +275,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_generation(case: Case, tokens: int = GENERATED_TOKENS, precision: str = "float32") -> dict[str, float]:
-    """One stream, in-process: time to first token, then wall and CPU ms per further token."""
+def measure_generation(
+    case: Case, tokens: int = GENERATED_TOKENS, precision: str = "float32", rounds: int = 3
+) -> dict[str, float]:
+    """One stream, in-process: time to first token, then wall and CPU ms per further token; the
+    median of ``rounds`` runs (one run's figure moved by half between runs on this shared machine)."""
     from tars_agent.runtimes.gpt2 import GenerationRequest, GPT2Model
 
     model = GPT2Model(Path(case.source.removeprefix("file://")), precision)
@@ -288,14 +291,17 @@ def measure_generation(case: Case, tokens: int = GENERATED_TOKENS, precision: st
         return time.perf_counter() - wall, time.process_time() - cpu, done.completion_tokens
 
     timed(2)  # first touch of the weights
-    first_wall, first_cpu, _ = timed(1)
-    wall, cpu, produced = timed(tokens + 1)
-    ms_per_token = (wall - first_wall) * 1000 / max(1, produced - 1)
+    runs = []
+    for _ in range(rounds):
+        first_wall, first_cpu, _ = timed(1)
+        wall, cpu, produced = timed(tokens + 1)
+        runs.append((first_wall, (wall - first_wall) / max(1, produced - 1), (cpu - first_cpu) / max(1, produced - 1)))
+    ttft, per_token, cpu_per_token = (statistics.median(run[i] for run in runs) for i in range(3))
     return {
-        "ttft_ms": first_wall * 1000,
-        "ms_per_token": ms_per_token,
-        "cpu_ms_per_token": (cpu - first_cpu) * 1000 / max(1, produced - 1),
-        "tokens_per_s": 1000 / ms_per_token,
+        "ttft_ms": ttft * 1000,
+        "ms_per_token": per_token * 1000,
+        "cpu_ms_per_token": cpu_per_token * 1000,
+        "tokens_per_s": 1 / per_token,
     }
 
 

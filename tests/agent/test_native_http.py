@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,21 @@ class Served:
         return dict(counts)
 
 
+@asynccontextmanager
+async def fronted(
+    agent: Agent, guard: AccessGuard | None = None, admission: FairAdmission | None = None
+) -> AsyncIterator[NativeHttp]:
+    """``agent`` served with the native HTTP front on its port; everything closed afterwards, the agent too."""
+    runner, listener, front = await start_http(agent, guard, admission, None, False, True)
+    try:
+        yield front
+    finally:
+        front.close()
+        listener.close()
+        await runner.cleanup()
+        agent.close()
+
+
 @pytest.fixture
 async def served(backend: WasmtimeBackend) -> AsyncIterator[Served]:
     assert backend.path == "native", "tars_native is not installed: run make install (hack/build-native.sh)"
@@ -110,14 +126,8 @@ async def served(backend: WasmtimeBackend) -> AsyncIterator[Served]:
     ]
     for model in models:
         assert await agent.ensure_loaded(model), agent.repository.failed
-    runner, listener, front = await start_http(agent, None, None, None, False, True)
-    session = aiohttp.ClientSession()
-    yield Served(agent, front, session, f"http://127.0.0.1:{agent.config.port}")
-    await session.close()
-    front.close()
-    listener.close()
-    await runner.cleanup()
-    agent.close()
+    async with fronted(agent) as front, aiohttp.ClientSession() as session:
+        yield Served(agent, front, session, f"http://127.0.0.1:{agent.config.port}")
 
 
 async def test_answers_equal_the_python_routes(served: Served) -> None:
@@ -385,9 +395,8 @@ async def test_a_full_queue_on_the_front_is_429_and_counted(backend: WasmtimeBac
     agent = make_agent(backend, host="127.0.0.1", port=0)
     assert await agent.ensure_loaded(tars_model("burner", "builtin://hostile"))
     admission = FairAdmission(agent.config.workers, 1, models_loaded=lambda: len(agent.repository.models))
-    runner, listener, front = await start_http(agent, None, admission, None, False, True)
-    url = f"http://127.0.0.1:{agent.config.port}/v1/functions/burner:invoke"
-    try:
+    async with fronted(agent, admission=admission) as front:
+        url = f"http://127.0.0.1:{agent.config.port}/v1/functions/burner:invoke"  # the port it got
         async with aiohttp.ClientSession() as session:
 
             async def status(payload: dict[str, Any]) -> int:
@@ -404,11 +413,6 @@ async def test_a_full_queue_on_the_front_is_429_and_counted(backend: WasmtimeBac
         assert front.served[("default/burner", "/v1/functions/{name}:invoke", 429)] == 1
         metrics = generate_latest(agent.metrics.registry).decode()
         assert 'tars_agent_rejected_requests_total{model="default/burner",why="overload"} 1.0' in metrics
-    finally:
-        front.close()
-        listener.close()
-        await runner.cleanup()
-        agent.close()
 
 
 async def test_a_host_call_refused_on_the_front_is_counted_and_audited_as_python_does(
@@ -482,8 +486,7 @@ async def test_the_fronts_answers_count_as_allowed_auth_decisions(backend: Wasmt
     assert await agent.ensure_loaded(tars_model("open", "builtin://echo"))
     guard = AccessGuard(AuthConfig(enabled=True, default_access=DefaultAccess.OPEN))
     guard.attach_metrics(agent.metrics.registry)
-    runner, listener, front = await start_http(agent, guard, None, None, False, True)
-    try:
+    async with fronted(agent, guard) as front:
         url = f"http://127.0.0.1:{agent.config.port}{INFER.format('open')}"
         async with aiohttp.ClientSession() as session:
             for _ in range(3):  # the first answered by Python, which decides and teaches
@@ -493,11 +496,6 @@ async def test_the_fronts_answers_count_as_allowed_auth_decisions(backend: Wasmt
         assert sum(front.served.values()) == 2
         metrics = generate_latest(agent.metrics.registry).decode()
         assert 'tars_agent_auth_decisions_total{model="default/open",outcome="allowed"} 3.0' in metrics
-    finally:
-        front.close()
-        listener.close()
-        await runner.cleanup()
-        agent.close()
 
 
 async def test_forwarded_requests_carry_the_clients_address() -> None:

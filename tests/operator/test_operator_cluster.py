@@ -256,16 +256,36 @@ def test_models_are_placed_routed_and_scaled(
     assert {p["node"] for p in status["placements"]} == set(simulated_nodes)
 
 
+def _placed_once(cp: ControlPlane, namespace: str, nodes: tuple[str, ...], first_port: int) -> str:
+    """Model "m" (one replica) placed among agents on ``nodes`` that hold it; the node it went to."""
+    apply(cp, namespace, tarsnode())
+    for port, node in enumerate(nodes, start=first_port):
+        put_lease(cp, namespace, lease_for(namespace, node, port, {f"{namespace}/m": True}))
+    apply(cp, namespace, tarsmodel("m", replicas=1))
+    status = eventually(lambda: (s := _model(cp, namespace, "m").get("status", {})).get("placements") and s)
+    node: str = status["placements"][0]["node"]
+    return node
+
+
+def _degraded_by(cp: ControlPlane, namespace: str, node: str) -> dict[str, Any]:
+    """The TarsNode's Degraded condition once it names ``node`` (its status is its own reconcile,
+    which may land just after the model's)."""
+    found: dict[str, Any] = eventually(
+        lambda: (
+            (d := condition(cp.get_json("tarsnode", "tars", "-n", namespace), "Degraded")).get("status") == "True"
+            and node in d["message"]
+            and d
+        ),
+        what="the TarsNode reporting the lost agent",
+    )
+    return found
+
+
 def test_lost_agent_moves_placements(
     control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
 ) -> None:
-    apply(control_plane, namespace, tarsnode())
     key = f"{namespace}/m"
-    for port, node in enumerate(simulated_nodes, start=9101):
-        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
-    apply(control_plane, namespace, tarsmodel("m", replicas=1))
-    status = eventually(lambda: (s := _model(control_plane, namespace, "m").get("status", {})).get("placements") and s)
-    victim = status["placements"][0]["node"]
+    victim = _placed_once(control_plane, namespace, simulated_nodes, 9101)
     port = 9101 + simulated_nodes.index(victim)
     stale = datetime.now(UTC) - timedelta(minutes=5)
     put_lease(control_plane, namespace, lease_for(namespace, victim, port, {key: True}, renewed=stale))
@@ -275,27 +295,14 @@ def test_lost_agent_moves_placements(
         what="placement moved off the lost agent",
     )
     assert moved["readyReplicas"] == 1
-    # The TarsNode's status is its own reconcile, which may land just after the model's.
-    eventually(
-        lambda: (
-            (d := condition(control_plane.get_json("tarsnode", "tars", "-n", namespace), "Degraded")).get("status")
-            == "True"
-            and victim in d["message"]
-        ),
-        what="the TarsNode reporting the lost agent",
-    )
+    _degraded_by(control_plane, namespace, victim)
 
 
 def test_agent_that_refuses_connections_is_lost_before_its_lease_expires(
     control_plane: ControlPlane, namespace: str, simulated_nodes: tuple[str, ...]
 ) -> None:
-    apply(control_plane, namespace, tarsnode())
     key = f"{namespace}/m"
-    for port, node in enumerate(simulated_nodes, start=9301):
-        put_lease(control_plane, namespace, lease_for(namespace, node, port, {key: True}))
-    apply(control_plane, namespace, tarsmodel("m", replicas=1))
-    status = eventually(lambda: (s := _model(control_plane, namespace, "m").get("status", {})).get("placements") and s)
-    victim = status["placements"][0]["node"]
+    victim = _placed_once(control_plane, namespace, simulated_nodes, 9301)
     # The victim's process died: its last renewal 12 s ago, nothing listens at its address. Its Lease
     # declares 40 s (renewed every 10 s), so it is late now and expires only 28 s from now.
     with socket.socket() as closed:
@@ -310,15 +317,8 @@ def test_agent_that_refuses_connections_is_lost_before_its_lease_expires(
         timeout=20,
         what="placement moved off the agent that refuses connections, before its Lease expired",
     )
-    degraded = eventually(
-        lambda: (
-            (d := condition(control_plane.get_json("tarsnode", "tars", "-n", namespace), "Degraded")).get("status")
-            == "True"
-            and d
-        ),
-        what="the TarsNode reporting the lost agent",
-    )
-    assert victim in degraded["message"] and "refuses connections" in degraded["message"]
+    degraded = _degraded_by(control_plane, namespace, victim)
+    assert "refuses connections" in degraded["message"]
 
 
 def test_unplaceable_replicas_are_reported(

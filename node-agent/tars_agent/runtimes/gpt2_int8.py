@@ -48,26 +48,27 @@ class Int8Blocks:
         head_dim = embd // n_head
         zeros: dict[int, str] = {}
 
+        def bias(name: str) -> str:  # a float32 tensor of the checkpoint, as it is
+            return g.const(name, weights[name])
+
         def layer_norm(x: str, prefix: str) -> str:
-            scale, bias = (
-                g.const(prefix + ".weight", weights[prefix + ".weight"]),
-                g.const(prefix + ".bias", weights[prefix + ".bias"]),
-            )
-            return g.op("LayerNormalization", x, scale, bias, axis=-1, epsilon=epsilon)
+            scale, shift = bias(prefix + ".weight"), bias(prefix + ".bias")
+            return g.op("LayerNormalization", x, scale, shift, axis=-1, epsilon=epsilon)
 
         def int8_product(x: str, name: str) -> str:
             q, scale = quantize_columns(weights.pop(name))
             self.nbytes += q.nbytes + scale.nbytes
             columns = q.shape[1]
-            zero = zeros.get(columns) or zeros.setdefault(
-                columns, g.const(f"zero_{columns}", np.zeros(columns, np.int8))
-            )
+            if columns not in zeros:
+                zeros[columns] = g.const(f"zero_{columns}", np.zeros(columns, np.int8))
             return g.op(
-                "DynamicQuantizeMatMul", x, g.const(name, q), g.const(name + ".scale", scale), zero, domain=CONTRIB
+                "DynamicQuantizeMatMul",
+                x,
+                g.const(name, q),
+                g.const(name + ".scale", scale),
+                zeros[columns],
+                domain=CONTRIB,
             )
-
-        def bias(name: str) -> str:
-            return g.const(name, weights[name])
 
         to_heads, to_embd = g.const("to_heads", [0, n_head, head_dim]), g.const("to_embd", [0, embd])
         thirds, inverse_sqrt = g.const("thirds", [embd] * 3), g.const("inverse_sqrt", 1 / np.sqrt(head_dim))
@@ -87,8 +88,8 @@ class Int8Blocks:
             new_k, new_v = f"new_k{layer}", f"new_v{layer}"
             g.named("Reshape", [k, to_heads], [new_k])
             g.named("Reshape", [v, to_heads], [new_v])
-            for name, positions in ((f"past_k{layer}", "past"), (f"past_v{layer}", "past")):
-                inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [positions, n_head, head_dim]))
+            for name in (f"past_k{layer}", f"past_v{layer}"):
+                inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["past", n_head, head_dim]))
             for name in (new_k, new_v):
                 outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", n_head, head_dim]))
             keys = g.op("Concat", f"past_k{layer}", new_k, axis=0)
